@@ -1,0 +1,171 @@
+"""Library API: ``compress`` and ``inspect`` for export pipelines; the CLI wraps these."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from wnc_onnx.config import CompressConfig
+from wnc_onnx.errors import WncError
+from wnc_onnx.model_io import check_input, load_model
+from wnc_onnx.passes import build_passes
+from wnc_onnx.report import Report
+
+log = logging.getLogger(__name__)
+
+ModelLike = onnx.ModelProto | str | os.PathLike[str]
+
+
+def _config(config: CompressConfig | None, overrides: dict[str, Any]) -> CompressConfig:
+    cfg = config or CompressConfig()
+    try:
+        return replace(cfg, **overrides) if overrides else cfg
+    except (TypeError, ValueError) as exc:
+        raise WncError(f"invalid option: {exc}", "see 'wnc-onnx --help'") from None
+
+
+def _open(model: ModelLike) -> tuple[onnx.ModelProto, bool, dict[str, Any]]:
+    """(model, owned, info): a path is loaded and owned; a ModelProto is never modified."""
+    if isinstance(model, onnx.ModelProto):
+        check_input(model)
+        return model, False, {"path": None, "file_bytes": model.ByteSize()}
+    path = Path(model)
+    loaded = load_model(path)
+    return loaded, True, {"path": str(path), "file_bytes": path.stat().st_size}
+
+
+def _describe(model: onnx.ModelProto, info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "path": info["path"],
+        "ir_version": model.ir_version,
+        "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "nodes": len(model.graph.node),
+    }
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Elements of every initializer and Constant tensor of the main graph."""
+    total = sum(int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    total += int(np.prod(a.t.dims, dtype=np.int64))
+    return total
+
+
+def _run(model: ModelLike, cfg: CompressConfig, plan_only: bool) -> tuple[onnx.ModelProto, Report]:
+    proto, owned, info = _open(model)
+    report = Report(config=_config_dict(cfg), model=_describe(proto, info))
+    params_before = count_params(proto)
+    result_model = proto
+    for p in build_passes(cfg, plan_only=plan_only):
+        result = p(result_model, report, in_place=owned or result_model is not proto)
+        result_model = result.model
+    _totals(report, params_before, count_params(result_model), info["file_bytes"])
+    if not plan_only:
+        _finish(result_model, report)
+    return result_model, report
+
+
+def _config_dict(cfg: CompressConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["ranks"] = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.ranks.items()}
+    d["op_types"] = list(cfg.op_types)
+    return d
+
+
+def _totals(report: Report, params_before: int, params_after: int, file_bytes: int | None) -> None:
+    t = report.totals
+    t.layers = len(report.layers)
+    t.decomposed = sum(r.status == "decomposed" for r in report.layers)
+    t.skipped = sum(r.status == "skipped" for r in report.layers)
+    t.params_before = params_before
+    t.params_after = params_after
+    for r in report.layers:
+        if r.macs_before is None:
+            t.macs_unknown_layers += 1
+            continue
+        t.macs_before += r.macs_before
+        changed = r.status in ("decomposed", "planned") and r.macs_after is not None
+        t.macs_after += r.macs_after if changed else r.macs_before  # type: ignore[operator]
+        if r.status == "planned" and r.params_after is not None and r.params_before is not None:
+            t.params_after -= r.params_before - r.params_after
+    t.file_bytes_before = file_bytes
+
+
+def _finish(model: onnx.ModelProto, report: Report) -> None:
+    summary = {
+        "decomposed": report.totals.decomposed,
+        "layers": {r.name: r.ranks for r in report.decomposed},
+        "params": [report.totals.params_before, report.totals.params_after],
+        "macs": [report.totals.macs_before, report.totals.macs_after],
+    }
+    from wnc_onnx import __version__
+
+    entries = [e for e in model.metadata_props if e.key != "wnc_onnx"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(entries)
+    onnx.helper.set_model_props(model, {**{e.key: e.value for e in entries},
+                                        "wnc_onnx": json.dumps({"version": __version__, **summary})})
+    if report.totals.decomposed:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as exc:
+            raise RuntimeError(f"wnc-onnx produced a model that fails the ONNX checker (a bug): {exc}") from exc
+    report.totals.file_bytes_after = model.ByteSize()
+
+
+def compress(model: ModelLike, config: CompressConfig | None = None, **options: Any) -> tuple[onnx.ModelProto, Report]:
+    """Compress ``model`` (a path or a ModelProto, never modified).
+
+    ``options`` override fields of ``config`` (see CompressConfig). Returns the new
+    model and the report. Raises WncError for bad input, NothingToCompressError when
+    the model holds no Conv/Gemm/MatMul.
+    """
+    cfg = _config(config, options)
+    return _run(model, cfg, plan_only=False)
+
+
+def inspect(model: ModelLike, config: CompressConfig | None = None, **options: Any) -> Report:
+    """The plan: ranks, structure and costs per layer, without factoring anything."""
+    cfg = _config(config, options)
+    return _run(model, cfg, plan_only=True)[1]
+
+
+def load_ranks(path: str | os.PathLike[str]) -> dict[str, int | tuple[int, int]]:
+    """Read a ranks file: {"layer": [R3, R4]} for Tucker-2, {"layer": R} otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise WncError(f"ranks file not found: {p}", "check the --ranks path")
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WncError(f"ranks file {p} is not valid JSON: {exc}", 'write e.g. {"conv2": [25, 59], "fc7": 301}') from None
+    if not isinstance(raw, dict):
+        raise WncError(f"ranks file {p} must hold a JSON object", 'write e.g. {"conv2": [25, 59], "fc7": 301}')
+    out: dict[str, int | tuple[int, int]] = {}
+    for name, value in raw.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[name] = value
+        elif (isinstance(value, list) and len(value) == 2
+              and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            out[name] = (value[0], value[1])
+        else:
+            raise WncError(f"ranks file {p}: value for '{name}' is {value!r}",
+                           "use [R3, R4] for a Tucker-2 layer or one integer for an SVD / Tucker-1 layer")
+    return out
+
+
+def weights_of(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """All initializers as arrays (handy in tests and notebooks)."""
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

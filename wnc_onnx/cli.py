@@ -1,0 +1,189 @@
+"""Command line: a thin layer over ``wnc_onnx.compress`` / ``wnc_onnx.inspect``.
+
+    wnc-onnx [compress] in.onnx out.onnx [options]
+    wnc-onnx inspect in.onnx [options]
+    wnc-onnx demo out_dir
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import NoReturn
+
+from wnc_onnx import __version__
+from wnc_onnx.api import compress, inspect, load_ranks
+from wnc_onnx.config import SUPPORTED_OPS, CompressConfig
+from wnc_onnx.errors import WncError
+from wnc_onnx.model_io import check_output_path, save_model, write_text_atomic
+
+SUBCOMMANDS = ("compress", "inspect", "demo")
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, no usage dump
+        self.exit(EXIT_BAD_INPUT, f"wnc-onnx: error: {message}; fix: see '{self.prog} --help'\n")
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("which layers")
+    g.add_argument("--op-types", default=",".join(SUPPORTED_OPS),
+                   help="comma-separated op types to compress (default: %(default)s)")
+    g.add_argument("--include", metavar="REGEX", help="only layers whose node name matches")
+    g.add_argument("--exclude", metavar="REGEX", help="skip layers whose node name matches")
+    g.add_argument("--no-pointwise", action="store_true", help="leave 1x1 convolutions alone")
+    g.add_argument("--no-fc-tucker", action="store_true",
+                   help="factor a Gemm fed by Flatten of a CxHxW map with SVD instead of Tucker-2")
+    r = p.add_argument_group("ranks")
+    r.add_argument("--ranks", metavar="FILE",
+                   help='JSON {"layer": [R3, R4] | R}: explicit ranks, overriding VBMF (selects the layer)')
+    r.add_argument("--min-rank", type=int, default=CompressConfig.min_rank,
+                   help="floor for VBMF ranks (default: %(default)s)")
+    r.add_argument("--rank-multiple", type=int, default=1, metavar="N",
+                   help="round VBMF ranks up to a multiple of N, e.g. 8 or 16 for SIMD (default: 1)")
+    r.add_argument("--rank-boost", type=float, default=0.0, metavar="F",
+                   help="move ranks from VBMF (0) toward full rank (1): more accuracy, less compression")
+    r.add_argument("--tucker1-max-in", type=int, default=CompressConfig.tucker1_max_in, metavar="C",
+                   help="convs with at most C input channels get Tucker-1 (default: %(default)s)")
+    r.add_argument("--allow-no-saving", action="store_true",
+                   help="rewrite layers even when weights or MACs would not drop (for checks)")
+    r.add_argument("--hooi-iters", type=int, default=CompressConfig.hooi_max_iter,
+                   help="max HOOI sweeps after HOSVD (default: %(default)s)")
+    r.add_argument("--hooi-tol", type=float, default=CompressConfig.hooi_tol,
+                   help="stop HOOI when the captured energy gains less (default: %(default)s)")
+
+
+def _add_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report", metavar="JSON", help="write the report as JSON")
+    p.add_argument("--plot", metavar="PNG", help="plot ranks and per-layer savings to a PNG file")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+
+
+def build_parser() -> dict[str, argparse.ArgumentParser]:
+    common = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
+    top = _Parser(prog="wnc-onnx", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument("--version", action="version", version=f"wnc-onnx {__version__}")
+    comp = _Parser(prog="wnc-onnx [compress]", description="Compress a model with VBMF ranks + Tucker/SVD.", **common)  # type: ignore[arg-type]
+    comp.add_argument("input", help="model to compress (.onnx); never modified")
+    comp.add_argument("output", help="where to write the compressed model (written atomically)")
+    _add_selection(comp)
+    _add_output(comp)
+    insp = _Parser(prog="wnc-onnx inspect", description="Print the plan (ranks, costs); write nothing.", **common)  # type: ignore[arg-type]
+    insp.add_argument("input")
+    _add_selection(insp)
+    _add_output(insp)
+    demo = _Parser(prog="wnc-onnx demo", description="Generate a small CNN with low-rank structure and compress it.")
+    demo.add_argument("outdir", nargs="?", default="wnc-demo")
+    return {"top": top, "compress": comp, "inspect": insp, "demo": demo}
+
+
+def _config(a: argparse.Namespace) -> CompressConfig:
+    ops = tuple(o.strip() for o in a.op_types.split(",") if o.strip())
+    try:
+        return CompressConfig(
+            op_types=ops, include=a.include, exclude=a.exclude, pointwise=not a.no_pointwise,
+            ranks=load_ranks(a.ranks) if a.ranks else {}, min_rank=a.min_rank,
+            rank_multiple=a.rank_multiple, rank_boost=a.rank_boost, tucker1_max_in=a.tucker1_max_in,
+            fc_tucker=not a.no_fc_tucker, require_savings=not a.allow_no_saving,
+            hooi_max_iter=a.hooi_iters, hooi_tol=a.hooi_tol,
+        )
+    except ValueError as exc:  # also re.error
+        raise WncError(f"invalid option: {exc}", "see 'wnc-onnx --help'") from None
+
+
+def _emit(report, a: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+    print(report.to_json() if a.json else report.to_table())
+    if a.report:
+        write_text_atomic(a.report, report.to_json() + "\n")
+    if a.plot:
+        from wnc_onnx.plot import plot_report
+
+        plot_report(report, a.plot)
+
+
+def _check_side_outputs(a: argparse.Namespace) -> None:
+    for path in (a.report, a.plot):
+        if path:
+            check_output_path(a.input, path)
+
+
+def run_compress(a: argparse.Namespace) -> int:
+    out = check_output_path(a.input, a.output)
+    _check_side_outputs(a)
+    cfg = _config(a)
+    model, report = compress(a.input, cfg)
+    if report.totals.decomposed == 0:
+        print(report.to_table())
+        raise WncError(
+            f"no layer was compressed: all {report.totals.layers} candidate layers were skipped (reasons above)",
+            "lower --min-rank, give ranks with --ranks, or use --rank-boost",
+        )
+    report.totals.file_bytes_after = save_model(model, out)
+    report.model["output"] = str(out)
+    _emit(report, a)
+    return 0
+
+
+def run_inspect(a: argparse.Namespace) -> int:
+    _check_side_outputs(a)
+    report = inspect(a.input, _config(a))
+    _emit(report, a)
+    return 0
+
+
+def run_demo(a: argparse.Namespace) -> int:
+    from wnc_onnx import zoo
+
+    outdir = Path(a.outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    src = outdir / "demo_cnn.onnx"
+    save_model(zoo.demo_cnn(), src)
+    print(f"wrote {src}: a small CNN whose kernels have planted low-rank structure")
+    model, report = compress(str(src), CompressConfig())
+    dst = outdir / "demo_cnn.small.onnx"
+    report.totals.file_bytes_after = save_model(model, dst)
+    print(report.to_table())
+    write_text_atomic(outdir / "report.json", report.to_json() + "\n")
+    print(f"wrote {dst} and {outdir / 'report.json'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parsers = build_parser()
+    if not argv or argv[0] in ("-h", "--help", "--version"):
+        if not argv:
+            parsers["top"].print_help()
+            return EXIT_BAD_INPUT
+        if argv[0] == "--version":
+            print(f"wnc-onnx {__version__}")
+            return 0
+        parsers["top"].print_help()
+        print("\nsubcommands: compress (default), inspect, demo; 'wnc-onnx inspect --help' for options")
+        return 0
+    cmd = argv[0] if argv[0] in SUBCOMMANDS else "compress"
+    rest = argv[1:] if argv[0] in SUBCOMMANDS else argv
+    a = parsers[cmd].parse_args(rest)
+    quiet = getattr(a, "quiet", False)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return {"compress": run_compress, "inspect": run_inspect, "demo": run_demo}[cmd](a)
+    except WncError as exc:
+        print(f"wnc-onnx: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("wnc-onnx: interrupted; nothing written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line unless --debug
+        if getattr(a, "debug", False):
+            traceback.print_exc()
+        print(f"wnc-onnx: internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)",
+              file=sys.stderr)
+        return EXIT_INTERNAL

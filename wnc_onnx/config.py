@@ -1,0 +1,61 @@
+"""One frozen configuration object for the whole compression run."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+SUPPORTED_OPS = ("Conv", "Gemm", "MatMul")
+
+RankSpec = int | tuple[int, int]
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """Knobs of the low-rank pass. Defaults follow the README's measurements."""
+
+    # Which layers: op types, regexes on node names (search, not full match).
+    op_types: tuple[str, ...] = SUPPORTED_OPS
+    include: str | None = None
+    exclude: str | None = None
+    pointwise: bool = True  # also factor 1x1 convolutions (SVD)
+    # Ranks: explicit ones win over VBMF; then boost, floor and rounding apply to VBMF ranks.
+    ranks: Mapping[str, RankSpec] = field(default_factory=dict)
+    min_rank: int = 4
+    rank_multiple: int = 1
+    rank_boost: float = 0.0  # 0 = VBMF rank, 1 = full rank
+    # Structure.
+    tucker1_max_in: int = 4  # convs with at most this many input channels get Tucker-1
+    fc_tucker: bool = True  # Flatten/Reshape -> Gemm as a Tucker-2 convolution (paper's fc6)
+    require_savings: bool = True  # skip a layer whose rewrite would not cut weights and MACs
+    hooi_max_iter: int = 20
+    hooi_tol: float = 1e-5
+
+    def __post_init__(self) -> None:
+        bad = [op for op in self.op_types if op not in SUPPORTED_OPS]
+        if bad:
+            raise ValueError(f"unsupported op types {bad}; choose from {list(SUPPORTED_OPS)}")
+        for pat in (self.include, self.exclude):
+            if pat is not None:
+                re.compile(pat)
+        if self.min_rank < 0:
+            raise ValueError("min_rank must be >= 0")
+        if self.rank_multiple < 1:
+            raise ValueError("rank_multiple must be >= 1")
+        if not 0.0 <= self.rank_boost <= 1.0:
+            raise ValueError("rank_boost must be in [0, 1]")
+        if self.hooi_max_iter < 0 or self.hooi_tol < 0:
+            raise ValueError("hooi_max_iter and hooi_tol must be >= 0")
+
+    def selects(self, name: str, op_type: str) -> str | None:
+        """None when the layer is selected, else the reason it is not."""
+        if name in self.ranks:
+            return None
+        if op_type not in self.op_types:
+            return f"op type {op_type} not selected (--op-types)"
+        if self.include is not None and not re.search(self.include, name):
+            return "name does not match --include"
+        if self.exclude is not None and re.search(self.exclude, name):
+            return "name matches --exclude"
+        return None

@@ -1,0 +1,19 @@
+"""Errors that reach the user as one line: the problem, then the fix."""
+
+from __future__ import annotations
+
+
+class WncError(Exception):
+    """A problem with the user's input; the CLI prints it as one line and exits 2."""
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.problem}; fix: {self.fix}" if self.fix else self.problem
+
+
+class NothingToCompressError(WncError):
+    """The model holds no layer that the pass could rewrite."""

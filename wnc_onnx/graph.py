@@ -1,0 +1,151 @@
+"""Read-only facts about an ONNX graph that the rules need.
+
+Constant weights, consumers of each tensor, and static shapes from ONNX shape
+inference (run on a light copy of the model without the large weights).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+log = logging.getLogger(__name__)
+
+Dim = int | str | None
+_KEEP_DATA_BYTES = 1 << 16  # initializers below this size keep their data for inference
+
+
+def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with large initializers turned into typed graph inputs."""
+    light = onnx.ModelProto()  # built field by field: the large weights are never copied
+    for fname in ("ir_version", "producer_name", "domain", "model_version"):
+        setattr(light, fname, getattr(model, fname))
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g = light.graph
+    src = model.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    input_names = {i.name for i in src.input}
+    for init in src.initializer:
+        nbytes = len(init.raw_data) if init.HasField("raw_data") else _KEEP_DATA_BYTES
+        if nbytes < _KEEP_DATA_BYTES and init.data_location != onnx.TensorProto.EXTERNAL:
+            g.initializer.append(init)
+        elif init.name not in input_names:
+            g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
+    return light
+
+
+def infer_shapes(model: onnx.ModelProto) -> dict[str, list[Dim]]:
+    """Static shapes of every tensor that shape inference can resolve."""
+    shapes: dict[str, list[Dim]] = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_light_copy(model), data_prop=True)
+    except Exception as exc:  # inference is advisory: MACs become unknown
+        log.warning("shape inference failed (%s); MAC counts may be missing", exc)
+        inferred = model
+    g = inferred.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        dims: list[Dim] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        shapes[vi.name] = dims
+    for init in model.graph.initializer:
+        shapes[init.name] = [int(d) for d in init.dims]
+    return shapes
+
+
+class GraphContext:
+    """Index of one graph: initializers, Constant outputs, consumers, shapes."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        g = model.graph
+        self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in g.initializer}
+        self.constants: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        self.producers: dict[str, onnx.NodeProto] = {}
+        for node in g.node:
+            for name in node.input:
+                if name:
+                    self.consumers[name].append(node)
+            for name in node.output:
+                self.producers[name] = node
+            if node.op_type == "Constant" and len(node.output) == 1:
+                self.constants[node.output[0]] = node
+        self.graph_inputs = {i.name for i in g.input}
+        self.graph_outputs = {o.name for o in g.output}
+        self.opset = next(
+            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1
+        )
+        self.shapes = infer_shapes(model)
+        self.node_names = {n.name for n in g.node if n.name}
+        self.tensor_names = set(self.producers) | set(self.initializers) | self.graph_inputs
+
+    def constant_reason(self, name: str) -> str | None:
+        """None when ``name`` is a constant weight usable by a rewrite, else why not."""
+        if name in self.initializers:
+            if name in self.graph_inputs:
+                return "weight is also a graph input (it can be overridden at run time)"
+            return None
+        if name in self.constants:
+            return None
+        return "weight is not a constant initializer"
+
+    def array(self, name: str) -> np.ndarray:
+        """The value of a constant tensor (initializer or Constant node)."""
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        node = self.constants[name]
+        for attr in node.attribute:
+            if attr.name == "value":
+                return numpy_helper.to_array(attr.t)
+        raise KeyError(f"Constant {name} has no tensor value")
+
+    def dtype(self, name: str) -> int:
+        if name in self.initializers:
+            return int(self.initializers[name].data_type)
+        for attr in self.constants[name].attribute:
+            if attr.name == "value":
+                return int(attr.t.data_type)
+        return onnx.TensorProto.FLOAT
+
+    def numel(self, name: str) -> int:
+        if name in self.initializers:
+            return int(np.prod(self.initializers[name].dims, dtype=np.int64))
+        return int(self.array(name).size)
+
+    def shape(self, name: str) -> list[Dim] | None:
+        return self.shapes.get(name)
+
+    def static_size(self, name: str, start: int = 0, stop: int | None = None) -> int | None:
+        """Product of dims [start:stop] when all are known integers, else None."""
+        shp = self.shapes.get(name)
+        if shp is None:
+            return None
+        dims = shp[start:stop]
+        if not all(isinstance(d, int) for d in dims):
+            return None
+        return int(np.prod(dims, dtype=np.int64)) if dims else 1
+
+    def unique_name(self, base: str, used: set[str]) -> str:
+        name, k = base, 1
+        while name in used or name in self.tensor_names or name in self.node_names:
+            k += 1
+            name = f"{base}_{k}"
+        used.add(name)
+        return name

@@ -1,0 +1,326 @@
+"""The whole-network low-rank pass (Kim et al. 2016, section 3).
+
+For every Conv/Gemm/MatMul a rule matches: choose ranks (explicit, or EVBMF on the
+mode matricizations plus the rank policy), check that the rewrite saves weights and
+MACs, factor the weight (Tucker-2 / Tucker-1 / SVD) and splice the new nodes in
+place of the old one. Layers are handled one at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from wnc_onnx.config import CompressConfig
+from wnc_onnx.errors import NothingToCompressError, WncError
+from wnc_onnx.graph import GraphContext
+from wnc_onnx.numeric.cost import Costs, conv_costs, lowrank_costs
+from wnc_onnx.numeric.gram import mode_gram, sym_eigvals
+from wnc_onnx.numeric.svd import truncated_svd
+from wnc_onnx.numeric.tucker import tucker1, tucker2
+from wnc_onnx.numeric.vbmf import evbmf_from_eigenvalues
+from wnc_onnx.passes.base import PassResult
+from wnc_onnx.passes.layer import Factors, Layer
+from wnc_onnx.passes.rules import DEFAULT_RULES, Rule
+from wnc_onnx.ranks import policy_rank
+from wnc_onnx.report import LayerReport, Report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Plan:
+    method: str
+    r3: int | None
+    r4: int
+    before: Costs
+    after: Costs
+    vbmf: dict[str, int]
+    source: str
+
+
+def _vbmf_rank(grams: list[np.ndarray], shape: tuple[int, int]) -> int:
+    """EVBMF rank of each group's matricization (Gram eigenvalues); the largest wins."""
+    small = min(shape)
+    return max(evbmf_from_eigenvalues(sym_eigvals(g)[:small], shape).rank for g in grams)
+
+
+class LowRankPass:
+    """Pass: decompose every selected layer; ``plan_only`` chooses ranks and stops there."""
+
+    name = "lowrank"
+
+    def __init__(self, cfg: CompressConfig, rules: tuple[Rule, ...] = DEFAULT_RULES, plan_only: bool = False):
+        self.cfg = cfg
+        self.rules = rules
+        self.plan_only = plan_only
+
+    # -- discovery -------------------------------------------------------------------
+    def find_layers(self, ctx: GraphContext) -> list[tuple[Layer, Rule | None]]:
+        found: list[tuple[Layer, Rule | None]] = []
+        for index, node in enumerate(ctx.model.graph.node):
+            for rule in self.rules:
+                layer = rule.match(node, ctx, self.cfg)
+                if layer is not None:
+                    layer.name = node.name or f"{node.op_type}_{index}"
+                    layer.extra["index"] = index
+                    found.append((layer, rule))
+                    break
+        return found
+
+    def _check_rank_names(self, layers: list[tuple[Layer, Rule | None]]) -> None:
+        names = {layer.name for layer, _ in layers}
+        unknown = sorted(set(self.cfg.ranks) - names)
+        if unknown:
+            shown = ", ".join(sorted(names)[:8]) + (" ..." if len(names) > 8 else "")
+            raise WncError(
+                f"--ranks names unknown layer(s) {unknown}",
+                f"use node names of Conv/Gemm/MatMul layers of this model (run 'wnc-onnx inspect'): {shown}",
+            )
+
+    # -- the pass --------------------------------------------------------------------
+    def __call__(self, model: onnx.ModelProto, report: Report, *, in_place: bool = False) -> PassResult:
+        start = time.perf_counter()
+        if not in_place:
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            model = copy
+        ctx = GraphContext(model)
+        layers = self.find_layers(ctx)
+        if not layers:
+            raise NothingToCompressError(
+                "nothing to compress: the model has no Conv, Gemm or MatMul node",
+                "pass a CNN or MLP model with constant weights",
+            )
+        self._check_rank_names(layers)
+        used: set[str] = set()
+        replaced: dict[int, list[onnx.NodeProto]] = {}
+        new_inits: list[onnx.TensorProto] = []
+        dead_weights: list[str] = []
+        total = len(layers)
+        for i, (layer, rule) in enumerate(layers, 1):
+            t0 = time.perf_counter()
+            rec = self._process(layer, rule, ctx, used, replaced, new_inits, dead_weights)
+            rec.seconds = round(time.perf_counter() - t0, 4)
+            report.layers.append(rec)
+            log.info("[%d/%d] %-24s %-10s %s%s (%.2fs)", i, total, layer.name, rec.method or "-",
+                     rec.status, f": {rec.reason}" if rec.reason else f" {rec.ranks}", rec.seconds)
+        modified = bool(replaced)
+        if modified:
+            self._splice(model, ctx, replaced, new_inits, dead_weights, layers)
+        report.passes.append({"name": self.name, "seconds": round(time.perf_counter() - start, 3),
+                              "modified": modified, "plan_only": self.plan_only})
+        return PassResult(model=model, report=report, modified=modified)
+
+    def _record(self, layer: Layer, status: str, reason: str = "") -> LayerReport:
+        before = self._before(layer) if layer.t else None
+        return LayerReport(
+            name=layer.name, op_type=layer.op_type, status=status, reason=reason, rule=layer.rule,
+            S=layer.s or None, T=layer.t or None, groups=layer.groups, kernel=list(layer.spatial),
+            params_before=before.total_params if before else None,
+            macs_before=before.total_macs if before else None,
+        )
+
+    def _before(self, layer: Layer) -> Costs:
+        return conv_costs(layer.s, layer.t, layer.window, layer.groups, layer.out_pixels)
+
+    def _process(self, layer: Layer, rule: Rule | None, ctx: GraphContext, used: set[str],
+                 replaced: dict[int, list[onnx.NodeProto]], new_inits: list[onnx.TensorProto],
+                 dead_weights: list[str]) -> LayerReport:
+        if layer.skip:
+            return self._record(layer, "skipped", layer.skip)
+        reason = self.cfg.selects(layer.name, layer.op_type)
+        if reason:
+            return self._record(layer, "skipped", reason)
+        assert rule is not None
+        kernels = [np.asarray(k, dtype=np.float32) if k.dtype.itemsize < 4 else k for k in rule.kernels(layer, ctx)]
+        conv_like = layer.rule in ("conv", "flatten_gemm")
+        grams_out = [mode_gram(k, 0) for k in kernels] if conv_like else None
+        try:
+            plan, grams_in = self._plan(layer, kernels, grams_out)
+        except _Skip as skip:
+            return self._record(layer, "skipped", str(skip))
+        rec = self._record(layer, "planned")
+        rec.method, rec.rank_source, rec.vbmf_ranks = plan.method, plan.source, plan.vbmf
+        rec.ranks = {"R3": plan.r3, "R4": plan.r4} if plan.r3 is not None else (
+            {"R": plan.r4} if plan.method == "svd" else {"R4": plan.r4})
+        rec.params_after = plan.after.total_params
+        rec.macs_after = plan.after.total_macs
+        rec.params_split = list(plan.after.params)
+        rec.macs_split = list(plan.after.macs or [])
+        if self.plan_only:
+            return rec
+        factors = self._factor(layer, plan, kernels, grams_in, grams_out)
+        del kernels, grams_in, grams_out
+        emitter = rule.rewrite(layer, factors, ctx, used)
+        replaced[int(layer.extra["index"])] = emitter.nodes  # type: ignore[call-overload]
+        new_inits.extend(emitter.initializers)
+        dead_weights.append(layer.weight)
+        rec.status = "decomposed"
+        rec.rel_error = factors.rel_error
+        rec.hooi_iterations = factors.hooi_iterations if factors.method == "tucker2" else None
+        rec.nodes = [n.name for n in emitter.nodes]
+        return rec
+
+    # -- ranks and structure --------------------------------------------------------
+    def _plan(self, layer: Layer, kernels: list[np.ndarray],
+              grams_out: list[np.ndarray] | None) -> tuple[_Plan, list[np.ndarray] | None]:
+        cfg = self.cfg
+        spec = cfg.ranks.get(layer.name)
+        s, t, p = layer.s, layer.t, layer.window
+        before = self._before(layer)
+        grams_in: list[np.ndarray] | None = None
+        vbmf: dict[str, int] = {}
+        source = "file" if spec is not None else "vbmf"
+        if not layer.tucker_capable:
+            method = "svd"
+            full = min(s, t)
+            if isinstance(spec, tuple):
+                raise WncError(f"--ranks gives [R3, R4] for '{layer.name}', which is a matrix layer",
+                               f"give one integer rank (1..{full}) for it")
+            if spec is not None:
+                r4 = _check_rank(layer.name, "R", spec, full)
+            else:
+                grams = grams_out if grams_out is not None else [
+                    mode_gram(k.reshape(t, s), 0) if t <= s else mode_gram(k.reshape(t, s).T, 0) for k in kernels]
+                vbmf["R"] = _vbmf_rank(grams, (t, s))
+                if vbmf["R"] == 0:
+                    raise _Skip("VBMF rank 0: the weights look like noise to EVBMF; set a rank with --ranks")
+                r4 = policy_rank(vbmf["R"], full, cfg)
+            after = lowrank_costs(s, t, 1, layer.groups, layer.in_pixels, layer.out_pixels, None, r4)
+            return self._checked(layer, _Plan(method, None, r4, before, after, vbmf, source)), None
+
+        assert grams_out is not None
+        few_in = s <= cfg.tucker1_max_in
+        if isinstance(spec, tuple):
+            r3 = _check_rank(layer.name, "R3", spec[0], s)
+            r4 = _check_rank(layer.name, "R4", spec[1], t)
+            grams_in = [mode_gram(k, 1) for k in kernels]
+            plan = _Plan("tucker2", r3, r4, before,
+                         lowrank_costs(s, t, p, layer.groups, layer.in_pixels, layer.out_pixels, r3, r4), vbmf, source)
+            return self._checked(layer, plan), grams_in
+        if spec is not None:
+            r4 = _check_rank(layer.name, "R4", spec, t)
+            plan = _Plan("tucker1", None, r4, before,
+                         lowrank_costs(s, t, p, layer.groups, layer.in_pixels, layer.out_pixels, None, r4), vbmf, source)
+            return self._checked(layer, plan), None
+        vbmf["R4"] = _vbmf_rank(grams_out, (t, s * p))
+        if not few_in:
+            grams_in = [mode_gram(k, 1) for k in kernels]
+            vbmf["R3"] = _vbmf_rank(grams_in, (s, t * p))
+        if vbmf["R4"] == 0 or vbmf.get("R3", 1) == 0:
+            raise _Skip(f"VBMF rank 0 ({_fmt(vbmf)}): the weights look like noise to EVBMF; "
+                        "set ranks with --ranks")
+        r4 = policy_rank(vbmf["R4"], t, cfg)
+        t1 = lowrank_costs(s, t, p, layer.groups, layer.in_pixels, layer.out_pixels, None, r4)
+        plan = _Plan("tucker1", None, r4, before, t1, vbmf, source)
+        if not few_in:
+            r3 = policy_rank(vbmf["R3"], s, cfg)
+            t2 = lowrank_costs(s, t, p, layer.groups, layer.in_pixels, layer.out_pixels, r3, r4)
+            if _est_macs(layer, t2, r3) < _est_macs(layer, t1, None):
+                plan = _Plan("tucker2", r3, r4, before, t2, vbmf, source)
+        return self._checked(layer, plan), grams_in if plan.method == "tucker2" else None
+
+    def _checked(self, layer: Layer, plan: _Plan) -> _Plan:
+        if not layer.tucker_capable and layer.rule == "conv":
+            plan.method = "svd"
+        if not self.cfg.require_savings:
+            return plan
+        pb, pa = plan.before.total_params, plan.after.total_params
+        mb, ma = _est_macs(layer, plan.before, None, before=True), _est_macs(layer, plan.after, plan.r3)
+        if pa >= pb or ma >= mb:
+            raise _Skip(f"no saving at ranks {_fmt(_ranks(plan))}: weights {pb}->{pa}, MACs/sample {mb}->{ma}")
+        return plan
+
+    # -- factorization ----------------------------------------------------------------
+    def _factor(self, layer: Layer, plan: _Plan, kernels: list[np.ndarray],
+                grams_in: list[np.ndarray] | None, grams_out: list[np.ndarray] | None) -> Factors:
+        groups: list[dict[str, np.ndarray]] = []
+        err2 = norm2 = 0.0
+        sweeps = 0
+        for gi, k in enumerate(kernels):
+            n2 = float(np.trace(grams_out[gi])) if grams_out is not None else float(np.sum(np.square(k, dtype=np.float64)))
+            if plan.method == "tucker2":
+                assert grams_in is not None and grams_out is not None
+                tk = tucker2(k, plan.r3 or 1, plan.r4, gram_in=grams_in[gi], gram_out=grams_out[gi],
+                             max_iter=self.cfg.hooi_max_iter, tol=self.cfg.hooi_tol)
+                groups.append({"core": tk.core, "u_in": tk.u_in, "u_out": tk.u_out})
+                e, sweeps = tk.rel_error, max(sweeps, tk.iterations)
+            elif layer.rule in ("conv", "flatten_gemm"):
+                assert grams_out is not None
+                t1 = tucker1(k, plan.r4, gram_out=grams_out[gi])
+                groups.append({"core": t1.core, "u_out": t1.u_out})
+                e = t1.rel_error
+            else:
+                f = truncated_svd(k, plan.r4)
+                groups.append({"left": f.left, "right": f.right})
+                e = f.rel_error
+            err2 += e * e * n2
+            norm2 += n2
+        rel = math.sqrt(err2 / norm2) if norm2 > 0 else 0.0
+        return Factors(plan.method, plan.r3, plan.r4, groups, rel, sweeps)
+
+    # -- graph surgery ---------------------------------------------------------------
+    def _splice(self, model: onnx.ModelProto, ctx: GraphContext, replaced: dict[int, list[onnx.NodeProto]],
+                new_inits: list[onnx.TensorProto], dead_weights: list[str],
+                layers: list[tuple[Layer, Rule | None]]) -> None:
+        """Put the new nodes where the old ones were (order stays topological), then drop
+        what only the old nodes used: their weights, and a Flatten/Reshape bypassed by a
+        Tucker-2 FC together with its shape constant."""
+        g = model.graph
+        nodes: list[onnx.NodeProto] = []
+        for i, node in enumerate(g.node):
+            nodes.extend(replaced.get(i, [node]))
+        bypassed = [ctx.producers[layer.node.input[0]] for layer, _ in layers
+                    if layer.rule == "flatten_gemm" and layer.node.input[0] in ctx.producers]
+        maybe_dead = set(dead_weights) | {name for n in bypassed for name in n.input[1:]}
+        prunable = {n.output[0] for n in bypassed} | (maybe_dead & set(ctx.constants))
+        while True:
+            consumed = {name for n in nodes for name in n.input} | ctx.graph_outputs
+            keep = [n for n in nodes if not n.output or n.output[0] not in prunable
+                    or any(o in consumed for o in n.output)]
+            if len(keep) == len(nodes):
+                break
+            nodes = keep
+        del g.node[:]
+        g.node.extend(nodes)
+        for i in range(len(g.initializer) - 1, -1, -1):
+            name = g.initializer[i].name
+            if name in maybe_dead and name not in consumed:
+                del g.initializer[i]
+        g.initializer.extend(new_inits)
+
+
+class _Skip(Exception):
+    """A layer left unchanged, with the reason."""
+
+
+def _check_rank(layer: str, which: str, value: object, full: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= full:
+        raise WncError(f"--ranks gives {which}={value!r} for '{layer}', outside 1..{full}",
+                       f"use an integer between 1 and {full}")
+    return int(value)
+
+
+def _ranks(plan: _Plan) -> dict[str, int]:
+    return {"R3": plan.r3, "R4": plan.r4} if plan.r3 is not None else {"R": plan.r4}
+
+
+def _fmt(ranks: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in ranks.items())
+
+
+def _est_macs(layer: Layer, costs: Costs, r3: int | None, before: bool = False) -> int:
+    """MACs per sample; with a dynamic spatial size, per output position (input: stride area)."""
+    if costs.macs is not None:
+        return sum(costs.macs)
+    stride_area = int(np.prod(layer.strides)) if layer.strides else 1
+    if before or r3 is None:
+        return costs.total_params
+    p = costs.params
+    return p[0] * stride_area + p[1] + p[2]

@@ -1,0 +1,11 @@
+"""Rewrite rules of the low-rank pass, tried in this order (first match wins)."""
+
+from wnc_onnx.passes.rules.base import Rule
+from wnc_onnx.passes.rules.conv import ConvRule
+from wnc_onnx.passes.rules.flatten_gemm import FlattenGemmRule
+from wnc_onnx.passes.rules.gemm import GemmRule
+from wnc_onnx.passes.rules.matmul import MatMulRule
+
+DEFAULT_RULES: tuple[Rule, ...] = (ConvRule(), FlattenGemmRule(), GemmRule(), MatMulRule())
+
+__all__ = ["DEFAULT_RULES", "ConvRule", "FlattenGemmRule", "GemmRule", "MatMulRule", "Rule"]

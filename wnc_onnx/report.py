@@ -1,0 +1,179 @@
+"""The before/after report: a data object, printed as a table, written as JSON.
+
+Per layer it carries the columns of Kim et al.'s Tables 2-5; the totals cover the
+whole model. ``passes`` and ``extras`` leave room for later passes (benchmarks,
+quantization) without changing the schema of what is already there.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class LayerReport:
+    name: str
+    op_type: str
+    status: str  # "decomposed", "skipped" or "planned" (inspect)
+    reason: str = ""
+    rule: str = ""
+    method: str | None = None  # "tucker2", "tucker1", "svd"
+    S: int | None = None
+    T: int | None = None
+    groups: int = 1
+    kernel: list[int] = field(default_factory=list)
+    ranks: dict[str, int] = field(default_factory=dict)
+    vbmf_ranks: dict[str, int] = field(default_factory=dict)
+    rank_source: str | None = None  # "vbmf" or "file"
+    params_before: int | None = None
+    params_after: int | None = None
+    macs_before: int | None = None
+    macs_after: int | None = None
+    params_split: list[int] = field(default_factory=list)
+    macs_split: list[int] = field(default_factory=list)
+    rel_error: float | None = None
+    hooi_iterations: int | None = None
+    nodes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def params_ratio(self) -> float | None:
+        return _ratio(self.params_before, self.params_after)
+
+    @property
+    def macs_ratio(self) -> float | None:
+        return _ratio(self.macs_before, self.macs_after)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["params_ratio"] = self.params_ratio
+        d["macs_ratio"] = self.macs_ratio
+        return d
+
+
+def _ratio(before: int | None, after: int | None) -> float | None:
+    if before is None or after is None or after == 0:
+        return None
+    return before / after
+
+
+@dataclass
+class Totals:
+    layers: int = 0
+    decomposed: int = 0
+    skipped: int = 0
+    params_before: int = 0  # every weight of the model (initializers and Constant tensors)
+    params_after: int = 0
+    macs_before: int = 0  # over every Conv/Gemm/MatMul whose size is static
+    macs_after: int = 0
+    macs_unknown_layers: int = 0
+    file_bytes_before: int | None = None
+    file_bytes_after: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["params_ratio"] = _ratio(self.params_before, self.params_after)
+        d["macs_ratio"] = _ratio(self.macs_before, self.macs_after)
+        d["file_ratio"] = _ratio(self.file_bytes_before, self.file_bytes_after)
+        return d
+
+
+@dataclass
+class Report:
+    layers: list[LayerReport] = field(default_factory=list)
+    totals: Totals = field(default_factory=Totals)
+    passes: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def decomposed(self) -> list[LayerReport]:
+        return [r for r in self.layers if r.status == "decomposed"]
+
+    def layer(self, name: str) -> LayerReport:
+        for r in self.layers:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        from wnc_onnx import __version__
+
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "wnc-onnx", "version": __version__},
+            "model": self.model,
+            "config": self.config,
+            "passes": self.passes,
+            "layers": [r.to_dict() for r in self.layers],
+            "totals": self.totals.to_dict(),
+            "warnings": self.warnings,
+            "extras": self.extras,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_table(self) -> str:
+        return format_table(self)
+
+
+def human(n: int | float | None) -> str:
+    if n is None:
+        return "?"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.3g}" if isinstance(n, float) else str(n)
+
+
+def _x(r: float | None) -> str:
+    return f"x{r:.2f}" if r is not None else ""
+
+
+def format_table(report: Report) -> str:
+    head = ("layer", "op", "method", "S/R3", "T/R4", "weights", "MACs", "err", "status")
+    rows: list[tuple[str, ...]] = []
+    for r in report.layers:
+        g = f"x{r.groups}" if r.groups > 1 else ""
+        s = f"{r.S}{g}" if r.S is not None else ""
+        t = f"{r.T}{g}" if r.T is not None else ""
+        if r.status == "skipped":
+            rows.append((r.name, r.op_type, "-", s, t, human(r.params_before), human(r.macs_before), "",
+                         f"skipped: {r.reason}"))
+            continue
+        r3 = r.ranks.get("R3")
+        r4 = r.ranks.get("R4", r.ranks.get("R"))
+        s += f"/{r3}{g}" if r3 is not None else ""
+        t += f"/{r4}{g}" if r4 is not None else ""
+        split = "+".join(human(m) for m in r.macs_split)
+        weights = f"{human(r.params_before)}->{human(r.params_after)} {_x(r.params_ratio)}"
+        macs = f"{human(r.macs_before)}->{human(r.macs_after)}"
+        macs += f" (={split}) {_x(r.macs_ratio)}" if r.macs_split else ""
+        err = f"{r.rel_error:.3f}" if r.rel_error is not None else ""
+        rows.append((r.name, r.op_type, r.method or "", s, t, weights, macs, err, r.status))
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    tot = report.totals
+    td = tot.to_dict()
+    lines.append("")
+    lines.append(
+        f"{tot.decomposed} of {tot.layers} layers decomposed, {tot.skipped} skipped. "
+        f"Model weights {human(tot.params_before)} -> {human(tot.params_after)} {_x(td['params_ratio'])}; "
+        f"MACs {human(tot.macs_before)} -> {human(tot.macs_after)} {_x(td['macs_ratio'])}"
+        + (f" ({tot.macs_unknown_layers} layers of unknown size not counted)" if tot.macs_unknown_layers else "")
+        + (
+            f"; file {human(tot.file_bytes_before)}B -> {human(tot.file_bytes_after)}B"
+            if tot.file_bytes_before and tot.file_bytes_after
+            else ""
+        )
+    )
+    return "\n".join(lines)
