@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import logging
 import os
 from dataclasses import asdict, replace
@@ -28,7 +29,7 @@ def _config(config: CompressConfig | None, overrides: dict[str, Any]) -> Compres
     cfg = config or CompressConfig()
     try:
         return replace(cfg, **overrides) if overrides else cfg
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, re.error) as exc:
         raise WncError(f"invalid option: {exc}", "see 'wnc-onnx --help'") from None
 
 

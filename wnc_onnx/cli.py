@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import logging
 import sys
 import traceback
@@ -94,7 +95,7 @@ def _config(a: argparse.Namespace) -> CompressConfig:
             fc_tucker=not a.no_fc_tucker, require_savings=not a.allow_no_saving,
             hooi_max_iter=a.hooi_iters, hooi_tol=a.hooi_tol,
         )
-    except ValueError as exc:  # also re.error
+    except (ValueError, re.error) as exc:
         raise WncError(f"invalid option: {exc}", "see 'wnc-onnx --help'") from None
 
 

@@ -34,7 +34,7 @@ def planted_kernel(
     else:
         u_in = _orth(rng, s, min(r3, s))
         core = rng.standard_normal((u_out.shape[1], u_in.shape[1], p))
-        k = np.einsum("ta,abp,sb->tsp", u_out, core, u_in).reshape((t, s) + spatial)
+        k = np.einsum("ta,abp,sb->tsp", u_out, core, u_in, optimize=True).reshape((t, s) + spatial)
     std = np.sqrt(2.0 / (s * p))
     k *= std / (k.std() + 1e-12)
     k += noise * std * rng.standard_normal(k.shape)
@@ -69,7 +69,9 @@ def table_model(rows: Sequence[TableLayer], seed: int = 0) -> onnx.ModelProto:
         x, y = f"{row.name}_in", f"{row.name}_out"
         w = f"{row.name}.weight"
         if row.kind == "conv":
-            total = (row.out_hw - 1) * row.stride + row.D - row.in_hw
+            # Smallest total padding that gives out_hw (the floor of the conv arithmetic may
+            # need none even when the formula says -1); split as the row's pad allows.
+            total = max((row.out_hw - 1) * row.stride + row.D - row.in_hw, 0)
             begin = min(row.pad, max(total, 0))
             pads = [begin, begin, total - begin, total - begin]
             cin, cout = row.S * row.groups, row.T * row.groups

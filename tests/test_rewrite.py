@@ -1,0 +1,178 @@
+"""Every rewrite checked in ORT: exact at full rank, error that follows the kernel error below it."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import wnc_onnx
+from tests.helpers import conv_model, rel_diff, single_node_model
+
+FULL = {"require_savings": False, "min_rank": 0}
+
+
+def full_ranks(model, name, r3, r4):
+    return wnc_onnx.compress(model, ranks={name: (r3, r4) if r3 else r4}, **FULL)
+
+
+CONV_CASES = [
+    # (cin, cout, kernel, spatial, groups, bias, attrs)
+    (8, 12, (3, 3), (9, 9), 1, True, {}),
+    (8, 12, (3, 3), (9, 9), 1, False, {}),
+    (8, 12, (3, 3), (10, 11), 1, True, {"strides": [2, 3]}),
+    (8, 12, (3, 3), (9, 9), 1, True, {"pads": [0, 1, 2, 1]}),
+    (8, 12, (3, 3), (12, 12), 1, True, {"dilations": [2, 2], "pads": [2, 2, 2, 2]}),
+    (8, 12, (3, 3), (9, 9), 1, True, {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+    (8, 12, (3, 3), (9, 9), 1, True, {"auto_pad": "SAME_LOWER"}),
+    (8, 12, (3, 3), (9, 9), 1, True, {"auto_pad": "VALID"}),
+    (8, 12, (2, 4), (9, 9), 2, True, {}),
+    (12, 16, (3, 3), (7, 7), 4, True, {"pads": [1, 1, 1, 1]}),
+    (6, 10, (5,), (20,), 1, True, {"pads": [2, 1], "strides": [2]}),
+    (6, 10, (3, 3, 3), (6, 7, 5), 1, True, {"pads": [1, 0, 1, 1, 1, 0]}),
+    (6, 10, (3, 3, 3), (6, 6, 6), 2, False, {"strides": [1, 2, 1]}),
+]
+
+
+@pytest.mark.parametrize("cin,cout,kernel,spatial,groups,bias,attrs", CONV_CASES)
+def test_conv_full_rank_tucker2_and_tucker1_are_exact(cin, cout, kernel, spatial, groups, bias, attrs):
+    model = conv_model(cin, cout, kernel, spatial, groups=groups, bias=bias, **attrs)
+    s, t = cin // groups, cout // groups
+    for r3 in (s, None):
+        out, report = full_ranks(model, "conv", r3, t)
+        onnx.checker.check_model(out, full_check=True)
+        layer = report.layer("conv")
+        assert layer.status == "decomposed"
+        assert layer.method == ("tucker2" if r3 else "tucker1")
+        assert len(out.graph.node) == (3 if r3 else 2)
+        assert all(n.op_type == "Conv" and n.name.startswith("conv/wnc/") for n in out.graph.node)
+        assert rel_diff(model, out) < 1e-4
+
+
+def test_pointwise_conv_and_depthwise_skip():
+    model = conv_model(16, 24, (1, 1), (5, 5), strides=[2, 2], pads=[1, 0, 0, 1])
+    out, report = full_ranks(model, "conv", None, 16)
+    assert report.layer("conv").method == "svd"
+    assert rel_diff(model, out) < 1e-4
+    dw = conv_model(8, 8, (3, 3), (6, 6), groups=8)
+    dw_out, rep = wnc_onnx.compress(dw, **FULL)
+    assert rep.layer("conv").status == "skipped" and "depthwise" in rep.layer("conv").reason
+    assert rep.totals.decomposed == 0 and [n.op_type for n in dw_out.graph.node] == ["Conv"]
+
+
+@pytest.mark.parametrize("r", [2, 4, 6])
+def test_reduced_rank_output_error_follows_kernel_error(r):
+    rng = np.random.default_rng(r)
+    model = conv_model(16, 24, (3, 3), (12, 12), seed=r, pads=[1, 1, 1, 1])
+    out, report = full_ranks(model, "conv", r + 2, r + 4)
+    kernel_err = report.layer("conv").rel_error
+    out_err = rel_diff(model, out, seed=int(rng.integers(100)))
+    assert 0.05 < kernel_err < 1.0
+    # random inputs: the output error is of the order of the kernel error
+    assert 0.3 * kernel_err < out_err < 2.0 * kernel_err
+
+
+def gemm(trans_a=0, trans_b=0, alpha=1.0, beta=1.0, bias="vector", opset=17, m=3, k=20, n=14):
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal((n, k) if trans_b else (k, n))
+    inits = {"B": b}
+    inputs = ["A", "B"]
+    if bias == "vector":
+        inits["C"] = rng.standard_normal(n)
+        inputs.append("C")
+    elif bias == "matrix":
+        inits["C"] = rng.standard_normal((m, n))
+        inputs.append("C")
+    node = helper.make_node("Gemm", inputs, ["Y"], name="fc", transA=trans_a, transB=trans_b, alpha=alpha, beta=beta)
+    return single_node_model(node, {"A": (k, m) if trans_a else (m, k)}, inits, opset=opset)
+
+
+@pytest.mark.parametrize("trans_a", [0, 1])
+@pytest.mark.parametrize("trans_b", [0, 1])
+@pytest.mark.parametrize("bias", ["vector", "matrix", None])
+def test_gemm_svd_full_rank(trans_a, trans_b, bias):
+    model = gemm(trans_a, trans_b, alpha=0.7, beta=1.3, bias=bias)
+    out, report = full_ranks(model, "fc", None, 14)
+    assert [n.op_type for n in out.graph.node] == ["Gemm", "Gemm"]
+    assert report.layer("fc").method == "svd"
+    onnx.checker.check_model(out, full_check=True)
+    assert rel_diff(model, out) < 1e-4
+
+
+def test_gemm_old_opset_without_bias():
+    model = gemm(bias=None, opset=9)
+    # opset 9 requires C: the source model gets a zero C
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(1, np.float32), "Z"))
+    model.graph.node[0].input.append("Z")
+    out, _ = full_ranks(model, "fc", None, 14)
+    onnx.checker.check_model(out, full_check=True)
+    assert rel_diff(model, out) < 1e-4
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("batch", [(), (2,), (2, 3)])
+def test_matmul_either_side(side, batch):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((10, 18))
+    if side == "right":
+        node = helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm")
+        x_shape = (*batch, 5, 10)
+    else:
+        node = helper.make_node("MatMul", ["W", "X"], ["Y"], name="mm")
+        x_shape = (*batch, 18, 4)
+    model = single_node_model(node, {"X": x_shape}, {"W": w})
+    out, report = full_ranks(model, "mm", None, 10)
+    assert [n.op_type for n in out.graph.node] == ["MatMul", "MatMul"]
+    assert rel_diff(model, out) < 1e-4
+    _, low = full_ranks(model, "mm", None, 3)
+    assert low.layer("mm").params_after == 3 * (10 + 18)
+
+
+@pytest.mark.parametrize("flatten", ["Flatten", "Reshape"])
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_flatten_gemm_becomes_tucker2_conv(flatten, trans_b):
+    rng = np.random.default_rng(2)
+    c, h, w, n = 6, 3, 4, 9
+    wt = rng.standard_normal((n, c * h * w))
+    inits = {"B": wt if trans_b else wt.T, "bias": rng.standard_normal(n)}
+    nodes = []
+    if flatten == "Flatten":
+        nodes.append(helper.make_node("Flatten", ["x"], ["f"], name="flat", axis=1))
+    else:
+        inits["shape"] = np.array([0, -1])
+        nodes.append(helper.make_node("Reshape", ["x", "shape"], ["f"], name="flat"))
+    nodes.append(helper.make_node("Gemm", ["f", "B", "bias"], ["y"], name="fc6", transB=trans_b, alpha=0.5))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", c, h, w])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", n])],
+        [onnx.numpy_helper.from_array(v.astype(np.int64 if k == "shape" else np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    out, report = full_ranks(model, "fc6", c, n)
+    layer = report.layer("fc6")
+    assert layer.method == "tucker2" and layer.kernel == [h, w]
+    ops = [nd.op_type for nd in out.graph.node]
+    assert ops == ["Conv", "Conv", "Flatten", "Gemm"]  # the old Flatten/Reshape is gone
+    assert "shape" not in {t.name for t in out.graph.initializer}
+    onnx.checker.check_model(out, full_check=True)
+    assert rel_diff(model, out) < 1e-4
+    svd_out, svd_rep = wnc_onnx.compress(model, ranks={"fc6": n}, fc_tucker=False, **FULL)
+    assert svd_rep.layer("fc6").method == "svd"
+    assert rel_diff(model, svd_out) < 1e-4
+
+
+def test_input_model_is_not_modified_and_metadata_kept():
+    model = conv_model(8, 12, (3, 3), (9, 9))
+    model.doc_string = "mine"
+    onnx.helper.set_model_props(model, {"author": "me"})
+    before = model.SerializeToString()
+    out, _ = full_ranks(model, "conv", 4, 4)
+    assert model.SerializeToString() == before
+    assert out.ir_version == model.ir_version and out.opset_import == model.opset_import
+    props = {p.key: p.value for p in out.metadata_props}
+    assert props["author"] == "me" and "wnc_onnx" in props
+    assert out.doc_string == "mine"
+    assert [i.name for i in out.graph.input] == ["x"] and [o.name for o in out.graph.output] == ["y"]
+    node = out.graph.node[1]
+    meta = {p.key: p.value for p in node.metadata_props}
+    assert meta["wnc.source"] == "conv" and meta["wnc.method"] == "tucker2" and "R3=4" in meta["wnc.ranks"]
+    assert "conv" in node.doc_string
+    assert {t.name for t in out.graph.initializer} >= {"B"} and "W" not in {t.name for t in out.graph.initializer}
