@@ -55,8 +55,16 @@ def with_output_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def conv_model(
-    cin: int, cout: int, kernel: Sequence[int], spatial: Sequence[int], *, groups: int = 1, bias: bool = True,
-    seed: int = 0, opset: int = 17, **attrs: object,
+    cin: int,
+    cout: int,
+    kernel: Sequence[int],
+    spatial: Sequence[int],
+    *,
+    groups: int = 1,
+    bias: bool = True,
+    seed: int = 0,
+    opset: int = 17,
+    **attrs: object,
 ) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((cout, cin // groups, *kernel)).astype(np.float32)
@@ -67,16 +75,26 @@ def conv_model(
         inputs.append("B")
     node = helper.make_node("Conv", inputs, ["y"], name="conv", group=groups, kernel_shape=list(kernel), **attrs)
     graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, *spatial])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, *spatial])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
     return with_output_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
 
 
 def single_node_model(
-    node: onnx.NodeProto, inputs: dict[str, Sequence[int | str]], inits: dict[str, np.ndarray], opset: int = 17,
+    node: onnx.NodeProto,
+    inputs: dict[str, Sequence[int | str]],
+    inits: dict[str, np.ndarray],
+    opset: int = 17,
 ) -> onnx.ModelProto:
     graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in inputs.items()],
+        [node],
+        "g",
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in inputs.items()],
         [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in node.output],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
+    )
     return with_output_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))

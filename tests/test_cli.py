@@ -33,15 +33,28 @@ def run_cli(capsys, *args):
 def test_python_dash_m_end_to_end(demo, tmp_path):
     out, rep = tmp_path / "small.onnx", tmp_path / "r.json"
     before = digest(demo)
-    proc = subprocess.run([sys.executable, "-m", "wnc_onnx", str(demo), str(out), "--report", str(rep)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "wnc_onnx", str(demo), str(out), "--report", str(rep)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "decomposed" in proc.stdout and "[6/6]" in proc.stderr  # table on stdout, progress on stderr
     assert digest(demo) == before
     report = json.loads(rep.read_text())
     for layer in report["layers"]:
-        for key in ("name", "op_type", "status", "ranks", "params_before", "params_after", "macs_before",
-                    "macs_after", "rel_error"):
+        for key in (
+            "name",
+            "op_type",
+            "status",
+            "ranks",
+            "params_before",
+            "params_after",
+            "macs_before",
+            "macs_after",
+            "rel_error",
+        ):
             assert key in layer
     assert report["totals"]["file_bytes_after"] == out.stat().st_size
     assert report["totals"]["decomposed"] == 6
@@ -110,10 +123,14 @@ def bad_cases(tmp_path, demo):
     (tmp_path / "noise.bin").write_bytes(b"\x13\x37 definitely not a protobuf \xff\xfe" * 10)
     (tmp_path / "trunc.onnx").write_bytes(data[: len(data) // 3])
     (tmp_path / "empty.onnx").write_bytes(b"")
-    relu = onnx.helper.make_model(onnx.helper.make_graph(
-        [onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
-        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])]))
+    relu = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Relu", ["x"], ["y"])],
+            "g",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])],
+        )
+    )
     onnx.save(relu, tmp_path / "relu.onnx")
     (tmp_path / "ranks_unknown.json").write_text(json.dumps({"conv_nope": [2, 2]}))
     (tmp_path / "ranks_bad.json").write_text("{not json")
@@ -138,10 +155,26 @@ def bad_cases(tmp_path, demo):
     }
 
 
-@pytest.mark.parametrize("case", [
-    "missing file", "not onnx", "truncated", "empty", "nothing to compress", "output is input", "unknown layer",
-    "bad ranks json", "rank too big", "missing ranks file", "no output dir", "bad regex", "bad op type",
-    "unknown flag", "bad boost"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing file",
+        "not onnx",
+        "truncated",
+        "empty",
+        "nothing to compress",
+        "output is input",
+        "unknown layer",
+        "bad ranks json",
+        "rank too big",
+        "missing ranks file",
+        "no output dir",
+        "bad regex",
+        "bad op type",
+        "unknown flag",
+        "bad boost",
+    ],
+)
 def test_bad_input_one_line_exit_2_no_output(case, tmp_path, demo, capsys):
     args, needle = bad_cases(tmp_path, demo)[case]
     before = digest(demo)
@@ -170,8 +203,12 @@ class _nullctx:
 
 def test_bad_input_through_subprocess_has_no_traceback(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"\x00\x01garbage" * 100)
-    proc = subprocess.run([sys.executable, "-m", "wnc_onnx", str(tmp_path / "junk.onnx"), str(tmp_path / "o.onnx")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "wnc_onnx", str(tmp_path / "junk.onnx"), str(tmp_path / "o.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert not (tmp_path / "o.onnx").exists()

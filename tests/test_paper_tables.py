@@ -21,8 +21,9 @@ def test_report_matches_paper_cost_model(net, tables_json, tmp_path, capsys):
     onnx.save(model, src)
     ranks = {r["name"]: [r["R3"], r["R4"]] if r["R3"] else r["R4"] for r in rows}
     (tmp_path / "ranks.json").write_text(json.dumps(ranks))
-    rc = main([str(src), str(dst), "--ranks", str(tmp_path / "ranks.json"), "--report", str(rep), "-q",
-               "--hooi-iters", "0"])  # HOSVD only: the costs do not depend on the sweeps
+    rc = main(
+        [str(src), str(dst), "--ranks", str(tmp_path / "ranks.json"), "--report", str(rep), "-q", "--hooi-iters", "0"]
+    )  # HOSVD only: the costs do not depend on the sweeps
     assert rc == 0, capsys.readouterr().err
     report = json.loads(rep.read_text())
     layers = {r["name"]: r for r in report["layers"]}
@@ -30,8 +31,11 @@ def test_report_matches_paper_cost_model(net, tables_json, tmp_path, capsys):
     for row in rows:
         got = layers[row["name"]]
         assert got["status"] == "decomposed"
-        want = {"R3": row["R3"], "R4": row["R4"]} if row["R3"] else (
-            {"R": row["R4"]} if row["kind"] == "fc" and row["D"] == 1 else {"R4": row["R4"]})
+        want = (
+            {"R3": row["R3"], "R4": row["R4"]}
+            if row["R3"]
+            else ({"R": row["R4"]} if row["kind"] == "fc" and row["D"] == 1 else {"R4": row["R4"]})
+        )
         assert got["ranks"] == want
         assert got["params_before"] == row["S"] * row["T"] * row["D"] ** 2 * row["groups"]
         if row["consistent"]:

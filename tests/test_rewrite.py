@@ -142,9 +142,12 @@ def test_flatten_gemm_becomes_tucker2_conv(flatten, trans_b):
         nodes.append(helper.make_node("Reshape", ["x", "shape"], ["f"], name="flat"))
     nodes.append(helper.make_node("Gemm", ["f", "B", "bias"], ["y"], name="fc6", transB=trans_b, alpha=0.5))
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", c, h, w])],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", c, h, w])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", n])],
-        [onnx.numpy_helper.from_array(v.astype(np.int64 if k == "shape" else np.float32), k) for k, v in inits.items()])
+        [onnx.numpy_helper.from_array(v.astype(np.int64 if k == "shape" else np.float32), k) for k, v in inits.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     out, report = full_ranks(model, "fc6", c, n)
     layer = report.layer("fc6")

@@ -1,8 +1,8 @@
 """wnc-onnx: one-shot whole-network compression of ONNX CNNs (Kim et al., ICLR 2016).
 
-    import wnc_onnx
-    model, report = wnc_onnx.compress("model.onnx")
-    print(report.to_table())
+import wnc_onnx
+model, report = wnc_onnx.compress("model.onnx")
+print(report.to_table())
 """
 
 __version__ = "0.1.0"

@@ -1,15 +1,15 @@
 """Command line: a thin layer over ``wnc_onnx.compress`` / ``wnc_onnx.inspect``.
 
-    wnc-onnx [compress] in.onnx out.onnx [options]
-    wnc-onnx inspect in.onnx [options]
-    wnc-onnx demo out_dir
+wnc-onnx [compress] in.onnx out.onnx [options]
+wnc-onnx inspect in.onnx [options]
+wnc-onnx demo out_dir
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import logging
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -33,30 +33,66 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("which layers")
-    g.add_argument("--op-types", default=",".join(SUPPORTED_OPS),
-                   help="comma-separated op types to compress (default: %(default)s)")
+    g.add_argument(
+        "--op-types",
+        default=",".join(SUPPORTED_OPS),
+        help="comma-separated op types to compress (default: %(default)s)",
+    )
     g.add_argument("--include", metavar="REGEX", help="only layers whose node name matches")
     g.add_argument("--exclude", metavar="REGEX", help="skip layers whose node name matches")
     g.add_argument("--no-pointwise", action="store_true", help="leave 1x1 convolutions alone")
-    g.add_argument("--no-fc-tucker", action="store_true",
-                   help="factor a Gemm fed by Flatten of a CxHxW map with SVD instead of Tucker-2")
+    g.add_argument(
+        "--no-fc-tucker",
+        action="store_true",
+        help="factor a Gemm fed by Flatten of a CxHxW map with SVD instead of Tucker-2",
+    )
     r = p.add_argument_group("ranks")
-    r.add_argument("--ranks", metavar="FILE",
-                   help='JSON {"layer": [R3, R4] | R}: explicit ranks, overriding VBMF (selects the layer)')
-    r.add_argument("--min-rank", type=int, default=CompressConfig.min_rank,
-                   help="floor for VBMF ranks (default: %(default)s)")
-    r.add_argument("--rank-multiple", type=int, default=1, metavar="N",
-                   help="round VBMF ranks up to a multiple of N, e.g. 8 or 16 for SIMD (default: 1)")
-    r.add_argument("--rank-boost", type=float, default=0.0, metavar="F",
-                   help="move ranks from VBMF (0) toward full rank (1): more accuracy, less compression")
-    r.add_argument("--tucker1-max-in", type=int, default=CompressConfig.tucker1_max_in, metavar="C",
-                   help="convs with at most C input channels get Tucker-1 (default: %(default)s)")
-    r.add_argument("--allow-no-saving", action="store_true",
-                   help="rewrite layers even when weights or MACs would not drop (for checks)")
-    r.add_argument("--hooi-iters", type=int, default=CompressConfig.hooi_max_iter,
-                   help="max HOOI sweeps after HOSVD (default: %(default)s)")
-    r.add_argument("--hooi-tol", type=float, default=CompressConfig.hooi_tol,
-                   help="stop HOOI when the captured energy gains less (default: %(default)s)")
+    r.add_argument(
+        "--ranks",
+        metavar="FILE",
+        help='JSON {"layer": [R3, R4] | R}: explicit ranks, overriding VBMF (selects the layer)',
+    )
+    r.add_argument(
+        "--min-rank", type=int, default=CompressConfig.min_rank, help="floor for VBMF ranks (default: %(default)s)"
+    )
+    r.add_argument(
+        "--rank-multiple",
+        type=int,
+        default=1,
+        metavar="N",
+        help="round VBMF ranks up to a multiple of N, e.g. 8 or 16 for SIMD (default: 1)",
+    )
+    r.add_argument(
+        "--rank-boost",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="move ranks from VBMF (0) toward full rank (1): more accuracy, less compression",
+    )
+    r.add_argument(
+        "--tucker1-max-in",
+        type=int,
+        default=CompressConfig.tucker1_max_in,
+        metavar="C",
+        help="convs with at most C input channels get Tucker-1 (default: %(default)s)",
+    )
+    r.add_argument(
+        "--allow-no-saving",
+        action="store_true",
+        help="rewrite layers even when weights or MACs would not drop (for checks)",
+    )
+    r.add_argument(
+        "--hooi-iters",
+        type=int,
+        default=CompressConfig.hooi_max_iter,
+        help="max HOOI sweeps after HOSVD (default: %(default)s)",
+    )
+    r.add_argument(
+        "--hooi-tol",
+        type=float,
+        default=CompressConfig.hooi_tol,
+        help="stop HOOI when the captured energy gains less (default: %(default)s)",
+    )
 
 
 def _add_output(p: argparse.ArgumentParser) -> None:
@@ -89,11 +125,19 @@ def _config(a: argparse.Namespace) -> CompressConfig:
     ops = tuple(o.strip() for o in a.op_types.split(",") if o.strip())
     try:
         return CompressConfig(
-            op_types=ops, include=a.include, exclude=a.exclude, pointwise=not a.no_pointwise,
-            ranks=load_ranks(a.ranks) if a.ranks else {}, min_rank=a.min_rank,
-            rank_multiple=a.rank_multiple, rank_boost=a.rank_boost, tucker1_max_in=a.tucker1_max_in,
-            fc_tucker=not a.no_fc_tucker, require_savings=not a.allow_no_saving,
-            hooi_max_iter=a.hooi_iters, hooi_tol=a.hooi_tol,
+            op_types=ops,
+            include=a.include,
+            exclude=a.exclude,
+            pointwise=not a.no_pointwise,
+            ranks=load_ranks(a.ranks) if a.ranks else {},
+            min_rank=a.min_rank,
+            rank_multiple=a.rank_multiple,
+            rank_boost=a.rank_boost,
+            tucker1_max_in=a.tucker1_max_in,
+            fc_tucker=not a.no_fc_tucker,
+            require_savings=not a.allow_no_saving,
+            hooi_max_iter=a.hooi_iters,
+            hooi_tol=a.hooi_tol,
         )
     except (ValueError, re.error) as exc:
         raise WncError(f"invalid option: {exc}", "see 'wnc-onnx --help'") from None
@@ -185,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line unless --debug
         if getattr(a, "debug", False):
             traceback.print_exc()
-        print(f"wnc-onnx: internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)",
-              file=sys.stderr)
+        print(
+            f"wnc-onnx: internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)", file=sys.stderr
+        )
         return EXIT_INTERNAL

@@ -22,7 +22,7 @@ class CompressConfig:
     pointwise: bool = True  # also factor 1x1 convolutions (SVD)
     # Ranks: explicit ones win over VBMF; then boost, floor and rounding apply to VBMF ranks.
     ranks: Mapping[str, RankSpec] = field(default_factory=dict)
-    min_rank: int = 4
+    min_rank: int = 8
     rank_multiple: int = 1
     rank_boost: float = 0.0  # 0 = VBMF rank, 1 = full rank
     # Structure.

@@ -8,10 +8,15 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
 from wnc_onnx.errors import WncError
+from wnc_onnx.graph import skeleton
+
+# 4-bit and similar packed types: byte count is not numel * itemsize.
+_PACKED = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
 
 _REEXPORT = "re-export the model from its framework (torch.onnx.export, tf2onnx, paddle2onnx)"
 
@@ -30,8 +35,10 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     except DecodeError as exc:
         raise WncError(f"{p} is not an ONNX model (protobuf parse failed: {exc})", _REEXPORT) from None
     except FileNotFoundError as exc:
-        raise WncError(f"external data of {p} is missing: {exc.filename or exc}",
-                       "keep the .data file(s) beside the model, as exported") from None
+        raise WncError(
+            f"external data of {p} is missing: {exc.filename or exc}",
+            "keep the .data file(s) beside the model, as exported",
+        ) from None
     except Exception as exc:  # onnx raises several types for damaged files
         raise WncError(f"cannot read {p} as ONNX: {_one_line(exc)}", _REEXPORT) from None
     check_input(model, str(p))
@@ -43,10 +50,25 @@ def check_input(model: onnx.ModelProto, label: str = "input model") -> None:
         raise WncError(f"{label} has no graph nodes (empty or truncated file)", _REEXPORT)
     if len(model.opset_import) == 0:
         raise WncError(f"{label} declares no opset (truncated or not an ONNX model)", _REEXPORT)
+    check_initializer_sizes(model, label)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(skeleton(model))
     except Exception as exc:
         raise WncError(f"{label} fails the ONNX checker: {_one_line(exc)}", _REEXPORT) from None
+
+
+def check_initializer_sizes(model: onnx.ModelProto, label: str) -> None:
+    """Raw weight bytes must match the declared shape (the checker runs on a skeleton)."""
+    for t in model.graph.initializer:
+        if not t.HasField("raw_data") or t.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 0
+        want = int(np.prod(t.dims, dtype=np.int64)) * itemsize
+        if itemsize and len(t.raw_data) != want and t.data_type not in _PACKED:
+            raise WncError(
+                f"{label}: initializer '{t.name}' holds {len(t.raw_data)} bytes, its shape {list(t.dims)} needs {want}",
+                _REEXPORT,
+            )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -93,11 +115,14 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> int:
     """Write ``model`` atomically; returns the file size in bytes."""
-    if model.ByteSize() >= (2 << 30) - 1:
-        raise WncError("the output model exceeds 2 GB, the protobuf limit",
-                       "keep its weights as external data (support is tracked in issue 3)")
     with atomic_path(path) as tmp:
-        onnx.save_model(model, str(tmp))
+        try:
+            onnx.save_model(model, str(tmp))
+        except ValueError as exc:  # protobuf refuses messages above 2 GB
+            raise WncError(
+                f"cannot serialize the output model: {_one_line(exc)}",
+                "keep its weights as external data (support is tracked in issue 3)",
+            ) from None
     return Path(path).stat().st_size
 
 

@@ -27,8 +27,13 @@ def plot_report(report: Report, path: str | os.PathLike[str]) -> None:
     ax1.bar([i - 1.5 * w for i in x], [r.S or 0 for r in rows], w, label="S (in channels)", color="#c6dbef")
     ax1.bar([i - 0.5 * w for i in x], [r.ranks.get("R3", 0) for r in rows], w, label="R3", color="#2171b5")
     ax1.bar([i + 0.5 * w for i in x], [r.T or 0 for r in rows], w, label="T (out channels)", color="#fdd0a2")
-    ax1.bar([i + 1.5 * w for i in x], [r.ranks.get("R4", r.ranks.get("R", 0)) for r in rows], w,
-            label="R4 / R", color="#d94801")
+    ax1.bar(
+        [i + 1.5 * w for i in x],
+        [r.ranks.get("R4", r.ranks.get("R", 0)) for r in rows],
+        w,
+        label="R4 / R",
+        color="#d94801",
+    )
     ax1.set_ylabel("channels / rank")
     ax1.set_yscale("log")
     ax1.set_title("Chosen ranks per layer (per group)")

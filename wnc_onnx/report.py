@@ -145,8 +145,9 @@ def format_table(report: Report) -> str:
         s = f"{r.S}{g}" if r.S is not None else ""
         t = f"{r.T}{g}" if r.T is not None else ""
         if r.status == "skipped":
-            rows.append((r.name, r.op_type, "-", s, t, human(r.params_before), human(r.macs_before), "",
-                         f"skipped: {r.reason}"))
+            rows.append(
+                (r.name, r.op_type, "-", s, t, human(r.params_before), human(r.macs_before), "", f"skipped: {r.reason}")
+            )
             continue
         r3 = r.ranks.get("R3")
         r4 = r.ranks.get("R4", r.ranks.get("R"))

@@ -79,8 +79,18 @@ def table_model(rows: Sequence[TableLayer], seed: int = 0) -> onnx.ModelProto:
             outputs.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, cout, row.out_hw, row.out_hw]))
             weight = rng.standard_normal((cout, row.S, row.D, row.D)).astype(np.float32) * 0.05
             inits.append(numpy_helper.from_array(weight, w))
-            nodes.append(helper.make_node("Conv", [x, w], [y], name=row.name, kernel_shape=[row.D, row.D],
-                                          strides=[row.stride] * 2, pads=pads, group=row.groups))
+            nodes.append(
+                helper.make_node(
+                    "Conv",
+                    [x, w],
+                    [y],
+                    name=row.name,
+                    kernel_shape=[row.D, row.D],
+                    strides=[row.stride] * 2,
+                    pads=pads,
+                    group=row.groups,
+                )
+            )
         else:
             k = row.S * row.D * row.D
             weight = (rng.standard_normal((row.T, k)) * 0.01).astype(np.float32)
@@ -101,14 +111,29 @@ def table_model(rows: Sequence[TableLayer], seed: int = 0) -> onnx.ModelProto:
 # VGG-16: (out channels, planted R3, planted R4) per conv; "M" is a 2x2 max-pool.
 # The planted ranks of conv1_2..conv5_3 are those of Kim et al.'s Table 5.
 VGG16_CONVS: tuple[tuple[str, int, int | None, int], ...] = (
-    ("conv1_1", 64, None, 24), ("conv1_2", 64, 11, 18), ("M", 0, None, 0),
-    ("conv2_1", 128, 22, 34), ("conv2_2", 128, 39, 36), ("M", 0, None, 0),
-    ("conv3_1", 256, 58, 117), ("conv3_2", 256, 138, 132), ("conv3_3", 256, 124, 119), ("M", 0, None, 0),
-    ("conv4_1", 512, 148, 194), ("conv4_2", 512, 212, 207), ("conv4_3", 512, 178, 163), ("M", 0, None, 0),
-    ("conv5_1", 512, 185, 164), ("conv5_2", 512, 172, 170), ("conv5_3", 512, 120, 120), ("M", 0, None, 0),
+    ("conv1_1", 64, None, 12),
+    ("conv1_2", 64, 11, 18),
+    ("M", 0, None, 0),
+    ("conv2_1", 128, 22, 34),
+    ("conv2_2", 128, 39, 36),
+    ("M", 0, None, 0),
+    ("conv3_1", 256, 58, 117),
+    ("conv3_2", 256, 138, 132),
+    ("conv3_3", 256, 124, 119),
+    ("M", 0, None, 0),
+    ("conv4_1", 512, 148, 194),
+    ("conv4_2", 512, 212, 207),
+    ("conv4_3", 512, 178, 163),
+    ("M", 0, None, 0),
+    ("conv5_1", 512, 185, 164),
+    ("conv5_2", 512, 172, 170),
+    ("conv5_3", 512, 120, 120),
+    ("M", 0, None, 0),
 )
 VGG16_FCS: tuple[tuple[str, int, int | None, int], ...] = (
-    ("fc6", 4096, 160, 320), ("fc7", 4096, None, 300), ("fc8", 1000, None, 200),
+    ("fc6", 4096, 160, 320),
+    ("fc7", 4096, None, 300),
+    ("fc8", 1000, None, 200),
 )
 
 
@@ -125,10 +150,20 @@ def vgg16(seed: int = 0, noise: float = 0.05, image: int = 224) -> onnx.ModelPro
             x, hw = y, hw // 2
             continue
         k = planted_kernel(rng, cout, c, (3, 3), r3 if c > 3 else None, r4, noise)
-        inits += [numpy_helper.from_array(k, f"{name}.weight"),
-                  numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}.bias")]
-        nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [f"{name}_out"], name=name,
-                                      kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+        inits += [
+            numpy_helper.from_array(k, f"{name}.weight"),
+            numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}.bias"),
+        ]
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [x, f"{name}.weight", f"{name}.bias"],
+                [f"{name}_out"],
+                name=name,
+                kernel_shape=[3, 3],
+                pads=[1, 1, 1, 1],
+            )
+        )
         nodes.append(helper.make_node("Relu", [f"{name}_out"], [f"{name}_relu"], name=f"{name}_relu"))
         x, c = f"{name}_relu", cout
     nodes.append(helper.make_node("Flatten", [x], ["flat"], name="flatten", axis=1))
@@ -138,8 +173,10 @@ def vgg16(seed: int = 0, noise: float = 0.05, image: int = 224) -> onnx.ModelPro
             k = planted_kernel(rng, cout, c, spatial, r3, r4, noise).reshape(cout, -1)
         else:
             k = planted_kernel(rng, cout, c, (), None, r4, noise)
-        inits += [numpy_helper.from_array(k, f"{name}.weight"),
-                  numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}.bias")]
+        inits += [
+            numpy_helper.from_array(k, f"{name}.weight"),
+            numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}.bias"),
+        ]
         y = f"{name}_out" if i == len(VGG16_FCS) - 1 else f"{name}_gemm"
         nodes.append(helper.make_node("Gemm", [x, f"{name}.weight", f"{name}.bias"], [y], name=name, transB=1))
         if i < len(VGG16_FCS) - 1:
@@ -147,41 +184,71 @@ def vgg16(seed: int = 0, noise: float = 0.05, image: int = 224) -> onnx.ModelPro
             y = f"{name}_relu"
         x, c = y, cout
     graph = helper.make_graph(
-        nodes, "vgg16_planted",
+        nodes,
+        "vgg16_planted",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, image, image])],
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 1000])], inits)
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 1000])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="wnc_onnx.zoo")
 
 
 def demo_cnn(seed: int = 0) -> onnx.ModelProto:
     """A small image classifier (3x32x32 -> 10) with planted low-rank kernels."""
     rng = np.random.default_rng(seed)
-    spec = [("conv1", 3, 32, None, 12), ("conv2", 32, 64, 12, 20), ("conv3", 64, 128, 24, 40),
-            ("conv4", 128, 128, 32, 48)]
+    spec = [
+        ("conv1", 3, 32, None, 12),
+        ("conv2", 32, 64, 12, 20),
+        ("conv3", 64, 128, 24, 40),
+        ("conv4", 128, 128, 32, 48),
+    ]
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     x = "image"
     for i, (name, cin, cout, r3, r4) in enumerate(spec):
         k = planted_kernel(rng, cout, cin, (3, 3), r3, r4)
-        inits += [numpy_helper.from_array(k, f"{name}.weight"),
-                  numpy_helper.from_array((0.01 * rng.standard_normal(cout)).astype(np.float32), f"{name}.bias")]
-        nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [f"{name}_out"], name=name,
-                                      kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+        inits += [
+            numpy_helper.from_array(k, f"{name}.weight"),
+            numpy_helper.from_array((0.01 * rng.standard_normal(cout)).astype(np.float32), f"{name}.bias"),
+        ]
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [x, f"{name}.weight", f"{name}.bias"],
+                [f"{name}_out"],
+                name=name,
+                kernel_shape=[3, 3],
+                pads=[1, 1, 1, 1],
+            )
+        )
         nodes.append(helper.make_node("Relu", [f"{name}_out"], [f"{name}_relu"], name=f"{name}_relu"))
         x = f"{name}_relu"
         if i % 2 == 1:
-            nodes.append(helper.make_node("MaxPool", [x], [f"{name}_pool"], name=f"{name}_pool",
-                                          kernel_shape=[2, 2], strides=[2, 2]))
+            nodes.append(
+                helper.make_node(
+                    "MaxPool", [x], [f"{name}_pool"], name=f"{name}_pool", kernel_shape=[2, 2], strides=[2, 2]
+                )
+            )
             x = f"{name}_pool"
     nodes.append(helper.make_node("Flatten", [x], ["flat"], name="flatten", axis=1))
     fc1 = planted_kernel(rng, 256, 128, (8, 8), 32, 64).reshape(256, -1)
     fc2 = planted_kernel(rng, 10, 256, (), None, 8)
-    inits += [numpy_helper.from_array(fc1, "fc1.weight"), numpy_helper.from_array(np.zeros(256, np.float32), "fc1.bias"),
-              numpy_helper.from_array(fc2, "fc2.weight"), numpy_helper.from_array(np.zeros(10, np.float32), "fc2.bias")]
-    nodes += [helper.make_node("Gemm", ["flat", "fc1.weight", "fc1.bias"], ["fc1_out"], name="fc1", transB=1),
-              helper.make_node("Relu", ["fc1_out"], ["fc1_relu"], name="fc1_relu"),
-              helper.make_node("Gemm", ["fc1_relu", "fc2.weight", "fc2.bias"], ["logits"], name="fc2", transB=1)]
+    inits += [
+        numpy_helper.from_array(fc1, "fc1.weight"),
+        numpy_helper.from_array(np.zeros(256, np.float32), "fc1.bias"),
+        numpy_helper.from_array(fc2, "fc2.weight"),
+        numpy_helper.from_array(np.zeros(10, np.float32), "fc2.bias"),
+    ]
+    nodes += [
+        helper.make_node("Gemm", ["flat", "fc1.weight", "fc1.bias"], ["fc1_out"], name="fc1", transB=1),
+        helper.make_node("Relu", ["fc1_out"], ["fc1_relu"], name="fc1_relu"),
+        helper.make_node("Gemm", ["fc1_relu", "fc2.weight", "fc2.bias"], ["logits"], name="fc2", transB=1),
+    ]
     graph = helper.make_graph(
-        nodes, "demo_cnn", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 32, 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
+        nodes,
+        "demo_cnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="wnc_onnx.zoo")

@@ -31,9 +31,7 @@ def _macs(per_pixel: tuple[int, ...], pixels: tuple[int | None, ...]) -> tuple[i
     return tuple(a * int(p) for a, p in zip(per_pixel, pixels, strict=True))  # type: ignore[arg-type]
 
 
-def conv_costs(
-    s: int, t: int, kernel: int, groups: int, out_pixels: int | None
-) -> Costs:
+def conv_costs(s: int, t: int, kernel: int, groups: int, out_pixels: int | None) -> Costs:
     """A plain convolution: ``s``/``t`` are per-group channels, ``kernel`` the window size."""
     w = groups * s * t * kernel
     return Costs((w,), _macs((w,), (out_pixels,)))
@@ -56,7 +54,7 @@ def lowrank_costs(
     """
     g = groups
     if r3 is None:
-        params = (g * kernel * s * r4, g * r4 * t)
-        return Costs(params, _macs(params, (out_pixels, out_pixels)))
-    params = (g * s * r3, g * kernel * r3 * r4, g * r4 * t)
-    return Costs(params, _macs(params, (in_pixels, out_pixels, out_pixels)))
+        two = (g * kernel * s * r4, g * r4 * t)
+        return Costs(two, _macs(two, (out_pixels, out_pixels)))
+    three = (g * s * r3, g * kernel * r3 * r4, g * r4 * t)
+    return Costs(three, _macs(three, (in_pixels, out_pixels, out_pixels)))

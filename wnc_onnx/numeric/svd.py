@@ -22,10 +22,13 @@ class LowRankFactors:
         return np.asarray(self.left @ self.right)
 
 
-def truncated_svd(matrix: np.ndarray, rank: int, gram: np.ndarray | None = None) -> LowRankFactors:
+def truncated_svd(
+    matrix: np.ndarray, rank: int, gram: np.ndarray | None = None, eigenvalues: np.ndarray | None = None
+) -> LowRankFactors:
     """Best rank-``rank`` approximation, split as U sqrt(s) and sqrt(s) V^T.
 
-    ``gram`` may hold the Gram matrix of the smaller side (W W^T if m <= n, else W^T W).
+    ``gram`` may hold the Gram matrix of the smaller side (W W^T if m <= n, else W^T W),
+    ``eigenvalues`` its known spectrum.
     """
     w = np.asarray(matrix)
     m, n = w.shape
@@ -34,7 +37,7 @@ def truncated_svd(matrix: np.ndarray, rank: int, gram: np.ndarray | None = None)
     small, large = a.shape
     r = int(min(max(rank, 1), small))
     g = mode_gram(a, 0) if gram is None else gram
-    vals, u = sym_eig_top(g, r)
+    vals, u = sym_eig_top(g, r, eigenvalues)
     dt = work_dtype(small, large)
     proj = np.asarray(u.T.astype(dt) @ a.astype(dt, copy=False), dtype=np.float64)  # (r, large)
     sv = np.sqrt(vals)

@@ -51,12 +51,14 @@ def _rel_error(norm2: float, kept2: float) -> float:
     return math.sqrt(max(norm2 - kept2, 0.0) / norm2)
 
 
-def tucker1(kernel: np.ndarray, r_out: int, gram_out: np.ndarray | None = None) -> Tucker1:
+def tucker1(
+    kernel: np.ndarray, r_out: int, gram_out: np.ndarray | None = None, eig_out: np.ndarray | None = None
+) -> Tucker1:
     """Optimal output-mode truncation (the truncated SVD of the mode-0 matricization)."""
     k = np.asarray(kernel)
     T = k.shape[0]
     g = mode_gram(k, 0) if gram_out is None else gram_out
-    w, u = sym_eig_top(g, r_out)
+    w, u = sym_eig_top(g, r_out, eig_out)
     dt = work_dtype(T, k.size // T)
     flat = k.reshape(T, -1).astype(dt, copy=False)
     core = (u.T.astype(dt) @ flat).reshape((u.shape[1],) + k.shape[1:])
@@ -71,6 +73,8 @@ def tucker2(
     *,
     gram_in: np.ndarray | None = None,
     gram_out: np.ndarray | None = None,
+    eig_in: np.ndarray | None = None,
+    eig_out: np.ndarray | None = None,
     max_iter: int = 20,
     tol: float = 1e-5,
 ) -> Tucker2:
@@ -78,6 +82,7 @@ def tucker2(
 
     Sweeps stop when the captured energy ||core||^2 / ||K||^2 improves by less than
     ``tol`` or after ``max_iter`` sweeps. A mode kept at full rank uses the identity.
+    ``eig_in``/``eig_out``: the Grams' known spectra (speeds up the HOSVD start).
     """
     k = np.asarray(kernel)
     T, S = k.shape[0], k.shape[1]
@@ -91,11 +96,16 @@ def tucker2(
     norm2 = float(np.trace(g_out))
 
     full_in, full_out = r_in == S, r_out == T
-    u_in = np.eye(S) if full_in else sym_eig_top(mode_gram(k, 1) if gram_in is None else gram_in, r_in)[1]
-    u_out = np.eye(T) if full_out else sym_eig_top(g_out, r_out)[1]
+    u_in = np.eye(S) if full_in else sym_eig_top(mode_gram(k, 1) if gram_in is None else gram_in, r_in, eig_in)[1]
+    u_out = np.eye(T) if full_out else sym_eig_top(g_out, r_out, eig_out)[1]
 
-    def project_in(u: np.ndarray) -> np.ndarray:  # (T, P, R3)
-        return np.asarray(k3.transpose(0, 2, 1) @ u.astype(dt))
+    def project_in(u: np.ndarray) -> np.ndarray:  # (T, P, R3), in row blocks: no full transposed copy
+        ud = u.astype(dt)
+        out = np.empty((T, P, ud.shape[1]), dtype=dt)
+        step = max(1, (64 << 20) // max(1, S * P * k3.itemsize))
+        for t0 in range(0, T, step):
+            out[t0 : t0 + step] = k3[t0 : t0 + step].transpose(0, 2, 1) @ ud
+        return out
 
     def refine(u: np.ndarray, mat: np.ndarray, r: int) -> np.ndarray:
         """Leading r-dim left subspace of ``mat`` (n x m): exact for small n, else one

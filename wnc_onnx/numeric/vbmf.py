@@ -48,9 +48,7 @@ def evbmf(matrix: np.ndarray, sigma2: float | None = None) -> EVBMFResult:
     return evbmf_from_singular_values(s, (L, M), sigma2=sigma2)
 
 
-def evbmf_from_eigenvalues(
-    eigenvalues: np.ndarray, shape: tuple[int, int], sigma2: float | None = None
-) -> EVBMFResult:
+def evbmf_from_eigenvalues(eigenvalues: np.ndarray, shape: tuple[int, int], sigma2: float | None = None) -> EVBMFResult:
     """EVBMF from the eigenvalues of the small Gram matrix (Y Y^T with Y of ``shape``)."""
     ev = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
     return evbmf_from_singular_values(np.sqrt(ev), shape, sigma2=sigma2)
@@ -86,10 +84,7 @@ def evbmf_from_singular_values(
     tau_bar = TAU_CONST * math.sqrt(alpha)
     x_bar = (1.0 + tau_bar) * (1.0 + alpha / tau_bar)
 
-    if sigma2 is None:
-        sig2 = _estimate_noise(s2, L, M, H, res, alpha, x_bar)
-    else:
-        sig2 = float(sigma2) / scale2
+    sig2 = _estimate_noise(s2, L, M, H, res, alpha, x_bar) if sigma2 is None else float(sigma2) / scale2
 
     threshold2 = M * sig2 * x_bar
     rank = int(np.sum(s2 > threshold2))
@@ -107,9 +102,7 @@ def _tau(x: np.ndarray, alpha: float) -> np.ndarray:
     return np.asarray(0.5 * (b + np.sqrt(np.maximum(b * b - 4.0 * alpha, 0.0))))
 
 
-def _estimate_noise(
-    s2: np.ndarray, L: int, M: int, H: int, res: float, alpha: float, x_bar: float
-) -> float:
+def _estimate_noise(s2: np.ndarray, L: int, M: int, H: int, res: float, alpha: float, x_bar: float) -> float:
     """Minimize the EVBMF free energy over the noise variance (bounded 1-D search)."""
     upper = (float(np.sum(s2)) + res) / (L * M)
     k = min(math.ceil(L / (1.0 + alpha)) - 1, H) - 1
@@ -131,9 +124,7 @@ def _estimate_noise(
         f = float(np.sum(xs - np.log(xs)))
         if xb.size:
             t = _tau(xb, alpha)
-            f += float(
-                np.sum(xb - t + np.log((t + 1.0) / xb) + alpha * np.log(t / alpha + 1.0))
-            )
+            f += float(np.sum(xb - t + np.log((t + 1.0) / xb) + alpha * np.log(t / alpha + 1.0)))
         f += res / (M * sig2) + (L - H) * log_sig2
         return f
 

@@ -44,22 +44,15 @@ class Emitter:
         self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def node(
-        self, op_type: str, role: str, inputs: list[str], outputs: list[str], **attrs: object
-    ) -> onnx.NodeProto:
+    def node(self, op_type: str, role: str, inputs: list[str], outputs: list[str], **attrs: object) -> onnx.NodeProto:
         f = self.factors
         ranks = f"R3={f.r3}, R4={f.r4}" if f.r3 is not None else f"R={f.r4}"
-        n = helper.make_node(
-            op_type,
-            inputs,
-            outputs,
-            name=self.ctx.unique_name(f"{self._prefix()}/{role}", self.used),
-            doc_string=(
-                f"wnc-onnx {f.method} of {self.layer.op_type} '{self.layer.name}' "
-                f"({ranks}, groups={self.layer.groups}, kernel rel. error {f.rel_error:.4g}): {role}"
-            ),
-            **attrs,
+        n = helper.make_node(op_type, inputs, outputs, name=self.ctx.unique_name(f"{self._prefix()}/{role}", self.used))
+        n.doc_string = (
+            f"wnc-onnx {f.method} of {self.layer.op_type} '{self.layer.name}' "
+            f"({ranks}, groups={self.layer.groups}, kernel rel. error {f.rel_error:.4g}): {role}"
         )
+        n.attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items())
         if self.ctx.model.ir_version >= 10:
             for key, value in (
                 ("wnc.source", self.layer.name),
@@ -106,6 +99,12 @@ def conv_chain(
     core = stack_groups(f, "core")  # (g*R4, R3 or S, *k)
     attrs = {a.name: a for a in conv_attrs if a.name not in ("group", "kernel_shape")}
     ksize = "x".join(str(k) for k in layer.spatial)
-    node = em.node("Conv", f"core_{ksize}", [src, em.weight(f"core_{ksize}", core)], [core_out],
-                   kernel_shape=list(layer.spatial), group=g)
+    node = em.node(
+        "Conv",
+        f"core_{ksize}",
+        [src, em.weight(f"core_{ksize}", core)],
+        [core_out],
+        kernel_shape=list(layer.spatial),
+        group=g,
+    )
     node.attribute.extend(attrs.values())

@@ -44,10 +44,17 @@ class _Plan:
     source: str
 
 
-def _vbmf_rank(grams: list[np.ndarray], shape: tuple[int, int]) -> int:
-    """EVBMF rank of each group's matricization (Gram eigenvalues); the largest wins."""
+def _vbmf_rank(grams: list[np.ndarray], shape: tuple[int, int], spectra: list[np.ndarray]) -> int:
+    """EVBMF rank of each group's matricization (Gram eigenvalues); the largest wins.
+
+    The spectra are appended to ``spectra`` for the factorization to reuse."""
     small = min(shape)
-    return max(evbmf_from_eigenvalues(sym_eigvals(g)[:small], shape).rank for g in grams)
+    ranks = []
+    for g in grams:
+        ev = sym_eigvals(g)
+        spectra.append(ev)
+        ranks.append(evbmf_from_eigenvalues(ev[:small], shape).rank)
+    return max(ranks)
 
 
 class LowRankPass:
@@ -108,20 +115,41 @@ class LowRankPass:
             rec = self._process(layer, rule, ctx, used, replaced, new_inits, dead_weights)
             rec.seconds = round(time.perf_counter() - t0, 4)
             report.layers.append(rec)
-            log.info("[%d/%d] %-24s %-10s %s%s (%.2fs)", i, total, layer.name, rec.method or "-",
-                     rec.status, f": {rec.reason}" if rec.reason else f" {rec.ranks}", rec.seconds)
+            log.info(
+                "[%d/%d] %-24s %-10s %s%s (%.2fs)",
+                i,
+                total,
+                layer.name,
+                rec.method or "-",
+                rec.status,
+                f": {rec.reason}" if rec.reason else f" {rec.ranks}",
+                rec.seconds,
+            )
         modified = bool(replaced)
         if modified:
             self._splice(model, ctx, replaced, new_inits, dead_weights, layers)
-        report.passes.append({"name": self.name, "seconds": round(time.perf_counter() - start, 3),
-                              "modified": modified, "plan_only": self.plan_only})
+        report.passes.append(
+            {
+                "name": self.name,
+                "seconds": round(time.perf_counter() - start, 3),
+                "modified": modified,
+                "plan_only": self.plan_only,
+            }
+        )
         return PassResult(model=model, report=report, modified=modified)
 
     def _record(self, layer: Layer, status: str, reason: str = "") -> LayerReport:
         before = self._before(layer) if layer.t else None
         return LayerReport(
-            name=layer.name, op_type=layer.op_type, status=status, reason=reason, rule=layer.rule,
-            S=layer.s or None, T=layer.t or None, groups=layer.groups, kernel=list(layer.spatial),
+            name=layer.name,
+            op_type=layer.op_type,
+            status=status,
+            reason=reason,
+            rule=layer.rule,
+            S=layer.s or None,
+            T=layer.t or None,
+            groups=layer.groups,
+            kernel=list(layer.spatial),
             params_before=before.total_params if before else None,
             macs_before=before.total_macs if before else None,
         )
@@ -129,9 +157,16 @@ class LowRankPass:
     def _before(self, layer: Layer) -> Costs:
         return conv_costs(layer.s, layer.t, layer.window, layer.groups, layer.out_pixels)
 
-    def _process(self, layer: Layer, rule: Rule | None, ctx: GraphContext, used: set[str],
-                 replaced: dict[int, list[onnx.NodeProto]], new_inits: list[onnx.TensorProto],
-                 dead_weights: list[str]) -> LayerReport:
+    def _process(
+        self,
+        layer: Layer,
+        rule: Rule | None,
+        ctx: GraphContext,
+        used: set[str],
+        replaced: dict[int, list[onnx.NodeProto]],
+        new_inits: list[onnx.TensorProto],
+        dead_weights: list[str],
+    ) -> LayerReport:
         if layer.skip:
             return self._record(layer, "skipped", layer.skip)
         reason = self.cfg.selects(layer.name, layer.op_type)
@@ -140,15 +175,21 @@ class LowRankPass:
         assert rule is not None
         kernels = [np.asarray(k, dtype=np.float32) if k.dtype.itemsize < 4 else k for k in rule.kernels(layer, ctx)]
         conv_like = layer.rule in ("conv", "flatten_gemm")
-        grams_out = [mode_gram(k, 0) for k in kernels] if conv_like else None
+        # Out-mode Gram (conv-like) or the small side's Gram (matrix): shared by VBMF and factoring.
+        grams_out = [mode_gram(k if conv_like or k.shape[0] <= k.shape[1] else k.T, 0) for k in kernels]
+        self._spectra: dict[str, list[np.ndarray]] = {"out": [], "in": []}
         try:
             plan, grams_in = self._plan(layer, kernels, grams_out)
         except _Skip as skip:
             return self._record(layer, "skipped", str(skip))
         rec = self._record(layer, "planned")
-        rec.method, rec.rank_source, rec.vbmf_ranks = plan.method, plan.source, plan.vbmf
-        rec.ranks = {"R3": plan.r3, "R4": plan.r4} if plan.r3 is not None else (
-            {"R": plan.r4} if plan.method == "svd" else {"R4": plan.r4})
+        rec.method, rec.rank_source = plan.method, plan.source
+        rec.vbmf_ranks = {k: plan.vbmf[k] for k in ("R3", "R4", "R") if k in plan.vbmf}
+        rec.ranks = (
+            {"R3": plan.r3, "R4": plan.r4}
+            if plan.r3 is not None
+            else ({"R": plan.r4} if plan.method == "svd" else {"R4": plan.r4})
+        )
         rec.params_after = plan.after.total_params
         rec.macs_after = plan.after.total_macs
         rec.params_split = list(plan.after.params)
@@ -168,8 +209,9 @@ class LowRankPass:
         return rec
 
     # -- ranks and structure --------------------------------------------------------
-    def _plan(self, layer: Layer, kernels: list[np.ndarray],
-              grams_out: list[np.ndarray] | None) -> tuple[_Plan, list[np.ndarray] | None]:
+    def _plan(
+        self, layer: Layer, kernels: list[np.ndarray], grams_out: list[np.ndarray]
+    ) -> tuple[_Plan, list[np.ndarray] | None]:
         cfg = self.cfg
         spec = cfg.ranks.get(layer.name)
         s, t, p = layer.s, layer.t, layer.window
@@ -181,14 +223,14 @@ class LowRankPass:
             method = "svd"
             full = min(s, t)
             if isinstance(spec, tuple):
-                raise WncError(f"--ranks gives [R3, R4] for '{layer.name}', which is a matrix layer",
-                               f"give one integer rank (1..{full}) for it")
+                raise WncError(
+                    f"--ranks gives [R3, R4] for '{layer.name}', which is a matrix layer",
+                    f"give one integer rank (1..{full}) for it",
+                )
             if spec is not None:
                 r4 = _check_rank(layer.name, "R", spec, full)
             else:
-                grams = grams_out if grams_out is not None else [
-                    mode_gram(k.reshape(t, s), 0) if t <= s else mode_gram(k.reshape(t, s).T, 0) for k in kernels]
-                vbmf["R"] = _vbmf_rank(grams, (t, s))
+                vbmf["R"] = _vbmf_rank(grams_out, (t, s), self._spectra["out"])
                 if vbmf["R"] == 0:
                     raise _Skip("VBMF rank 0: the weights look like noise to EVBMF; set a rank with --ranks")
                 r4 = policy_rank(vbmf["R"], full, cfg)
@@ -201,21 +243,34 @@ class LowRankPass:
             r3 = _check_rank(layer.name, "R3", spec[0], s)
             r4 = _check_rank(layer.name, "R4", spec[1], t)
             grams_in = [mode_gram(k, 1) for k in kernels]
-            plan = _Plan("tucker2", r3, r4, before,
-                         lowrank_costs(s, t, p, layer.groups, layer.in_pixels, layer.out_pixels, r3, r4), vbmf, source)
+            plan = _Plan(
+                "tucker2",
+                r3,
+                r4,
+                before,
+                lowrank_costs(s, t, p, layer.groups, layer.in_pixels, layer.out_pixels, r3, r4),
+                vbmf,
+                source,
+            )
             return self._checked(layer, plan), grams_in
         if spec is not None:
             r4 = _check_rank(layer.name, "R4", spec, t)
-            plan = _Plan("tucker1", None, r4, before,
-                         lowrank_costs(s, t, p, layer.groups, layer.in_pixels, layer.out_pixels, None, r4), vbmf, source)
+            plan = _Plan(
+                "tucker1",
+                None,
+                r4,
+                before,
+                lowrank_costs(s, t, p, layer.groups, layer.in_pixels, layer.out_pixels, None, r4),
+                vbmf,
+                source,
+            )
             return self._checked(layer, plan), None
-        vbmf["R4"] = _vbmf_rank(grams_out, (t, s * p))
+        vbmf["R4"] = _vbmf_rank(grams_out, (t, s * p), self._spectra["out"])
         if not few_in:
             grams_in = [mode_gram(k, 1) for k in kernels]
-            vbmf["R3"] = _vbmf_rank(grams_in, (s, t * p))
+            vbmf["R3"] = _vbmf_rank(grams_in, (s, t * p), self._spectra["in"])
         if vbmf["R4"] == 0 or vbmf.get("R3", 1) == 0:
-            raise _Skip(f"VBMF rank 0 ({_fmt(vbmf)}): the weights look like noise to EVBMF; "
-                        "set ranks with --ranks")
+            raise _Skip(f"VBMF rank 0 ({_fmt(vbmf)}): the weights look like noise to EVBMF; set ranks with --ranks")
         r4 = policy_rank(vbmf["R4"], t, cfg)
         t1 = lowrank_costs(s, t, p, layer.groups, layer.in_pixels, layer.out_pixels, None, r4)
         plan = _Plan("tucker1", None, r4, before, t1, vbmf, source)
@@ -238,26 +293,51 @@ class LowRankPass:
         return plan
 
     # -- factorization ----------------------------------------------------------------
-    def _factor(self, layer: Layer, plan: _Plan, kernels: list[np.ndarray],
-                grams_in: list[np.ndarray] | None, grams_out: list[np.ndarray] | None) -> Factors:
+    def _factor(
+        self,
+        layer: Layer,
+        plan: _Plan,
+        kernels: list[np.ndarray],
+        grams_in: list[np.ndarray] | None,
+        grams_out: list[np.ndarray] | None,
+    ) -> Factors:
         groups: list[dict[str, np.ndarray]] = []
         err2 = norm2 = 0.0
         sweeps = 0
+
+        def spectrum(mode: str, gi: int) -> np.ndarray | None:
+            found = self._spectra[mode]
+            return found[gi] if gi < len(found) else None
+
         for gi, k in enumerate(kernels):
-            n2 = float(np.trace(grams_out[gi])) if grams_out is not None else float(np.sum(np.square(k, dtype=np.float64)))
+            n2 = (
+                float(np.trace(grams_out[gi]))
+                if grams_out is not None
+                else float(np.sum(np.square(k, dtype=np.float64)))
+            )
             if plan.method == "tucker2":
                 assert grams_in is not None and grams_out is not None
-                tk = tucker2(k, plan.r3 or 1, plan.r4, gram_in=grams_in[gi], gram_out=grams_out[gi],
-                             max_iter=self.cfg.hooi_max_iter, tol=self.cfg.hooi_tol)
+                tk = tucker2(
+                    k,
+                    plan.r3 or 1,
+                    plan.r4,
+                    gram_in=grams_in[gi],
+                    gram_out=grams_out[gi],
+                    eig_in=spectrum("in", gi),
+                    eig_out=spectrum("out", gi),
+                    max_iter=self.cfg.hooi_max_iter,
+                    tol=self.cfg.hooi_tol,
+                )
                 groups.append({"core": tk.core, "u_in": tk.u_in, "u_out": tk.u_out})
                 e, sweeps = tk.rel_error, max(sweeps, tk.iterations)
             elif layer.rule in ("conv", "flatten_gemm"):
                 assert grams_out is not None
-                t1 = tucker1(k, plan.r4, gram_out=grams_out[gi])
+                t1 = tucker1(k, plan.r4, gram_out=grams_out[gi], eig_out=spectrum("out", gi))
                 groups.append({"core": t1.core, "u_out": t1.u_out})
                 e = t1.rel_error
             else:
-                f = truncated_svd(k, plan.r4)
+                assert grams_out is not None
+                f = truncated_svd(k, plan.r4, gram=grams_out[gi], eigenvalues=spectrum("out", gi))
                 groups.append({"left": f.left, "right": f.right})
                 e = f.rel_error
             err2 += e * e * n2
@@ -266,9 +346,15 @@ class LowRankPass:
         return Factors(plan.method, plan.r3, plan.r4, groups, rel, sweeps)
 
     # -- graph surgery ---------------------------------------------------------------
-    def _splice(self, model: onnx.ModelProto, ctx: GraphContext, replaced: dict[int, list[onnx.NodeProto]],
-                new_inits: list[onnx.TensorProto], dead_weights: list[str],
-                layers: list[tuple[Layer, Rule | None]]) -> None:
+    def _splice(
+        self,
+        model: onnx.ModelProto,
+        ctx: GraphContext,
+        replaced: dict[int, list[onnx.NodeProto]],
+        new_inits: list[onnx.TensorProto],
+        dead_weights: list[str],
+        layers: list[tuple[Layer, Rule | None]],
+    ) -> None:
         """Put the new nodes where the old ones were (order stays topological), then drop
         what only the old nodes used: their weights, and a Flatten/Reshape bypassed by a
         Tucker-2 FC together with its shape constant."""
@@ -276,14 +362,18 @@ class LowRankPass:
         nodes: list[onnx.NodeProto] = []
         for i, node in enumerate(g.node):
             nodes.extend(replaced.get(i, [node]))
-        bypassed = [ctx.producers[layer.node.input[0]] for layer, _ in layers
-                    if layer.rule == "flatten_gemm" and layer.node.input[0] in ctx.producers]
+        bypassed = [
+            ctx.producers[layer.node.input[0]]
+            for layer, _ in layers
+            if layer.rule == "flatten_gemm" and layer.node.input[0] in ctx.producers
+        ]
         maybe_dead = set(dead_weights) | {name for n in bypassed for name in n.input[1:]}
         prunable = {n.output[0] for n in bypassed} | (maybe_dead & set(ctx.constants))
         while True:
             consumed = {name for n in nodes for name in n.input} | ctx.graph_outputs
-            keep = [n for n in nodes if not n.output or n.output[0] not in prunable
-                    or any(o in consumed for o in n.output)]
+            keep = [
+                n for n in nodes if not n.output or n.output[0] not in prunable or any(o in consumed for o in n.output)
+            ]
             if len(keep) == len(nodes):
                 break
             nodes = keep
@@ -302,8 +392,9 @@ class _Skip(Exception):
 
 def _check_rank(layer: str, which: str, value: object, full: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= full:
-        raise WncError(f"--ranks gives {which}={value!r} for '{layer}', outside 1..{full}",
-                       f"use an integer between 1 and {full}")
+        raise WncError(
+            f"--ranks gives {which}={value!r} for '{layer}', outside 1..{full}", f"use an integer between 1 and {full}"
+        )
     return int(value)
 
 

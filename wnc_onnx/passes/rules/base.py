@@ -36,6 +36,21 @@ def attr(node: onnx.NodeProto, name: str, default: object) -> object:
     return default
 
 
+def attr_int(node: onnx.NodeProto, name: str, default: int) -> int:
+    value = attr(node, name, default)
+    return int(value) if isinstance(value, int | float) else default
+
+
+def attr_float(node: onnx.NodeProto, name: str, default: float) -> float:
+    value = attr(node, name, default)
+    return float(value) if isinstance(value, int | float) else default
+
+
+def attr_ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
+    value = attr(node, name, default)
+    return [int(v) for v in value] if isinstance(value, list | tuple) else default
+
+
 def layer_name(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"{node.op_type}_{index}"
 

@@ -9,7 +9,7 @@ from wnc_onnx.config import CompressConfig
 from wnc_onnx.graph import GraphContext
 from wnc_onnx.passes.emit import Emitter, conv_chain, expand, stack_groups
 from wnc_onnx.passes.layer import Factors, Layer
-from wnc_onnx.passes.rules.base import attr, shared_reason
+from wnc_onnx.passes.rules.base import attr_int, attr_ints, shared_reason
 
 
 class ConvRule:
@@ -31,7 +31,7 @@ class ConvRule:
         if len(shape) < 3:
             layer.skip = f"weight shape {shape} is not a convolution kernel"
             return layer
-        groups = int(attr(node, "group", 1))  # type: ignore[call-overload]
+        groups = attr_int(node, "group", 1)
         cout, s = shape[0], shape[1]
         if groups < 1 or cout % groups:
             layer.skip = f"{cout} output channels do not split into {groups} groups"
@@ -39,7 +39,7 @@ class ConvRule:
         layer.s, layer.t, layer.groups = s, cout // groups, groups
         layer.spatial = tuple(shape[2:])
         nd = len(layer.spatial)
-        layer.strides = tuple(int(v) for v in attr(node, "strides", [1] * nd))  # type: ignore[union-attr]
+        layer.strides = tuple(attr_ints(node, "strides", [1] * nd))
         layer.in_pixels = ctx.static_size(node.input[0], 2)
         layer.out_pixels = ctx.static_size(node.output[0], 2)
         if groups > 1 and s == 1:

@@ -12,14 +12,14 @@ from wnc_onnx.config import CompressConfig
 from wnc_onnx.graph import GraphContext
 from wnc_onnx.passes.emit import Emitter, conv_chain
 from wnc_onnx.passes.layer import Factors, Layer
-from wnc_onnx.passes.rules.base import attr, constant_matrix, gemm_tail
+from wnc_onnx.passes.rules.base import attr_float, attr_int, constant_matrix, gemm_tail
 
 
 class FlattenGemmRule:
     name = "flatten_gemm"
 
     def match(self, node: onnx.NodeProto, ctx: GraphContext, cfg: CompressConfig) -> Layer | None:
-        if node.op_type != "Gemm" or not cfg.fc_tucker or int(attr(node, "transA", 0)):  # type: ignore[call-overload]
+        if node.op_type != "Gemm" or not cfg.fc_tucker or attr_int(node, "transA", 0):  # type: ignore[call-overload]
             return None
         reason, shape = constant_matrix(ctx, node.input[1])
         prod = ctx.producers.get(node.input[0])
@@ -31,12 +31,12 @@ class FlattenGemmRule:
             return None
         if not all(isinstance(d, int) for d in xs[1:]):
             return None
-        if prod.op_type == "Flatten" and int(attr(prod, "axis", 1)) != 1:  # type: ignore[call-overload]
+        if prod.op_type == "Flatten" and attr_int(prod, "axis", 1) != 1:  # type: ignore[call-overload]
             return None
         if prod.op_type == "Reshape" and (xs[0] != fs[0] or xs[0] is None):
             return None
         c, spatial = int(xs[1]), tuple(int(d) for d in xs[2:])  # type: ignore[arg-type]
-        trans_b = int(attr(node, "transB", 0))  # type: ignore[call-overload]
+        trans_b = attr_int(node, "transB", 0)
         k, n = (shape[1], shape[0]) if trans_b else (shape[0], shape[1])
         window = int(np.prod(spatial))
         if window <= 1 or k != c * window:
@@ -50,22 +50,32 @@ class FlattenGemmRule:
 
     def kernels(self, layer: Layer, ctx: GraphContext) -> list[np.ndarray]:
         b = ctx.array(layer.weight)
-        kt = b if attr(layer.node, "transB", 0) else b.T  # (T, C*H*W)
+        kt = b if attr_int(layer.node, "transB", 0) else b.T  # (T, C*H*W)
         return [kt.reshape((layer.t, layer.s) + layer.spatial)]
 
     def rewrite(self, layer: Layer, factors: Factors, ctx: GraphContext, used: set[str]) -> Emitter:
         node = layer.node
-        alpha = float(attr(node, "alpha", 1.0))  # type: ignore[arg-type]
+        alpha = attr_float(node, "alpha", 1.0)
         if alpha != 1.0:
             groups = [dict(g, core=g["core"] * alpha) for g in factors.groups]
-            factors = Factors(factors.method, factors.r3, factors.r4, groups, factors.rel_error, factors.hooi_iterations)
+            factors = Factors(
+                factors.method, factors.r3, factors.r4, groups, factors.rel_error, factors.hooi_iterations
+            )
         em = Emitter(ctx, layer, factors, used)
         core_out = em.tensor("core_out")
         conv_chain(em, str(layer.extra["source"]), [], core_out)
         flat = em.tensor("flatten_out")
         em.node("Flatten", "flatten", [core_out], [flat], axis=1)
         c = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        beta = float(attr(node, "beta", 1.0))  # type: ignore[arg-type]
-        gemm_tail(em, flat, factors.groups[0]["u_out"], int(attr(node, "transB", 0)), c, beta,  # type: ignore[call-overload]
-                  node.output[0], "out_fc")
+        beta = attr_float(node, "beta", 1.0)
+        gemm_tail(
+            em,
+            flat,
+            factors.groups[0]["u_out"],
+            attr_int(node, "transB", 0),
+            c,
+            beta,  # type: ignore[call-overload]
+            node.output[0],
+            "out_fc",
+        )
         return em

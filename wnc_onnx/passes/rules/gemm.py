@@ -9,7 +9,7 @@ from wnc_onnx.config import CompressConfig
 from wnc_onnx.graph import GraphContext
 from wnc_onnx.passes.emit import Emitter
 from wnc_onnx.passes.layer import Factors, Layer
-from wnc_onnx.passes.rules.base import attr, constant_matrix, gemm_tail
+from wnc_onnx.passes.rules.base import attr_float, attr_int, constant_matrix, gemm_tail
 
 
 class GemmRule:
@@ -24,32 +24,32 @@ class GemmRule:
         if reason:
             layer.skip = reason
             return layer
-        trans_b = int(attr(node, "transB", 0))  # type: ignore[call-overload]
+        trans_b = attr_int(node, "transB", 0)
         k, n = (shape[1], shape[0]) if trans_b else (shape[0], shape[1])
         layer.s, layer.t = k, n
         return layer
 
     def kernels(self, layer: Layer, ctx: GraphContext) -> list[np.ndarray]:
         b = ctx.array(layer.weight)
-        return [b if attr(layer.node, "transB", 0) else b.T]
+        return [b if attr_int(layer.node, "transB", 0) else b.T]
 
     def rewrite(self, layer: Layer, factors: Factors, ctx: GraphContext, used: set[str]) -> Emitter:
         em = Emitter(ctx, layer, factors, used)
         node = layer.node
-        trans_b = int(attr(node, "transB", 0))  # type: ignore[call-overload]
+        trans_b = attr_int(node, "transB", 0)
         left, right = factors.groups[0]["left"], factors.groups[0]["right"]  # (T,R), (R,S)
         mid = em.tensor("svd_in_out")
         first = [node.input[0], em.weight("svd_in", right if trans_b else right.T)]
         attrs: dict[str, object] = {
-            "transA": int(attr(node, "transA", 0)),  # type: ignore[call-overload]
+            "transA": attr_int(node, "transA", 0),  # type: ignore[call-overload]
             "transB": trans_b,
-            "alpha": float(attr(node, "alpha", 1.0)),  # type: ignore[arg-type]
+            "alpha": attr_float(node, "alpha", 1.0),  # type: ignore[arg-type]
         }
         if ctx.opset < 11:
             first.append(em.constant("svd_in.zero", np.zeros((1,), dtype=em.np_dtype)))
             attrs["beta"] = 0.0
         em.node("Gemm", "svd_in", first, [mid], **attrs)
         c = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        beta = float(attr(node, "beta", 1.0))  # type: ignore[arg-type]
+        beta = attr_float(node, "beta", 1.0)
         gemm_tail(em, mid, left, trans_b, c, beta, node.output[0], "svd_out")
         return em
