@@ -118,6 +118,8 @@ def build_parser() -> dict[str, argparse.ArgumentParser]:
     _add_output(insp)
     demo = _Parser(prog="wnc-onnx demo", description="Generate a small CNN with low-rank structure and compress it.")
     demo.add_argument("outdir", nargs="?", default="wnc-demo")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    demo.add_argument("--plot", action="store_true", help="also write ranks.png")
     return {"top": top, "compress": comp, "inspect": insp, "demo": demo}
 
 
@@ -197,6 +199,11 @@ def run_demo(a: argparse.Namespace) -> int:
     print(report.to_table())
     write_text_atomic(outdir / "report.json", report.to_json() + "\n")
     print(f"wrote {dst} and {outdir / 'report.json'}")
+    if a.plot:
+        from wnc_onnx.plot import plot_report
+
+        plot_report(report, outdir / "ranks.png")
+        print(f"wrote {outdir / 'ranks.png'}")
     return 0
 
 

@@ -36,6 +36,8 @@ def plot_report(report: Report, path: str | os.PathLike[str]) -> None:
     )
     ax1.set_ylabel("channels / rank")
     ax1.set_yscale("log")
+    top = max(max(r.S or 1, r.T or 1) for r in rows)
+    ax1.set_ylim(1, top * 8)  # headroom for the legend
     ax1.set_title("Chosen ranks per layer (per group)")
     ax1.legend(fontsize=8, ncol=4)
     ax2.bar([i - 0.2 for i in x], [r.params_ratio or 1.0 for r in rows], 0.4, label="weights", color="#6baed6")
