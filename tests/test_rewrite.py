@@ -179,3 +179,60 @@ def test_input_model_is_not_modified_and_metadata_kept():
     assert meta["wnc.source"] == "conv" and meta["wnc.method"] == "tucker2" and "R3=4" in meta["wnc.ranks"]
     assert "conv" in node.doc_string
     assert {t.name for t in out.graph.initializer} >= {"B"} and "W" not in {t.name for t in out.graph.initializer}
+
+
+def test_weight_in_constant_node_and_unnamed_node():
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((12, 8, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["W"], value=onnx.numpy_helper.from_array(w)),
+        helper.make_node("Conv", ["x", "W"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 6, 6])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 12, 6, 6])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    out, report = wnc_onnx.compress(model, ranks={"Conv_1": (8, 12)}, **FULL)
+    assert report.layer("Conv_1").status == "decomposed"
+    assert [n.op_type for n in out.graph.node] == ["Conv", "Conv", "Conv"]  # the Constant is gone
+    assert out.graph.node[0].name == "Conv_1/wnc/in_1x1"
+    assert rel_diff(model, out) < 1e-4
+
+
+def test_shared_weight_and_graph_input_weight_are_skipped():
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((6, 6)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["h"], name="a"),
+        helper.make_node("MatMul", ["h", "W"], ["y"], name="b"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 6])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 6])],
+        [onnx.numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    _, report = wnc_onnx.compress(model, **FULL)
+    assert all("shared by 2 nodes" in r.reason for r in report.layers)
+    model.graph.input.append(helper.make_tensor_value_info("W", onnx.TensorProto.FLOAT, [6, 6]))
+    del model.graph.node[1]
+    model.graph.output[0].name = "h"
+    _, report = wnc_onnx.compress(model, **FULL)
+    assert "graph input" in report.layer("a").reason
+
+
+def test_report_totals_add_up():
+    model = conv_model(16, 24, (3, 3), (10, 10), pads=[1, 1, 1, 1])
+    _, report = wnc_onnx.compress(model, ranks={"conv": (6, 8)})
+    layer, totals = report.layer("conv"), report.totals
+    assert layer.macs_before == 16 * 24 * 9 * 100
+    assert layer.macs_split == [16 * 6 * 100, 9 * 6 * 8 * 100, 8 * 24 * 100]
+    assert layer.params_split == [16 * 6, 9 * 6 * 8, 8 * 24]
+    assert totals.macs_before == layer.macs_before and totals.macs_after == sum(layer.macs_split)
+    # model weights include the bias, carried over unchanged
+    assert totals.params_before - totals.params_after == layer.params_before - layer.params_after

@@ -26,8 +26,13 @@ class MatMulRule:
             layer.skip = "both inputs are constant (fold constants first)"
             return layer
         if not (a_const or b_const):
-            layer.weight = b
-            layer.skip = "no constant weight on either side"
+            # an initializer that is also a graph input says more than "no constant"
+            layer.weight = b if b in ctx.initializers or a not in ctx.initializers else a
+            layer.skip = (
+                ctx.constant_reason(layer.weight)
+                if layer.weight in ctx.initializers
+                else ("no constant weight on either side")
+            )
             return layer
         side = "right" if b_const else "left"
         layer.weight = b if b_const else a
