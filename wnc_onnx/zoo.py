@@ -137,6 +137,25 @@ VGG16_FCS: tuple[tuple[str, int, int | None, int], ...] = (
 )
 
 
+def _conv3x3_relu(
+    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], x: str, name: str, k: np.ndarray, bias: np.ndarray
+) -> str:
+    """Append a padded 3x3 Conv (weights ``k``, ``bias``) and a Relu; return the output name."""
+    inits += [numpy_helper.from_array(k, f"{name}.weight"), numpy_helper.from_array(bias, f"{name}.bias")]
+    nodes.append(
+        helper.make_node(
+            "Conv",
+            [x, f"{name}.weight", f"{name}.bias"],
+            [f"{name}_out"],
+            name=name,
+            kernel_shape=[3, 3],
+            pads=[1, 1, 1, 1],
+        )
+    )
+    nodes.append(helper.make_node("Relu", [f"{name}_out"], [f"{name}_relu"], name=f"{name}_relu"))
+    return f"{name}_relu"
+
+
 def vgg16(seed: int = 0, noise: float = 0.05, image: int = 224) -> onnx.ModelProto:
     """A VGG-16-shaped classifier (13 convs + 3 FC, 138M weights) with planted structure."""
     rng = np.random.default_rng(seed)
@@ -150,22 +169,7 @@ def vgg16(seed: int = 0, noise: float = 0.05, image: int = 224) -> onnx.ModelPro
             x, hw = y, hw // 2
             continue
         k = planted_kernel(rng, cout, c, (3, 3), r3 if c > 3 else None, r4, noise)
-        inits += [
-            numpy_helper.from_array(k, f"{name}.weight"),
-            numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}.bias"),
-        ]
-        nodes.append(
-            helper.make_node(
-                "Conv",
-                [x, f"{name}.weight", f"{name}.bias"],
-                [f"{name}_out"],
-                name=name,
-                kernel_shape=[3, 3],
-                pads=[1, 1, 1, 1],
-            )
-        )
-        nodes.append(helper.make_node("Relu", [f"{name}_out"], [f"{name}_relu"], name=f"{name}_relu"))
-        x, c = f"{name}_relu", cout
+        x, c = _conv3x3_relu(nodes, inits, x, name, k, np.zeros(cout, np.float32)), cout
     nodes.append(helper.make_node("Flatten", [x], ["flat"], name="flatten", axis=1))
     x, spatial = "flat", (hw, hw)
     for i, (name, cout, r3, r4) in enumerate(VGG16_FCS):
@@ -207,22 +211,7 @@ def demo_cnn(seed: int = 0) -> onnx.ModelProto:
     x = "image"
     for i, (name, cin, cout, r3, r4) in enumerate(spec):
         k = planted_kernel(rng, cout, cin, (3, 3), r3, r4)
-        inits += [
-            numpy_helper.from_array(k, f"{name}.weight"),
-            numpy_helper.from_array((0.01 * rng.standard_normal(cout)).astype(np.float32), f"{name}.bias"),
-        ]
-        nodes.append(
-            helper.make_node(
-                "Conv",
-                [x, f"{name}.weight", f"{name}.bias"],
-                [f"{name}_out"],
-                name=name,
-                kernel_shape=[3, 3],
-                pads=[1, 1, 1, 1],
-            )
-        )
-        nodes.append(helper.make_node("Relu", [f"{name}_out"], [f"{name}_relu"], name=f"{name}_relu"))
-        x = f"{name}_relu"
+        x = _conv3x3_relu(nodes, inits, x, name, k, (0.01 * rng.standard_normal(cout)).astype(np.float32))
         if i % 2 == 1:
             nodes.append(
                 helper.make_node(

@@ -212,15 +212,19 @@ class LowRankPass:
     def _plan(
         self, layer: Layer, kernels: list[np.ndarray], grams_out: list[np.ndarray]
     ) -> tuple[_Plan, list[np.ndarray] | None]:
+        """Method and ranks for one layer, and the in-mode Grams when Tucker-2 needs them."""
         cfg = self.cfg
         spec = cfg.ranks.get(layer.name)
         s, t, p = layer.s, layer.t, layer.window
-        before = self._before(layer)
-        grams_in: list[np.ndarray] | None = None
         vbmf: dict[str, int] = {}
-        source = "file" if spec is not None else "vbmf"
+
+        def plan(method: str, r3: int | None, r4: int) -> _Plan:
+            after = lowrank_costs(s, t, p, layer.groups, layer.in_pixels, layer.out_pixels, r3, r4)
+            return self._checked(
+                layer, _Plan(method, r3, r4, self._before(layer), after, vbmf, "file" if spec is not None else "vbmf")
+            )
+
         if not layer.tucker_capable:
-            method = "svd"
             full = min(s, t)
             if isinstance(spec, tuple):
                 raise WncError(
@@ -228,62 +232,36 @@ class LowRankPass:
                     f"give one integer rank (1..{full}) for it",
                 )
             if spec is not None:
-                r4 = _check_rank(layer.name, "R", spec, full)
-            else:
-                vbmf["R"] = _vbmf_rank(grams_out, (t, s), self._spectra["out"])
-                if vbmf["R"] == 0:
-                    raise _Skip("VBMF rank 0: the weights look like noise to EVBMF; set a rank with --ranks")
-                r4 = policy_rank(vbmf["R"], full, cfg)
-            after = lowrank_costs(s, t, 1, layer.groups, layer.in_pixels, layer.out_pixels, None, r4)
-            return self._checked(layer, _Plan(method, None, r4, before, after, vbmf, source)), None
+                return plan("svd", None, _check_rank(layer.name, "R", spec, full)), None
+            vbmf["R"] = _vbmf_rank(grams_out, (t, s), self._spectra["out"])
+            if vbmf["R"] == 0:
+                raise _Skip("VBMF rank 0: the weights look like noise to EVBMF; set a rank with --ranks")
+            return plan("svd", None, policy_rank(vbmf["R"], full, cfg)), None
 
-        assert grams_out is not None
-        few_in = s <= cfg.tucker1_max_in
         if isinstance(spec, tuple):
             r3 = _check_rank(layer.name, "R3", spec[0], s)
             r4 = _check_rank(layer.name, "R4", spec[1], t)
-            grams_in = [mode_gram(k, 1) for k in kernels]
-            plan = _Plan(
-                "tucker2",
-                r3,
-                r4,
-                before,
-                lowrank_costs(s, t, p, layer.groups, layer.in_pixels, layer.out_pixels, r3, r4),
-                vbmf,
-                source,
-            )
-            return self._checked(layer, plan), grams_in
+            return plan("tucker2", r3, r4), [mode_gram(k, 1) for k in kernels]
         if spec is not None:
-            r4 = _check_rank(layer.name, "R4", spec, t)
-            plan = _Plan(
-                "tucker1",
-                None,
-                r4,
-                before,
-                lowrank_costs(s, t, p, layer.groups, layer.in_pixels, layer.out_pixels, None, r4),
-                vbmf,
-                source,
-            )
-            return self._checked(layer, plan), None
+            return plan("tucker1", None, _check_rank(layer.name, "R4", spec, t)), None
+        few_in = s <= cfg.tucker1_max_in
+        grams_in = None if few_in else [mode_gram(k, 1) for k in kernels]
         vbmf["R4"] = _vbmf_rank(grams_out, (t, s * p), self._spectra["out"])
-        if not few_in:
-            grams_in = [mode_gram(k, 1) for k in kernels]
+        if grams_in is not None:
             vbmf["R3"] = _vbmf_rank(grams_in, (s, t * p), self._spectra["in"])
         if vbmf["R4"] == 0 or vbmf.get("R3", 1) == 0:
             raise _Skip(f"VBMF rank 0 ({_fmt(vbmf)}): the weights look like noise to EVBMF; set ranks with --ranks")
         r4 = policy_rank(vbmf["R4"], t, cfg)
         t1 = lowrank_costs(s, t, p, layer.groups, layer.in_pixels, layer.out_pixels, None, r4)
-        plan = _Plan("tucker1", None, r4, before, t1, vbmf, source)
-        if not few_in:
+        if grams_in is not None:
+            # Tucker-2 unless the input side would not shrink enough to pay for its 1x1 conv
             r3 = policy_rank(vbmf["R3"], s, cfg)
             t2 = lowrank_costs(s, t, p, layer.groups, layer.in_pixels, layer.out_pixels, r3, r4)
             if _est_macs(layer, t2, r3) < _est_macs(layer, t1, None):
-                plan = _Plan("tucker2", r3, r4, before, t2, vbmf, source)
-        return self._checked(layer, plan), grams_in if plan.method == "tucker2" else None
+                return plan("tucker2", r3, r4), grams_in
+        return plan("tucker1", None, r4), None
 
     def _checked(self, layer: Layer, plan: _Plan) -> _Plan:
-        if not layer.tucker_capable and layer.rule == "conv":
-            plan.method = "svd"
         if not self.cfg.require_savings:
             return plan
         pb, pa = plan.before.total_params, plan.after.total_params
