@@ -236,3 +236,37 @@ def test_report_totals_add_up():
     assert totals.macs_before == layer.macs_before and totals.macs_after == sum(layer.macs_split)
     # model weights include the bias, carried over unchanged
     assert totals.params_before - totals.params_after == layer.params_before - layer.params_after
+
+
+def test_ir3_model_with_initializers_listed_as_inputs():
+    model = conv_model(8, 12, (3, 3), (9, 9), opset=8)
+    model.ir_version = 3
+    for t in model.graph.initializer:
+        model.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
+    out, report = full_ranks(model, "conv", 8, 12)
+    assert report.layer("conv").status == "decomposed"
+    inputs = {i.name for i in out.graph.input}
+    assert {t.name for t in out.graph.initializer} <= inputs and "W" not in inputs
+    onnx.checker.check_model(out, full_check=True)
+    assert rel_diff(model, out) < 1e-4
+
+
+def test_stale_value_info_is_dropped():
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((5, 4 * 3 * 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["x"], ["f"], name="flat", axis=1),
+            helper.make_node("Gemm", ["f", "W"], ["y"], name="fc", transB=1),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4, 3, 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 5])],
+        [onnx.numpy_helper.from_array(w, "W")],
+        value_info=[helper.make_tensor_value_info("f", onnx.TensorProto.FLOAT, [2, 36])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    out, _ = wnc_onnx.compress(model, ranks={"fc": (4, 5)}, **FULL)
+    assert "f" not in {vi.name for vi in out.graph.value_info}
+    assert "Flatten" in [n.op_type for n in out.graph.node]  # the emitted one
+    assert rel_diff(model, out) < 1e-4

@@ -112,7 +112,8 @@ class GraphContext:
     def constant_reason(self, name: str) -> str | None:
         """None when ``name`` is a constant weight usable by a rewrite, else why not."""
         if name in self.initializers:
-            if name in self.graph_inputs:
+            # Before IR 4 every initializer had to be listed as an input: still a constant.
+            if name in self.graph_inputs and self.model.ir_version >= 4:
                 return "weight is also a graph input (it can be overridden at run time)"
             return None
         if name in self.constants:

@@ -357,11 +357,25 @@ class LowRankPass:
             nodes = keep
         del g.node[:]
         g.node.extend(nodes)
+        gone = set()
         for i in range(len(g.initializer) - 1, -1, -1):
             name = g.initializer[i].name
             if name in maybe_dead and name not in consumed:
+                gone.add(name)
                 del g.initializer[i]
         g.initializer.extend(new_inits)
+        if model.ir_version < 4:  # initializers are mirrored as graph inputs there
+            keep_inputs = [vi for vi in g.input if vi.name not in gone]
+            del g.input[:]
+            g.input.extend(keep_inputs)
+            g.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in new_inits)
+        # value_info of tensors that no longer exist (a bypassed Flatten's output, say)
+        alive = {o for n in nodes for o in n.output} | {vi.name for vi in g.input}
+        stale = [vi for vi in g.value_info if vi.name not in alive]
+        if stale:
+            fresh = [vi for vi in g.value_info if vi.name in alive]
+            del g.value_info[:]
+            g.value_info.extend(fresh)
 
 
 class _Skip(Exception):
