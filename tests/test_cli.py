@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import pytest
 
@@ -218,3 +219,42 @@ def test_demo_command(tmp_path, capsys):
     rc, out, _ = run_cli(capsys, "demo", tmp_path / "d")
     assert rc == 0 and "6 of 6 layers decomposed" in out
     assert (tmp_path / "d" / "demo_cnn.small.onnx").is_file() and (tmp_path / "d" / "report.json").is_file()
+
+
+def test_verify_random_and_npz_inputs(demo, tmp_path, capsys):
+    rep = tmp_path / "r.json"
+    rc, _, err = run_cli(
+        capsys, demo, tmp_path / "o.onnx", "--verify", "--report", rep, "-q", "--input-shape", "image=3,3,32,32"
+    )
+    assert rc == 0, err
+    assert "verify (random inputs: image=3x3x32x32)" in err and "top-1 agreement" in err
+    v = json.loads(rep.read_text())["extras"]["verify"]
+    assert v["source"] == "random" and v["outputs"][0]["shape"] == [3, 10]
+    assert 0 < v["worst_rel"] < 0.5 and v["outputs"][0]["finite"]
+    npz = tmp_path / "x.npz"
+    np.savez(npz, image=np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    rc, _, err = run_cli(capsys, demo, tmp_path / "o2.onnx", "--inputs", npz, "-q")
+    assert rc == 0 and "verify (user inputs: image=2x3x32x32)" in err
+
+
+def test_verify_tolerance_exceeded_exits_1_and_writes_nothing(demo, tmp_path, capsys):
+    rc, _, err = run_cli(capsys, demo, tmp_path / "o.onnx", "--tolerance", "1e-6", "-q")
+    assert rc == 1 and "exceeds --tolerance" in err and "Traceback" not in err
+    assert not (tmp_path / "o.onnx").exists()
+    rc, _, _ = run_cli(capsys, demo, tmp_path / "o.onnx", "--tolerance", "0.9", "-q")
+    assert rc == 0 and (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--input-shape", "image=1,x"], "is not NAME=D1,D2"),
+        (["--input-shape", "nope=1,3,32,32", "--verify"], "unknown input"),
+        (["--inputs", "missing.npz"], "inputs file not found"),
+        (["--input-shape", "image=1,3,7,7", "--verify"], "cannot run the original model"),
+    ],
+)
+def test_verify_bad_input(demo, tmp_path, capsys, args, needle):
+    rc, _, err = run_cli(capsys, demo, tmp_path / "o.onnx", "-q", *args)
+    assert rc == 2 and needle in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o.onnx").exists()

@@ -22,6 +22,7 @@ from wnc_onnx.errors import WncError
 from wnc_onnx.model_io import check_output_path, save_model, write_text_atomic
 
 SUBCOMMANDS = ("compress", "inspect", "demo")
+EXIT_VERIFY_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
 
@@ -95,6 +96,25 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_verify(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("verification (onnxruntime, original vs compressed)")
+    g.add_argument("--verify", action="store_true", help="run both models and compare their outputs")
+    g.add_argument("--inputs", metavar="NPZ", help="inputs for --verify: one array per model input")
+    g.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME=D1,D2,...",
+        help="shape of a random --verify input (dynamic dims default to batch 1, others 64)",
+    )
+    g.add_argument(
+        "--tolerance",
+        type=float,
+        metavar="T",
+        help="fail (exit 1, nothing written) when the worst relative output error exceeds T",
+    )
+
+
 def _add_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", metavar="JSON", help="write the report as JSON")
     p.add_argument("--plot", metavar="PNG", help="plot ranks and per-layer savings to a PNG file")
@@ -111,6 +131,7 @@ def build_parser() -> dict[str, argparse.ArgumentParser]:
     comp.add_argument("input", help="model to compress (.onnx); never modified")
     comp.add_argument("output", help="where to write the compressed model (written atomically)")
     _add_selection(comp)
+    _add_verify(comp)
     _add_output(comp)
     insp = _Parser(prog="wnc-onnx inspect", description="Print the plan (ranks, costs); write nothing.", **common)  # type: ignore[arg-type]
     insp.add_argument("input")
@@ -172,10 +193,31 @@ def run_compress(a: argparse.Namespace) -> int:
             f"no layer was compressed: all {report.totals.layers} candidate layers were skipped (reasons above)",
             "lower --min-rank, give ranks with --ranks, or use --rank-boost",
         )
+    verdict = 0
+    if a.verify or a.inputs or a.input_shape or a.tolerance is not None:
+        from wnc_onnx.model_io import load_model
+        from wnc_onnx.verify import load_inputs, parse_input_shapes, verify
+
+        original = load_model(a.input)
+        shapes = parse_input_shapes(a.input_shape)
+        feeds = load_inputs(a.inputs, original) if a.inputs else None
+        result = verify(original, model, inputs=feeds, input_shapes=shapes, tolerance=a.tolerance)
+        del original
+        report.extras["verify"] = result.to_dict()
+        print(result.to_table(), file=sys.stderr)
+        if not result.passed:
+            print(report.to_table())
+            print(
+                f"wnc-onnx: verify failed: worst relative output error {result.worst_rel:.3g} exceeds "
+                f"--tolerance {a.tolerance:g}; nothing written; fix: raise --rank-boost or --min-rank",
+                file=sys.stderr,
+            )
+            verdict = EXIT_VERIFY_FAILED
+            return verdict
     report.totals.file_bytes_after = save_model(model, out)
     report.model["output"] = str(out)
     _emit(report, a)
-    return 0
+    return verdict
 
 
 def run_inspect(a: argparse.Namespace) -> int:
