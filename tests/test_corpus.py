@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 import wnc_onnx
-from tests.corpus import CORPUS, fetch
+from tests.corpus import CORPUS, fetch, verify_inputs
 from tests.helpers import session
 from wnc_onnx.verify import random_inputs, verify
 
@@ -23,12 +23,12 @@ def real_model(request):
 def test_default_cli_with_verify(real_model, tmp_path):
     model_id, path = real_model
     out, rep = tmp_path / "small.onnx", tmp_path / "report.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "wnc_onnx", str(path), str(out), "--verify", "--report", str(rep), "-q"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    args = [sys.executable, "-m", "wnc_onnx", str(path), str(out), "--verify", "--report", str(rep), "-q"]
+    feeds = verify_inputs(model_id)
+    if feeds is not None:
+        np.savez(tmp_path / "inputs.npz", **feeds)
+        args += ["--inputs", str(tmp_path / "inputs.npz")]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert "Traceback" not in proc.stderr and proc.returncode in (0, 2), proc.stderr
     if proc.returncode == 2:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -41,7 +41,7 @@ def test_default_cli_with_verify(real_model, tmp_path):
     assert report["totals"]["decomposed"] > 0
     assert report["totals"]["params_after"] < report["totals"]["params_before"]
     assert all(o["finite"] for o in report["extras"]["verify"]["outputs"])
-    feeds = random_inputs(small, seed=1)
+    feeds = verify_inputs(model_id) or random_inputs(small, seed=1)
     assert all(np.all(np.isfinite(o)) for o in session(small).run(None, feeds))
     # inputs and outputs are unchanged
     original = onnx.load(path)
@@ -57,6 +57,6 @@ def test_full_rank_round_trip_is_exact(real_model):
         assert "nothing to compress" in str(exc), exc
         return
     assert report.totals.decomposed > 0
-    result = verify(onnx.load(path), small)
+    result = verify(onnx.load(path), small, inputs=verify_inputs(model_id))
     for o in result.outputs:
         assert o.max_abs <= 1e-4 * max(o.ref_max, 1.0), (model_id, o)

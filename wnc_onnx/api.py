@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 from wnc_onnx.config import CompressConfig
 from wnc_onnx.errors import WncError
-from wnc_onnx.graph import skeleton
+from wnc_onnx.graph import skeleton, subgraphs
 from wnc_onnx.model_io import check_input, load_model
 from wnc_onnx.passes import build_passes
 from wnc_onnx.report import Report
@@ -54,14 +54,16 @@ def _describe(model: onnx.ModelProto, info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def count_params(model: onnx.ModelProto) -> int:
-    """Elements of every initializer and Constant tensor of the main graph."""
-    total = sum(int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer)
-    for node in model.graph.node:
+def count_params(model: onnx.ModelProto | onnx.GraphProto) -> int:
+    """Elements of every initializer and Constant tensor, subgraphs included."""
+    graph = model.graph if isinstance(model, onnx.ModelProto) else model
+    total = sum(int(np.prod(t.dims, dtype=np.int64)) for t in graph.initializer)
+    for node in graph.node:
         if node.op_type == "Constant":
             for a in node.attribute:
                 if a.name == "value":
                     total += int(np.prod(a.t.dims, dtype=np.int64))
+        total += sum(count_params(sub) for _, sub in subgraphs(node))
     return total
 
 

@@ -57,6 +57,43 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
+def subgraphs(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
+    """(attribute label, body) of each If/Loop/Scan (or other) subgraph of ``node``."""
+    found: list[tuple[str, onnx.GraphProto]] = []
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            found.append((a.name, a.g))
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            found.extend((f"{a.name}{i}", g) for i, g in enumerate(a.graphs))
+    return found
+
+
+def referenced_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name read by a node of ``graph`` or of its nested subgraphs."""
+    names: set[str] = set()
+    for node in graph.node:
+        names.update(i for i in node.input if i)
+        for _, sub in subgraphs(node):
+            names |= referenced_names(sub)
+    return names
+
+
+def node_reads(node: onnx.NodeProto) -> set[str]:
+    """Names a node reads: its inputs plus outer-scope names used by its subgraphs."""
+    names = {i for i in node.input if i}
+    for _, sub in subgraphs(node):
+        names |= referenced_names(sub)
+    return names
+
+
+def _value_infos(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    infos = list(graph.input) + list(graph.value_info) + list(graph.output)
+    for node in graph.node:
+        for _, sub in subgraphs(node):
+            infos += _value_infos(sub)
+    return infos
+
+
 def infer_shapes(model: onnx.ModelProto) -> dict[str, list[Dim]]:
     """Static shapes of every tensor that shape inference can resolve."""
     shapes: dict[str, list[Dim]] = {}
@@ -65,8 +102,7 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, list[Dim]]:
     except Exception as exc:  # inference is advisory: MACs become unknown
         log.warning("shape inference failed (%s); MAC counts may be missing", exc)
         inferred = model
-    g = inferred.graph
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
+    for vi in _value_infos(inferred.graph):
         tt = vi.type.tensor_type
         if not tt.HasField("shape"):
             continue
@@ -87,17 +123,23 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, list[Dim]]:
 class GraphContext:
     """Index of one graph: initializers, Constant outputs, consumers, shapes."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        graph: onnx.GraphProto | None = None,
+        prefix: str = "",
+        shapes: dict[str, list[Dim]] | None = None,
+    ) -> None:
         self.model = model
-        g = model.graph
+        self.graph = g = model.graph if graph is None else graph
+        self.prefix = prefix  # "<node>/<attribute>/" for a subgraph: qualifies layer names
         self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in g.initializer}
         self.constants: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         self.producers: dict[str, onnx.NodeProto] = {}
         for node in g.node:
-            for name in node.input:
-                if name:
-                    self.consumers[name].append(node)
+            for name in node_reads(node):  # implicit uses inside subgraphs count too
+                self.consumers[name].append(node)
             for name in node.output:
                 self.producers[name] = node
             if node.op_type == "Constant" and len(node.output) == 1:
@@ -105,7 +147,7 @@ class GraphContext:
         self.graph_inputs = {i.name for i in g.input}
         self.graph_outputs = {o.name for o in g.output}
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-        self.shapes = infer_shapes(model)
+        self.shapes = infer_shapes(model) if shapes is None else shapes
         self.node_names = {n.name for n in g.node if n.name}
         self.tensor_names = set(self.producers) | set(self.initializers) | self.graph_inputs
 

@@ -169,8 +169,16 @@ def format_table(report: Report) -> str:
     lines.append(
         f"{tot.decomposed} of {tot.layers} layers decomposed, {tot.skipped} skipped. "
         f"Model weights {human(tot.params_before)} -> {human(tot.params_after)} {_x(td['params_ratio'])}; "
-        f"MACs {human(tot.macs_before)} -> {human(tot.macs_after)} {_x(td['macs_ratio'])}"
-        + (f" ({tot.macs_unknown_layers} layers of unknown size not counted)" if tot.macs_unknown_layers else "")
+        + (
+            f"MACs {human(tot.macs_before)} -> {human(tot.macs_after)} {_x(td['macs_ratio'])}"
+            if tot.macs_before
+            else "MACs unknown"
+        )
+        + (
+            f" ({tot.macs_unknown_layers} layers of dynamic size not counted; see MACs in README)"
+            if tot.macs_unknown_layers
+            else ""
+        )
         + (
             f"; file {human(tot.file_bytes_before)}B -> {human(tot.file_bytes_after)}B"
             if tot.file_bytes_before and tot.file_bytes_after

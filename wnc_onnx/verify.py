@@ -59,7 +59,7 @@ class VerifyResult:
         return d
 
     def to_table(self) -> str:
-        shapes = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in self.input_shapes.items())
+        shapes = ", ".join(f"{k}={'x'.join(map(str, v)) or 'scalar'}" for k, v in self.input_shapes.items())
         lines = [f"verify ({self.source} inputs: {shapes}):"]
         for o in self.outputs:
             top1 = f"  top-1 agreement {100 * o.top1_agreement:.1f}%" if o.top1_agreement is not None else ""
@@ -92,7 +92,7 @@ def _session(model: onnx.ModelProto):  # type: ignore[no-untyped-def]
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # errors reach the user as one line, not as ORT's log
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 

@@ -18,7 +18,7 @@ import onnx
 
 from wnc_onnx.config import CompressConfig
 from wnc_onnx.errors import NothingToCompressError, WncError
-from wnc_onnx.graph import GraphContext
+from wnc_onnx.graph import GraphContext, node_reads, subgraphs
 from wnc_onnx.numeric.cost import Costs, conv_costs, lowrank_costs
 from wnc_onnx.numeric.gram import mode_gram, sym_eigvals
 from wnc_onnx.numeric.svd import truncated_svd
@@ -70,11 +70,11 @@ class LowRankPass:
     # -- discovery -------------------------------------------------------------------
     def find_layers(self, ctx: GraphContext) -> list[tuple[Layer, Rule | None]]:
         found: list[tuple[Layer, Rule | None]] = []
-        for index, node in enumerate(ctx.model.graph.node):
+        for index, node in enumerate(ctx.graph.node):
             for rule in self.rules:
                 layer = rule.match(node, ctx, self.cfg)
                 if layer is not None:
-                    layer.name = node.name or f"{node.op_type}_{index}"
+                    layer.name = ctx.prefix + (node.name or f"{node.op_type}_{index}")
                     layer.extra["index"] = index
                     found.append((layer, rule))
                     break
@@ -97,24 +97,59 @@ class LowRankPass:
             copy = onnx.ModelProto()
             copy.CopyFrom(model)
             model = copy
-        ctx = GraphContext(model)
-        layers = self.find_layers(ctx)
-        if not layers:
+        contexts = self._contexts(model)
+        found = [(ctx, self.find_layers(ctx)) for ctx in contexts]
+        all_layers = [pair for _, layers in found for pair in layers]
+        if not all_layers:
             raise NothingToCompressError(
                 "nothing to compress: the model has no Conv, Gemm or MatMul node",
                 "pass a CNN or MLP model with constant weights",
             )
-        self._check_rank_names(layers)
+        self._check_rank_names(all_layers)
+        total, done, modified = len(all_layers), 0, False
+        # Subgraphs first: a parent's splice copies its nodes, subgraph bodies included.
+        records: list[LayerReport] = []
+        for ctx, layers in reversed(found):
+            recs, changed = self._run_graph(ctx, layers, done, total)
+            records[:0] = recs
+            done += len(layers)
+            modified |= changed
+        report.layers.extend(records)
+        report.passes.append(
+            {
+                "name": self.name,
+                "seconds": round(time.perf_counter() - start, 3),
+                "modified": modified,
+                "plan_only": self.plan_only,
+                "graphs": len(contexts),
+            }
+        )
+        return PassResult(model=model, report=report, modified=modified)
+
+    def _contexts(self, model: onnx.ModelProto) -> list[GraphContext]:
+        """The main graph and every nested subgraph, parents before children."""
+        top = GraphContext(model)
+        out = [top]
+        for ctx in out:  # grows while iterating: breadth-first
+            for index, node in enumerate(ctx.graph.node):
+                for label, sub in subgraphs(node):
+                    owner = node.name or f"{node.op_type}_{index}"
+                    out.append(GraphContext(model, sub, f"{ctx.prefix}{owner}/{label}/", top.shapes))
+        return out
+
+    def _run_graph(
+        self, ctx: GraphContext, layers: list[tuple[Layer, Rule | None]], done: int, total: int
+    ) -> tuple[list[LayerReport], bool]:
         used: set[str] = set()
         replaced: dict[int, list[onnx.NodeProto]] = {}
         new_inits: list[onnx.TensorProto] = []
         dead_weights: list[str] = []
-        total = len(layers)
-        for i, (layer, rule) in enumerate(layers, 1):
+        records = []
+        for i, (layer, rule) in enumerate(layers, done + 1):
             t0 = time.perf_counter()
             rec = self._process(layer, rule, ctx, used, replaced, new_inits, dead_weights)
             rec.seconds = round(time.perf_counter() - t0, 4)
-            report.layers.append(rec)
+            records.append(rec)
             log.info(
                 "[%d/%d] %-24s %-10s %s%s (%.2fs)",
                 i,
@@ -125,18 +160,9 @@ class LowRankPass:
                 f": {rec.reason}" if rec.reason else f" {rec.ranks}",
                 rec.seconds,
             )
-        modified = bool(replaced)
-        if modified:
-            self._splice(model, ctx, replaced, new_inits, dead_weights, layers)
-        report.passes.append(
-            {
-                "name": self.name,
-                "seconds": round(time.perf_counter() - start, 3),
-                "modified": modified,
-                "plan_only": self.plan_only,
-            }
-        )
-        return PassResult(model=model, report=report, modified=modified)
+        if replaced:
+            self._splice(ctx, replaced, new_inits, dead_weights, layers)
+        return records, bool(replaced)
 
     def _record(self, layer: Layer, status: str, reason: str = "") -> LayerReport:
         before = self._before(layer) if layer.t else None
@@ -326,7 +352,6 @@ class LowRankPass:
     # -- graph surgery ---------------------------------------------------------------
     def _splice(
         self,
-        model: onnx.ModelProto,
         ctx: GraphContext,
         replaced: dict[int, list[onnx.NodeProto]],
         new_inits: list[onnx.TensorProto],
@@ -336,7 +361,7 @@ class LowRankPass:
         """Put the new nodes where the old ones were (order stays topological), then drop
         what only the old nodes used: their weights, and a Flatten/Reshape bypassed by a
         Tucker-2 FC together with its shape constant."""
-        g = model.graph
+        g, model = ctx.graph, ctx.model
         nodes: list[onnx.NodeProto] = []
         for i, node in enumerate(g.node):
             nodes.extend(replaced.get(i, [node]))
@@ -348,7 +373,7 @@ class LowRankPass:
         maybe_dead = set(dead_weights) | {name for n in bypassed for name in n.input[1:]}
         prunable = {n.output[0] for n in bypassed} | (maybe_dead & set(ctx.constants))
         while True:
-            consumed = {name for n in nodes for name in n.input} | ctx.graph_outputs
+            consumed = {name for n in nodes for name in node_reads(n)} | ctx.graph_outputs
             keep = [
                 n for n in nodes if not n.output or n.output[0] not in prunable or any(o in consumed for o in n.output)
             ]
@@ -364,7 +389,7 @@ class LowRankPass:
                 gone.add(name)
                 del g.initializer[i]
         g.initializer.extend(new_inits)
-        if model.ir_version < 4:  # initializers are mirrored as graph inputs there
+        if model.ir_version < 4 and not ctx.prefix:  # main graph: initializers mirrored as inputs
             keep_inputs = [vi for vi in g.input if vi.name not in gone]
             del g.input[:]
             g.input.extend(keep_inputs)
