@@ -270,3 +270,53 @@ def test_stale_value_info_is_dropped():
     assert "f" not in {vi.name for vi in out.graph.value_info}
     assert "Flatten" in [n.op_type for n in out.graph.node]  # the emitted one
     assert rel_diff(model, out) < 1e-4
+
+
+def test_identity_wrapped_weight_is_used_and_removed():
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((6, 10)).astype(np.float32)
+    nodes = [
+        helper.make_node("Identity", ["W0"], ["W1"], name="id1"),
+        helper.make_node("Identity", ["W1"], ["W"], name="id2"),
+        helper.make_node("MatMul", ["x", "W"], ["y"], name="mm"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 6])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 10])],
+        [onnx.numpy_helper.from_array(w, "W0")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    out, report = wnc_onnx.compress(model, ranks={"mm": 6}, **FULL)
+    assert report.layer("mm").status == "decomposed"
+    assert [n.op_type for n in out.graph.node] == ["MatMul", "MatMul"]
+    assert "W0" not in {t.name for t in out.graph.initializer}
+    assert rel_diff(model, out) < 1e-4
+
+
+def test_quantized_layers_are_listed_with_a_reason():
+    rng = np.random.default_rng(10)
+    w = rng.integers(-8, 8, (4, 4)).astype(np.int8)
+    nodes = [
+        helper.make_node("DequantizeLinear", ["Wq", "s"], ["W"], name="dq"),
+        helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+        helper.make_node("MatMulInteger", ["xq", "Wq"], ["y"], name="mmi"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4]),
+            helper.make_tensor_value_info("xq", onnx.TensorProto.INT8, [2, 4]),
+        ],
+        [
+            helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, [2, 4]),
+            helper.make_tensor_value_info("y", onnx.TensorProto.INT32, [2, 4]),
+        ],
+        [onnx.numpy_helper.from_array(w, "Wq"), onnx.numpy_helper.from_array(np.array(0.1, np.float32), "s")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    _, report = wnc_onnx.compress(model, **FULL)
+    assert "DequantizeLinear" in report.layer("mm").reason
+    assert report.layer("mmi").status == "skipped" and "quantized layer (MatMulInteger)" in report.layer("mmi").reason

@@ -189,6 +189,11 @@ def run_compress(a: argparse.Namespace) -> int:
     model, report = compress(a.input, cfg)
     if report.totals.decomposed == 0:
         print(report.to_table())
+        if all(r.reason.startswith("quantized") or "DequantizeLinear" in r.reason for r in report.layers):
+            raise WncError(
+                "the model is quantized: no float Conv/Gemm/MatMul to factor",
+                "compress the float model, then quantize the result",
+            )
         raise WncError(
             f"no layer was compressed: all {report.totals.layers} candidate layers were skipped (reasons above)",
             "lower --min-rank, give ranks with --ranks, or use --rank-boost",

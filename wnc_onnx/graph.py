@@ -16,7 +16,8 @@ from onnx import numpy_helper
 log = logging.getLogger(__name__)
 
 Dim = int | str | None
-_KEEP_DATA_BYTES = 1 << 16  # initializers below this size keep their data for inference
+_KEEP_DATA_BYTES = 1 << 16
+NOT_CONSTANT = "weight is not a constant initializer"  # initializers below this size keep their data for inference
 
 
 def _tensor_bytes(t: onnx.TensorProto) -> int:
@@ -151,8 +152,21 @@ class GraphContext:
         self.node_names = {n.name for n in g.node if n.name}
         self.tensor_names = set(self.producers) | set(self.initializers) | self.graph_inputs
 
+    def chain(self, name: str) -> list[str]:
+        """``name`` and, through Identity nodes, the names it copies: [name, ..., source]."""
+        names = [name]
+        while names[-1] in self.producers and self.producers[names[-1]].op_type == "Identity" and len(names) < 64:
+            names.append(self.producers[names[-1]].input[0])
+        return names
+
     def constant_reason(self, name: str) -> str | None:
-        """None when ``name`` is a constant weight usable by a rewrite, else why not."""
+        """None when ``name`` is a constant weight usable by a rewrite, else why not.
+
+        Identity-wrapped initializers and Constant outputs count as constants."""
+        name = self.chain(name)[-1]
+        producer = self.producers.get(name)
+        if producer is not None and producer.op_type == "DequantizeLinear":
+            return "weight comes from DequantizeLinear (quantized model): compress the float model, then quantize"
         if name in self.initializers:
             # Before IR 4 every initializer had to be listed as an input: still a constant.
             if name in self.graph_inputs and self.model.ir_version >= 4:
@@ -160,10 +174,11 @@ class GraphContext:
             return None
         if name in self.constants:
             return None
-        return "weight is not a constant initializer"
+        return NOT_CONSTANT
 
     def array(self, name: str) -> np.ndarray:
-        """The value of a constant tensor (initializer or Constant node)."""
+        """The value of a constant tensor (initializer or Constant node, through Identity)."""
+        name = self.chain(name)[-1]
         if name in self.initializers:
             return numpy_helper.to_array(self.initializers[name])
         node = self.constants[name]
@@ -173,6 +188,7 @@ class GraphContext:
         raise KeyError(f"Constant {name} has no tensor value")
 
     def dtype(self, name: str) -> int:
+        name = self.chain(name)[-1]
         if name in self.initializers:
             return int(self.initializers[name].data_type)
         for attr in self.constants[name].attribute:
@@ -180,7 +196,14 @@ class GraphContext:
                 return int(attr.t.data_type)
         return onnx.TensorProto.FLOAT
 
+    def weight_shape(self, name: str) -> list[int]:
+        name = self.chain(name)[-1]
+        if name in self.initializers:
+            return [int(d) for d in self.initializers[name].dims]
+        return list(self.array(name).shape)
+
     def numel(self, name: str) -> int:
+        name = self.chain(name)[-1]
         if name in self.initializers:
             return int(np.prod(self.initializers[name].dims, dtype=np.int64))
         return int(self.array(name).size)

@@ -174,11 +174,7 @@ def format_table(report: Report) -> str:
             if tot.macs_before
             else "MACs unknown"
         )
-        + (
-            f" ({tot.macs_unknown_layers} layers of dynamic size not counted; see MACs in README)"
-            if tot.macs_unknown_layers
-            else ""
-        )
+        + (f" ({tot.macs_unknown_layers} layers of dynamic size not counted)" if tot.macs_unknown_layers else "")
         + (
             f"; file {human(tot.file_bytes_before)}B -> {human(tot.file_bytes_after)}B"
             if tot.file_bytes_before and tot.file_bytes_after

@@ -227,7 +227,7 @@ class LowRankPass:
         emitter = rule.rewrite(layer, factors, ctx, used)
         replaced[int(layer.extra["index"])] = emitter.nodes  # type: ignore[call-overload]
         new_inits.extend(emitter.initializers)
-        dead_weights.append(layer.weight)
+        dead_weights.extend(ctx.chain(layer.weight))
         rec.status = "decomposed"
         rec.rel_error = factors.rel_error
         rec.hooi_iterations = factors.hooi_iterations if factors.method == "tucker2" else None
@@ -371,7 +371,12 @@ class LowRankPass:
             if layer.rule == "flatten_gemm" and layer.node.input[0] in ctx.producers
         ]
         maybe_dead = set(dead_weights) | {name for n in bypassed for name in n.input[1:]}
-        prunable = {n.output[0] for n in bypassed} | (maybe_dead & set(ctx.constants))
+        # Constant / Identity nodes that produced a replaced weight die when nothing reads them.
+        prunable = {n.output[0] for n in bypassed} | {
+            name
+            for name in maybe_dead
+            if name in ctx.producers and ctx.producers[name].op_type in ("Constant", "Identity")
+        }
         while True:
             consumed = {name for n in nodes for name in node_reads(n)} | ctx.graph_outputs
             keep = [

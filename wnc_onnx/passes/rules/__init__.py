@@ -5,7 +5,8 @@ from wnc_onnx.passes.rules.conv import ConvRule
 from wnc_onnx.passes.rules.flatten_gemm import FlattenGemmRule
 from wnc_onnx.passes.rules.gemm import GemmRule
 from wnc_onnx.passes.rules.matmul import MatMulRule
+from wnc_onnx.passes.rules.quantized import QuantizedRule
 
-DEFAULT_RULES: tuple[Rule, ...] = (ConvRule(), FlattenGemmRule(), GemmRule(), MatMulRule())
+DEFAULT_RULES: tuple[Rule, ...] = (ConvRule(), FlattenGemmRule(), GemmRule(), MatMulRule(), QuantizedRule())
 
-__all__ = ["DEFAULT_RULES", "ConvRule", "FlattenGemmRule", "GemmRule", "MatMulRule", "Rule"]
+__all__ = ["DEFAULT_RULES", "ConvRule", "FlattenGemmRule", "GemmRule", "MatMulRule", "QuantizedRule", "Rule"]

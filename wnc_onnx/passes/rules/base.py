@@ -67,7 +67,7 @@ def constant_matrix(ctx: GraphContext, name: str) -> tuple[str | None, list[int]
     reason = ctx.constant_reason(name) or shared_reason(ctx, name)
     if reason:
         return reason, []
-    shape = [int(d) for d in ctx.initializers[name].dims] if name in ctx.initializers else list(ctx.array(name).shape)
+    shape = ctx.weight_shape(name)
     if len(shape) != 2:
         return f"weight is {len(shape)}-D, not a matrix", shape
     if min(shape) < 2:

@@ -27,7 +27,7 @@ class ConvRule:
         if reason:
             layer.skip = reason
             return layer
-        shape = [int(d) for d in (ctx.initializers[w].dims if w in ctx.initializers else ctx.array(w).shape)]
+        shape = ctx.weight_shape(w)
         if len(shape) < 3:
             layer.skip = f"weight shape {shape} is not a convolution kernel"
             return layer

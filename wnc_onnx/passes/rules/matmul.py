@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 
 from wnc_onnx.config import CompressConfig
-from wnc_onnx.graph import GraphContext
+from wnc_onnx.graph import NOT_CONSTANT, GraphContext
 from wnc_onnx.passes.emit import Emitter
 from wnc_onnx.passes.layer import Factors, Layer
 from wnc_onnx.passes.rules.base import constant_matrix
@@ -26,13 +26,10 @@ class MatMulRule:
             layer.skip = "both inputs are constant (fold constants first)"
             return layer
         if not (a_const or b_const):
-            # an initializer that is also a graph input says more than "no constant"
-            layer.weight = b if b in ctx.initializers or a not in ctx.initializers else a
-            layer.skip = (
-                ctx.constant_reason(layer.weight)
-                if layer.weight in ctx.initializers
-                else ("no constant weight on either side")
-            )
+            # a specific reason (graph input, quantized) says more than "no constant"
+            reasons = [(n, ctx.constant_reason(n)) for n in (b, a)]
+            specific = [(n, r) for n, r in reasons if r != NOT_CONSTANT]
+            layer.weight, layer.skip = specific[0] if specific else (b, "no constant weight on either side")
             return layer
         side = "right" if b_const else "left"
         layer.weight = b if b_const else a
