@@ -43,6 +43,11 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
     g.add_argument("--exclude", metavar="REGEX", help="skip layers whose node name matches")
     g.add_argument("--no-pointwise", action="store_true", help="leave 1x1 convolutions alone")
     g.add_argument(
+        "--no-fold-bn",
+        action="store_true",
+        help="do not fold BatchNormalization / per-channel Mul, Add into the preceding Conv/Gemm",
+    )
+    g.add_argument(
         "--no-fc-tucker",
         action="store_true",
         help="factor a Gemm fed by Flatten of a CxHxW map with SVD instead of Tucker-2",
@@ -159,6 +164,7 @@ def _config(a: argparse.Namespace) -> CompressConfig:
             tucker1_max_in=a.tucker1_max_in,
             fc_tucker=not a.no_fc_tucker,
             require_savings=not a.allow_no_saving,
+            skip_passes=("fold_batchnorm",) if a.no_fold_bn else (),
             hooi_max_iter=a.hooi_iters,
             hooi_tol=a.hooi_tol,
         )

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul")
+# The graph passes, in the order they run (wnc_onnx.passes.build_passes builds them).
+PASS_NAMES: tuple[str, ...] = ("fold_batchnorm", "lowrank")
 
 RankSpec = int | tuple[int, int]
 
@@ -29,6 +31,7 @@ class CompressConfig:
     tucker1_max_in: int = 4  # convs with at most this many input channels get Tucker-1
     fc_tucker: bool = True  # Flatten/Reshape -> Gemm as a Tucker-2 convolution (paper's fc6)
     require_savings: bool = True  # skip a layer whose rewrite would not cut weights and MACs
+    skip_passes: tuple[str, ...] = ()  # e.g. ("fold_batchnorm",)
     hooi_max_iter: int = 20
     hooi_tol: float = 1e-5
 
@@ -45,6 +48,9 @@ class CompressConfig:
             raise ValueError("rank_multiple must be >= 1")
         if not 0.0 <= self.rank_boost <= 1.0:
             raise ValueError("rank_boost must be in [0, 1]")
+        unknown = [p for p in self.skip_passes if p not in PASS_NAMES or p == "lowrank"]
+        if unknown:
+            raise ValueError(f"cannot skip passes {unknown}; skippable: {[p for p in PASS_NAMES if p != 'lowrank']}")
         if self.hooi_max_iter < 0 or self.hooi_tol < 0:
             raise ValueError("hooi_max_iter and hooi_tol must be >= 0")
 

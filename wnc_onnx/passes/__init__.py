@@ -6,16 +6,23 @@ quantization of FC weights) slot into ``PASS_NAMES`` and ``build_passes``.
 
 from __future__ import annotations
 
-from wnc_onnx.config import CompressConfig
+from wnc_onnx.config import PASS_NAMES, CompressConfig
 from wnc_onnx.passes.base import Pass, PassResult
+from wnc_onnx.passes.fold_bn import FoldBatchNormPass
 from wnc_onnx.passes.lowrank import LowRankPass
-
-PASS_NAMES: tuple[str, ...] = ("lowrank",)
 
 
 def build_passes(cfg: CompressConfig, plan_only: bool = False) -> list[Pass]:
-    """The passes to run, in order."""
-    return [LowRankPass(cfg, plan_only=plan_only)]
+    """The passes to run, in order (``cfg.skip_passes`` leaves some out)."""
+    passes: list[Pass] = []
+    for name in PASS_NAMES:
+        if name in cfg.skip_passes:
+            continue
+        if name == "fold_batchnorm":
+            passes.append(FoldBatchNormPass())
+        elif name == "lowrank":
+            passes.append(LowRankPass(cfg, plan_only=plan_only))
+    return passes
 
 
-__all__ = ["PASS_NAMES", "LowRankPass", "Pass", "PassResult", "build_passes"]
+__all__ = ["PASS_NAMES", "FoldBatchNormPass", "LowRankPass", "Pass", "PassResult", "build_passes"]
