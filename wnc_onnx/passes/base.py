@@ -17,6 +17,15 @@ class PassResult:
     modified: bool
 
 
+def working_copy(model: onnx.ModelProto, in_place: bool) -> onnx.ModelProto:
+    """The model a pass may change: ``model`` itself only when the caller owns it."""
+    if in_place:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
 class Pass(Protocol):
     name: str
 

@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from wnc_onnx.graph import GraphContext, node_reads, subgraphs
-from wnc_onnx.passes.base import PassResult
+from wnc_onnx.passes.base import PassResult, working_copy
 from wnc_onnx.passes.rules.base import attr_float, attr_int
 from wnc_onnx.report import Report
 
@@ -29,10 +29,7 @@ class FoldBatchNormPass:
 
     def __call__(self, model: onnx.ModelProto, report: Report, *, in_place: bool = False) -> PassResult:
         start = time.perf_counter()
-        if not in_place:
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
-            model = copy
+        model = working_copy(model, in_place)
         folded: list[str] = []
         skipped: list[str] = []
         shapes = GraphContext(model).shapes

@@ -24,7 +24,7 @@ from wnc_onnx.numeric.gram import mode_gram, sym_eigvals
 from wnc_onnx.numeric.svd import truncated_svd
 from wnc_onnx.numeric.tucker import tucker1, tucker2
 from wnc_onnx.numeric.vbmf import evbmf_from_eigenvalues
-from wnc_onnx.passes.base import PassResult
+from wnc_onnx.passes.base import PassResult, working_copy
 from wnc_onnx.passes.layer import Factors, Layer
 from wnc_onnx.passes.rules import DEFAULT_RULES, Rule
 from wnc_onnx.ranks import policy_rank
@@ -93,10 +93,7 @@ class LowRankPass:
     # -- the pass --------------------------------------------------------------------
     def __call__(self, model: onnx.ModelProto, report: Report, *, in_place: bool = False) -> PassResult:
         start = time.perf_counter()
-        if not in_place:
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
-            model = copy
+        model = working_copy(model, in_place)
         contexts = self._contexts(model)
         found = [(ctx, self.find_layers(ctx)) for ctx in contexts]
         all_layers = [pair for _, layers in found for pair in layers]
