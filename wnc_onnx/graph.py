@@ -87,6 +87,38 @@ def node_reads(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def prune_unread(graph: onnx.GraphProto, candidates: set[str]) -> set[str]:
+    """Remove, in place, what a rewrite left unread: nodes whose first output is in
+    ``candidates`` and that nothing reads (repeatedly), initializers in ``candidates``
+    that nothing reads, and value_info of tensors that no longer exist.
+    Returns the names of the removed initializers."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        reads = {name for n in graph.node for name in node_reads(n)} | outputs
+        dead = [
+            i
+            for i, n in enumerate(graph.node)
+            if n.output and n.output[0] in candidates and not any(o in reads for o in n.output)
+        ]
+        if not dead:
+            break
+        for i in reversed(dead):
+            del graph.node[i]
+    removed: set[str] = set()
+    for i in range(len(graph.initializer) - 1, -1, -1):
+        name = graph.initializer[i].name
+        if name in candidates and name not in reads:
+            removed.add(name)
+            del graph.initializer[i]
+    alive = {o for n in graph.node for o in n.output} | {vi.name for vi in graph.input}
+    alive |= {t.name for t in graph.initializer}
+    if any(vi.name not in alive for vi in graph.value_info):
+        fresh = [vi for vi in graph.value_info if vi.name in alive]
+        del graph.value_info[:]
+        graph.value_info.extend(fresh)
+    return removed
+
+
 def _value_infos(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
     infos = list(graph.input) + list(graph.value_info) + list(graph.output)
     for node in graph.node:

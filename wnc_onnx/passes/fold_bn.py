@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from wnc_onnx.graph import GraphContext, node_reads, subgraphs
+from wnc_onnx.graph import GraphContext, prune_unread, subgraphs
 from wnc_onnx.passes.base import PassResult, working_copy
 from wnc_onnx.passes.rules.base import attr_float, attr_int
 from wnc_onnx.report import Report
@@ -175,24 +175,8 @@ class FoldBatchNormPass:
         )
         del graph.node[position]
         # Drop what only the old layer used: its weight, bias, the BN / Mul / Add constants.
-        dead = set(ctx.chain(w_name)) | set(node.input) | (set(ctx.chain(old_bias)) if old_bias else set())
-        while True:
-            reads = {name for n in graph.node for name in node_reads(n)} | {o.name for o in graph.output}
-            gone = [
-                i
-                for i, n in enumerate(graph.node)
-                if n.op_type in ("Constant", "Identity") and n.output[0] in dead and n.output[0] not in reads
-            ]
-            if not gone:
-                break
-            for i in reversed(gone):
-                del graph.node[i]
-        for i in range(len(graph.initializer) - 1, -1, -1):
-            if graph.initializer[i].name in dead and graph.initializer[i].name not in reads:
-                del graph.initializer[i]
-        stale = [vi for vi in graph.value_info if vi.name in dead]
-        for vi in stale:
-            graph.value_info.remove(vi)
+        dead = {name for src in [w_name, *node.input, *([old_bias] if old_bias else [])] for name in ctx.chain(src)}
+        prune_unread(graph, dead)
 
 
 def _per_channel(value: np.ndarray, t: int, op_type: str) -> np.ndarray | None:

@@ -18,7 +18,7 @@ import onnx
 
 from wnc_onnx.config import CompressConfig
 from wnc_onnx.errors import NothingToCompressError, WncError
-from wnc_onnx.graph import GraphContext, node_reads, subgraphs
+from wnc_onnx.graph import GraphContext, prune_unread, subgraphs
 from wnc_onnx.numeric.cost import Costs, conv_costs, lowrank_costs
 from wnc_onnx.numeric.gram import mode_gram, sym_eigvals
 from wnc_onnx.numeric.svd import truncated_svd
@@ -200,9 +200,9 @@ class LowRankPass:
         conv_like = layer.rule in ("conv", "flatten_gemm")
         # Out-mode Gram (conv-like) or the small side's Gram (matrix): shared by VBMF and factoring.
         grams_out = [mode_gram(k if conv_like or k.shape[0] <= k.shape[1] else k.T, 0) for k in kernels]
-        self._spectra: dict[str, list[np.ndarray]] = {"out": [], "in": []}
+        spectra: dict[str, list[np.ndarray]] = {"out": [], "in": []}  # Gram spectra, reused to factor
         try:
-            plan, grams_in = self._plan(layer, kernels, grams_out)
+            plan, grams_in = self._plan(layer, kernels, grams_out, spectra)
         except _Skip as skip:
             return self._record(layer, "skipped", str(skip))
         rec = self._record(layer, "planned")
@@ -219,7 +219,7 @@ class LowRankPass:
         rec.macs_split = list(plan.after.macs or [])
         if self.plan_only:
             return rec
-        factors = self._factor(layer, plan, kernels, grams_in, grams_out)
+        factors = self._factor(layer, plan, kernels, grams_in, grams_out, spectra)
         del kernels, grams_in, grams_out
         emitter = rule.rewrite(layer, factors, ctx, used)
         replaced[int(layer.extra["index"])] = emitter.nodes  # type: ignore[call-overload]
@@ -233,7 +233,11 @@ class LowRankPass:
 
     # -- ranks and structure --------------------------------------------------------
     def _plan(
-        self, layer: Layer, kernels: list[np.ndarray], grams_out: list[np.ndarray]
+        self,
+        layer: Layer,
+        kernels: list[np.ndarray],
+        grams_out: list[np.ndarray],
+        spectra: dict[str, list[np.ndarray]],
     ) -> tuple[_Plan, list[np.ndarray] | None]:
         """Method and ranks for one layer, and the in-mode Grams when Tucker-2 needs them."""
         cfg = self.cfg
@@ -256,7 +260,7 @@ class LowRankPass:
                 )
             if spec is not None:
                 return plan("svd", None, _check_rank(layer.name, "R", spec, full)), None
-            vbmf["R"] = _vbmf_rank(grams_out, (t, s), self._spectra["out"])
+            vbmf["R"] = _vbmf_rank(grams_out, (t, s), spectra["out"])
             if vbmf["R"] == 0:
                 raise _Skip("VBMF rank 0: the weights look like noise to EVBMF; set a rank with --ranks")
             return plan("svd", None, policy_rank(vbmf["R"], full, cfg)), None
@@ -269,9 +273,9 @@ class LowRankPass:
             return plan("tucker1", None, _check_rank(layer.name, "R4", spec, t)), None
         few_in = s <= cfg.tucker1_max_in
         grams_in = None if few_in else [mode_gram(k, 1) for k in kernels]
-        vbmf["R4"] = _vbmf_rank(grams_out, (t, s * p), self._spectra["out"])
+        vbmf["R4"] = _vbmf_rank(grams_out, (t, s * p), spectra["out"])
         if grams_in is not None:
-            vbmf["R3"] = _vbmf_rank(grams_in, (s, t * p), self._spectra["in"])
+            vbmf["R3"] = _vbmf_rank(grams_in, (s, t * p), spectra["in"])
         if vbmf["R4"] == 0 or vbmf.get("R3", 1) == 0:
             raise _Skip(f"VBMF rank 0 ({_fmt(vbmf)}): the weights look like noise to EVBMF; set ranks with --ranks")
         r4 = policy_rank(vbmf["R4"], t, cfg)
@@ -300,24 +304,21 @@ class LowRankPass:
         plan: _Plan,
         kernels: list[np.ndarray],
         grams_in: list[np.ndarray] | None,
-        grams_out: list[np.ndarray] | None,
+        grams_out: list[np.ndarray],
+        spectra: dict[str, list[np.ndarray]],
     ) -> Factors:
         groups: list[dict[str, np.ndarray]] = []
         err2 = norm2 = 0.0
         sweeps = 0
 
         def spectrum(mode: str, gi: int) -> np.ndarray | None:
-            found = self._spectra[mode]
+            found = spectra[mode]
             return found[gi] if gi < len(found) else None
 
         for gi, k in enumerate(kernels):
-            n2 = (
-                float(np.trace(grams_out[gi]))
-                if grams_out is not None
-                else float(np.sum(np.square(k, dtype=np.float64)))
-            )
+            n2 = float(np.trace(grams_out[gi]))  # ||K||^2
             if plan.method == "tucker2":
-                assert grams_in is not None and grams_out is not None
+                assert grams_in is not None
                 tk = tucker2(
                     k,
                     plan.r3 or 1,
@@ -332,12 +333,10 @@ class LowRankPass:
                 groups.append({"core": tk.core, "u_in": tk.u_in, "u_out": tk.u_out})
                 e, sweeps = tk.rel_error, max(sweeps, tk.iterations)
             elif layer.rule in ("conv", "flatten_gemm"):
-                assert grams_out is not None
                 t1 = tucker1(k, plan.r4, gram_out=grams_out[gi], eig_out=spectrum("out", gi))
                 groups.append({"core": t1.core, "u_out": t1.u_out})
                 e = t1.rel_error
             else:
-                assert grams_out is not None
                 f = truncated_svd(k, plan.r4, gram=grams_out[gi], eigenvalues=spectrum("out", gi))
                 groups.append({"left": f.left, "right": f.right})
                 e = f.rel_error
@@ -367,42 +366,19 @@ class LowRankPass:
             for layer, _ in layers
             if layer.rule == "flatten_gemm" and layer.node.input[0] in ctx.producers
         ]
-        maybe_dead = set(dead_weights) | {name for n in bypassed for name in n.input[1:]}
-        # Constant / Identity nodes that produced a replaced weight die when nothing reads them.
-        prunable = {n.output[0] for n in bypassed} | {
-            name
-            for name in maybe_dead
-            if name in ctx.producers and ctx.producers[name].op_type in ("Constant", "Identity")
-        }
-        while True:
-            consumed = {name for n in nodes for name in node_reads(n)} | ctx.graph_outputs
-            keep = [
-                n for n in nodes if not n.output or n.output[0] not in prunable or any(o in consumed for o in n.output)
-            ]
-            if len(keep) == len(nodes):
-                break
-            nodes = keep
+        # The replaced weights (and the Constant / Identity nodes that made them), a bypassed
+        # Flatten / Reshape and its shape input go when nothing reads them any more.
+        candidates = set(dead_weights) | {name for n in bypassed for name in n.input[1:]}
+        candidates |= {n.output[0] for n in bypassed}
         del g.node[:]
         g.node.extend(nodes)
-        gone = set()
-        for i in range(len(g.initializer) - 1, -1, -1):
-            name = g.initializer[i].name
-            if name in maybe_dead and name not in consumed:
-                gone.add(name)
-                del g.initializer[i]
+        gone = prune_unread(g, candidates)
         g.initializer.extend(new_inits)
         if model.ir_version < 4 and not ctx.prefix:  # main graph: initializers mirrored as inputs
             keep_inputs = [vi for vi in g.input if vi.name not in gone]
             del g.input[:]
             g.input.extend(keep_inputs)
             g.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in new_inits)
-        # value_info of tensors that no longer exist (a bypassed Flatten's output, say)
-        alive = {o for n in nodes for o in n.output} | {vi.name for vi in g.input}
-        stale = [vi for vi in g.value_info if vi.name not in alive]
-        if stale:
-            fresh = [vi for vi in g.value_info if vi.name in alive]
-            del g.value_info[:]
-            g.value_info.extend(fresh)
 
 
 class _Skip(Exception):
