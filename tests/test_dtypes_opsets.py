@@ -12,13 +12,13 @@ FULL = {"require_savings": False, "min_rank": 0}
 
 
 def as_float32(model):
-    """Same graph with every float16 tensor (weights and I/O) turned into float32."""
+    """Same graph with every float16 tensor (weights, I/O, value_info) turned into float32."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     for t in m.graph.initializer:
         if t.data_type == TensorProto.FLOAT16:
             t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
-    for vi in list(m.graph.input) + list(m.graph.output):
+    for vi in list(m.graph.input) + list(m.graph.output) + list(m.graph.value_info):
         if vi.type.tensor_type.elem_type == TensorProto.FLOAT16:
             vi.type.tensor_type.elem_type = TensorProto.FLOAT
     return m

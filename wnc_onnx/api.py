@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from wnc_onnx import external_data
 from wnc_onnx.config import CompressConfig
 from wnc_onnx.errors import WncError
 from wnc_onnx.graph import skeleton, subgraphs
@@ -37,11 +38,20 @@ def _config(config: CompressConfig | None, overrides: dict[str, Any]) -> Compres
 def _open(model: ModelLike) -> tuple[onnx.ModelProto, bool, dict[str, Any]]:
     """(model, owned, info): a path is loaded and owned; a ModelProto is never modified."""
     if isinstance(model, onnx.ModelProto):
+        if external_data.has_external(model):  # relative data paths: from the working directory
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            external_data.resolve(copy, Path.cwd(), "input model")
+            check_input(copy)
+            return copy, True, {"path": None, "file_bytes": None}
         check_input(model)
         return model, False, {"path": None, "file_bytes": None}
     path = Path(model)
     loaded = load_model(path)
-    return loaded, True, {"path": str(path), "file_bytes": path.stat().st_size}
+    size = path.stat().st_size + sum(
+        external_data.nbytes(t) for t in external_data.all_tensors(loaded) if external_data.is_external(t)
+    )
+    return loaded, True, {"path": str(path), "file_bytes": size}
 
 
 def _describe(model: onnx.ModelProto, info: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from wnc_onnx import __version__
 from wnc_onnx.api import compress, inspect, load_ranks
 from wnc_onnx.config import SUPPORTED_OPS, CompressConfig
 from wnc_onnx.errors import WncError
-from wnc_onnx.model_io import check_output_path, save_model, write_text_atomic
+from wnc_onnx.model_io import check_output_path, load_model, save_model, staged_model, write_text_atomic
+from wnc_onnx.report import Report
 
 SUBCOMMANDS = ("compress", "inspect", "demo")
 EXIT_VERIFY_FAILED = 1
@@ -135,6 +136,13 @@ def build_parser() -> dict[str, argparse.ArgumentParser]:
     comp = _Parser(prog="wnc-onnx [compress]", description="Compress a model with VBMF ranks + Tucker/SVD.", **common)  # type: ignore[arg-type]
     comp.add_argument("input", help="model to compress (.onnx); never modified")
     comp.add_argument("output", help="where to write the compressed model (written atomically)")
+    comp.add_argument(
+        "--external-data",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write weights to OUTPUT.data beside the model (--no-external-data: inline); "
+        "default: external when the input's weights are, or above 2 GB",
+    )
     _add_selection(comp)
     _add_verify(comp)
     _add_output(comp)
@@ -204,31 +212,37 @@ def run_compress(a: argparse.Namespace) -> int:
             f"no layer was compressed: all {report.totals.layers} candidate layers were skipped (reasons above)",
             "lower --min-rank, give ranks with --ranks, or use --rank-boost",
         )
-    verdict = 0
-    if a.verify or a.inputs or a.input_shape or a.tolerance is not None:
-        from wnc_onnx.model_io import load_model
-        from wnc_onnx.verify import load_inputs, parse_input_shapes, verify
-
-        original = load_model(a.input)
-        shapes = parse_input_shapes(a.input_shape)
-        feeds = load_inputs(a.inputs, original) if a.inputs else None
-        result = verify(original, model, inputs=feeds, input_shapes=shapes, tolerance=a.tolerance)
-        del original
-        report.extras["verify"] = result.to_dict()
-        print(result.to_table(), file=sys.stderr)
-        if not result.passed:
-            print(report.to_table())
-            print(
-                f"wnc-onnx: verify failed: worst relative output error {result.worst_rel:.3g} exceeds "
-                f"--tolerance {a.tolerance:g}; nothing written; fix: raise --rank-boost or --min-rank",
-                file=sys.stderr,
-            )
-            verdict = EXIT_VERIFY_FAILED
-            return verdict
-    report.totals.file_bytes_after = save_model(model, out)
+    checking = bool(a.verify or a.inputs or a.input_shape or a.tolerance is not None)
+    with staged_model(model, out, a.external_data) as stage:
+        if checking and not _verified(a, stage.path, report):
+            stage.keep = False
+            return EXIT_VERIFY_FAILED
+    report.totals.file_bytes_after = stage.nbytes
     report.model["output"] = str(out)
+    if stage.data_path is not None:
+        report.model["output_data"] = str(stage.data_path)
     _emit(report, a)
-    return verdict
+    return 0
+
+
+def _verified(a: argparse.Namespace, written: Path, report: Report) -> bool:
+    """Run the input and the written (staged) output in onnxruntime; False: over --tolerance."""
+    from wnc_onnx.verify import load_inputs, parse_input_shapes, verify
+
+    shapes = parse_input_shapes(a.input_shape)
+    feeds = load_inputs(a.inputs, load_model(a.input)) if a.inputs else None
+    result = verify(a.input, written, inputs=feeds, input_shapes=shapes, tolerance=a.tolerance)
+    report.extras["verify"] = result.to_dict()
+    print(result.to_table(), file=sys.stderr)
+    if result.passed:
+        return True
+    print(report.to_table())
+    print(
+        f"wnc-onnx: verify failed: worst relative output error {result.worst_rel:.3g} exceeds "
+        f"--tolerance {a.tolerance:g}; nothing written; fix: raise --rank-boost or --min-rank",
+        file=sys.stderr,
+    )
+    return False
 
 
 def run_inspect(a: argparse.Namespace) -> int:
@@ -290,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(a, "debug", False):
             traceback.print_exc()
         print(
-            f"wnc-onnx: internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)", file=sys.stderr
+            f"wnc-onnx: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:400]} "
+            "(rerun with --debug and report it)",
+            file=sys.stderr,
         )
         return EXIT_INTERNAL

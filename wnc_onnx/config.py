@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul")
 # The graph passes, in the order they run (wnc_onnx.passes.build_passes builds them).
-PASS_NAMES: tuple[str, ...] = ("fold_batchnorm", "lowrank")
+PASS_NAMES: tuple[str, ...] = ("name_nodes", "fold_constants", "fold_batchnorm", "lowrank", "cleanup")
 
 RankSpec = int | tuple[int, int]
 
@@ -31,11 +31,14 @@ class CompressConfig:
     tucker1_max_in: int = 4  # convs with at most this many input channels get Tucker-1
     fc_tucker: bool = True  # Flatten/Reshape -> Gemm as a Tucker-2 convolution (paper's fc6)
     require_savings: bool = True  # skip a layer whose rewrite would not cut weights and MACs
-    skip_passes: tuple[str, ...] = ()  # e.g. ("fold_batchnorm",)
+    skip_passes: tuple[str, ...] = ()  # e.g. ("fold_batchnorm", "cleanup"); see PASS_NAMES
     hooi_max_iter: int = 20
     hooi_tol: float = 1e-5
 
     def __post_init__(self) -> None:
+        # [R3, R4] lists (as in a JSON ranks file) are accepted from API callers too
+        ranks = {k: tuple(v) if isinstance(v, list) else v for k, v in self.ranks.items()}
+        object.__setattr__(self, "ranks", ranks)
         bad = [op for op in self.op_types if op not in SUPPORTED_OPS]
         if bad:
             raise ValueError(f"unsupported op types {bad}; choose from {list(SUPPORTED_OPS)}")

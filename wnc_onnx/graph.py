@@ -11,7 +11,8 @@ from collections import defaultdict
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+
+from wnc_onnx import external_data
 
 log = logging.getLogger(__name__)
 
@@ -212,12 +213,18 @@ class GraphContext:
         """The value of a constant tensor (initializer or Constant node, through Identity)."""
         name = self.chain(name)[-1]
         if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
+            return external_data.read_array(self.initializers[name])
         node = self.constants[name]
         for attr in node.attribute:
             if attr.name == "value":
-                return numpy_helper.to_array(attr.t)
+                return external_data.read_array(attr.t)
         raise KeyError(f"Constant {name} has no tensor value")
+
+    def is_external(self, name: str) -> bool:
+        """Whether the constant's bytes live in an external data file."""
+        name = self.chain(name)[-1]
+        t = self.initializers.get(name)
+        return t is not None and external_data.is_external(t)
 
     def dtype(self, name: str) -> int:
         name = self.chain(name)[-1]

@@ -8,15 +8,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
+from wnc_onnx import external_data
 from wnc_onnx.errors import WncError
 from wnc_onnx.graph import skeleton
-
-# 4-bit and similar packed types: byte count is not numel * itemsize.
-_PACKED = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
 
 _REEXPORT = "re-export the model from its framework (torch.onnx.export, tf2onnx, paddle2onnx)"
 
@@ -31,16 +28,14 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if p.stat().st_size == 0:
         raise WncError(f"input model is empty (0 bytes): {p}", _REEXPORT)
     try:
-        model = onnx.load(str(p), load_external_data=True)
+        # Weights in external data stay on disk: the pass reads one layer at a time.
+        model = onnx.load(str(p), load_external_data=False)
     except DecodeError as exc:
-        raise WncError(f"{p} is not an ONNX model (protobuf parse failed: {exc})", _REEXPORT) from None
-    except FileNotFoundError as exc:
-        raise WncError(
-            f"external data of {p} is missing: {exc.filename or exc}",
-            "keep the .data file(s) beside the model, as exported",
-        ) from None
+        raise WncError(f"{p} is not an ONNX model (protobuf parse failed: {_one_line(exc)})", _REEXPORT) from None
     except Exception as exc:  # onnx raises several types for damaged files
         raise WncError(f"cannot read {p} as ONNX: {_one_line(exc)}", _REEXPORT) from None
+    if len(model.graph.node) and len(model.opset_import):
+        external_data.resolve(model, p.parent, str(p))
     check_input(model, str(p))
     return model
 
@@ -59,12 +54,11 @@ def check_input(model: onnx.ModelProto, label: str = "input model") -> None:
 
 def check_initializer_sizes(model: onnx.ModelProto, label: str) -> None:
     """Raw weight bytes must match the declared shape (the checker runs on a skeleton)."""
-    for t in model.graph.initializer:
-        if not t.HasField("raw_data") or t.data_location == onnx.TensorProto.EXTERNAL:
+    for t in external_data.all_tensors(model):
+        if not t.HasField("raw_data") or external_data.is_external(t):
             continue
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 0
-        want = int(np.prod(t.dims, dtype=np.int64)) * itemsize
-        if itemsize and len(t.raw_data) != want and t.data_type not in _PACKED:
+        want = external_data.nbytes_declared(t)
+        if want is not None and len(t.raw_data) != want:
             raise WncError(
                 f"{label}: initializer '{t.name}' holds {len(t.raw_data)} bytes, its shape {list(t.dims)} needs {want}",
                 _REEXPORT,
@@ -113,19 +107,105 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> int:
-    """Write ``model`` atomically; returns the file size in bytes."""
-    with atomic_path(path) as tmp:
-        try:
-            onnx.save_model(model, str(tmp))
-        except ValueError as exc:  # protobuf refuses messages above 2 GB
-            raise WncError(
-                f"cannot serialize the output model: {_one_line(exc)}",
-                "keep its weights as external data (support is tracked in issue 3)",
-            ) from None
-    return Path(path).stat().st_size
+class StagedModel:
+    """A model written into a private folder beside its destination; see ``staged_model``."""
+
+    def __init__(self, path: Path, data_path: Path | None) -> None:
+        self.path = path  # the staged model file: run it, check it
+        self.data_path = data_path  # its external data file, if any
+        self.keep = True  # set False to drop it instead of moving it into place
+
+    @property
+    def nbytes(self) -> int:
+        return self.path.stat().st_size + (self.data_path.stat().st_size if self.data_path else 0)
+
+
+def wants_external(model: onnx.ModelProto, external: bool | None) -> bool:
+    """Auto (None): external data when the model's weights already are, or above 2 GB."""
+    if external is not None:
+        return external
+    return external_data.has_external(model) or external_data.model_bytes(model) > external_data.INLINE_LIMIT
+
+
+@contextlib.contextmanager
+def staged_model(
+    model: onnx.ModelProto, path: str | os.PathLike[str], external: bool | None = None
+) -> Iterator[StagedModel]:
+    """Write ``model`` (and ``<name>.data`` when its weights go to external data) into a
+    private folder beside ``path``; on leaving, move the file(s) into place unless
+    ``keep`` was cleared or an error was raised. Nothing partial is ever left at ``path``.
+
+    With external data the model's inline weights move to the data file and, once it is
+    in place, its tensors point there (as with onnx.save_model)."""
+    final = Path(path)
+    to_external = wants_external(model, external)
+    data_name = final.name + ".data"
+    final_data = Path(os.path.abspath(final.parent / data_name))
+    if to_external and final_data in external_data.sources(model):
+        raise WncError(f"output data file {final_data} holds the input's weights", "choose another output file name")
+    with contextlib.ExitStack() as stack:
+        with _io_errors(final):
+            folder = stack.enter_context(external_data.staged_dir(final))
+            staged = folder / final.name
+            staged_data = folder / data_name if to_external else None
+            _write(model, staged, staged_data, data_name)
+        stage = StagedModel(staged, staged_data)
+        yield stage
+        if not stage.keep:
+            return
+        with _io_errors(final):
+            for f in (staged_data, staged):
+                if f is not None:
+                    with open(f, "rb+") as fh:
+                        os.fsync(fh.fileno())
+            if staged_data is not None:
+                os.replace(staged_data, final_data)  # data first: the model file never names a missing file
+                external_data.relocate(model, data_name, str(final_data))
+            os.replace(staged, final)
+        stage.path, stage.data_path = final, (final_data if staged_data is not None else None)
+
+
+def _write(model: onnx.ModelProto, staged: Path, staged_data: Path | None, data_name: str) -> None:
+    try:
+        if staged_data is not None:
+            external_data.write_data_file(model, staged_data, data_name)
+        else:
+            if external_data.has_external(model):
+                external_data.load_inline(model)
+            size = external_data.model_bytes(model)
+            if size > external_data.INLINE_LIMIT:
+                raise WncError(
+                    f"the output model holds {size / 2**30:.2f} GiB of weights, above protobuf's 2 GiB limit",
+                    "write it with external data (--external-data)",
+                )
+        onnx.save_model(model, str(staged))
+    except ValueError as exc:  # protobuf refuses messages above 2 GB
+        raise WncError(
+            f"cannot serialize the output model: {_one_line(exc)}", "write it with external data (--external-data)"
+        ) from None
+
+
+@contextlib.contextmanager
+def _io_errors(target: Path) -> Iterator[None]:
+    """OS errors while writing (permissions, full disk) become one-line user errors."""
+    try:
+        yield
+    except OSError as exc:
+        raise WncError(
+            f"cannot write {target}: {exc.strerror or exc}", "choose a writable location with enough free space"
+        ) from None
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], external: bool | None = None) -> int:
+    """Write ``model`` atomically; returns the bytes written (model and data file).
+
+    ``external``: True writes weights to ``<name>.data`` beside it, False inline, None
+    decides (external when the weights already are, or above 2 GB)."""
+    with staged_model(model, path, external) as stage:
+        pass
+    return stage.nbytes
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    with atomic_path(path) as tmp:
+    with _io_errors(Path(path)), atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

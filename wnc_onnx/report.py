@@ -181,4 +181,5 @@ def format_table(report: Report) -> str:
             else ""
         )
     )
+    lines += [f"note: {w}" for w in report.warnings]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +19,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from wnc_onnx import external_data
 from wnc_onnx.errors import WncError
+from wnc_onnx.model_io import load_model, save_model
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +91,29 @@ def parse_input_shapes(specs: Sequence[str]) -> dict[str, list[int]]:
     return shapes
 
 
-def _session(model: onnx.ModelProto):  # type: ignore[no-untyped-def]
+ModelOrPath = onnx.ModelProto | str | os.PathLike[str]
+
+
+def _session(model: ModelOrPath):  # type: ignore[no-untyped-def]
+    """An onnxruntime CPU session; a path lets it find external data beside the model."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # errors reach the user as one line, not as ORT's log
+    if not isinstance(model, onnx.ModelProto):
+        return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    if external_data.has_external(model):  # its data paths are absolute: write it out first
+        with tempfile.TemporaryDirectory(prefix="wnc-onnx-verify-") as folder:
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            path = Path(folder) / "model.onnx"
+            save_model(copy, path, external=True)
+            return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _graph(model: ModelOrPath) -> onnx.ModelProto:
+    return model if isinstance(model, onnx.ModelProto) else load_model(model)
 
 
 def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -153,16 +173,17 @@ def load_inputs(path: str | os.PathLike[str], model: onnx.ModelProto) -> dict[st
 
 
 def verify(
-    original: onnx.ModelProto,
-    compressed: onnx.ModelProto,
+    original: ModelOrPath,
+    compressed: ModelOrPath,
     *,
     inputs: Mapping[str, np.ndarray] | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     tolerance: float | None = None,
     seed: int = 0,
 ) -> VerifyResult:
-    """Compare the two models' outputs on the same inputs."""
-    feeds = dict(inputs) if inputs is not None else random_inputs(original, input_shapes, seed)
+    """Compare the two models' outputs on the same inputs (models or paths to them)."""
+    graph = _graph(original)
+    feeds = dict(inputs) if inputs is not None else random_inputs(graph, input_shapes, seed)
     try:
         ref = _session(original).run(None, feeds)
     except Exception as exc:
@@ -176,7 +197,7 @@ def verify(
         source="user" if inputs is not None else "random",
         tolerance=tolerance,
     )
-    names = [o.name for o in original.graph.output]
+    names = [o.name for o in graph.graph.output]
     for name, a, b in zip(names, ref, got, strict=True):
         a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
         if a64.shape != b64.shape:

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from wnc_onnx import external_data
 from wnc_onnx.graph import GraphContext, prune_unread, subgraphs
 from wnc_onnx.passes.base import PassResult, working_copy
 from wnc_onnx.passes.rules.base import attr_float, attr_int
@@ -160,8 +161,10 @@ class FoldBatchNormPass:
         used: set[str] = set()
         new_w = ctx.unique_name(f"{w_name}/folded", used)
         new_b = ctx.unique_name(f"{producer.name or w_name}/folded_bias", used)
-        graph.initializer.append(numpy_helper.from_array(w_new.astype(w.dtype), new_w))
-        graph.initializer.append(numpy_helper.from_array(b_new.astype(w.dtype), new_b))
+        folded = [numpy_helper.from_array(v.astype(w.dtype), n) for v, n in ((w_new, new_w), (b_new, new_b))]
+        if ctx.is_external(w_name):  # weights read from disk go back to disk, not to memory
+            folded = [external_data.spill(tensor) for tensor in folded]
+        graph.initializer.extend(folded)
         producer.input[1] = new_w
         if old_bias:
             producer.input[2] = new_b

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from wnc_onnx import external_data
 from wnc_onnx.config import CompressConfig
 from wnc_onnx.errors import NothingToCompressError, WncError
 from wnc_onnx.graph import GraphContext, prune_unread, subgraphs
@@ -197,6 +198,8 @@ class LowRankPass:
             return self._record(layer, "skipped", reason)
         assert rule is not None
         kernels = [np.asarray(k, dtype=np.float32) if k.dtype.itemsize < 4 else k for k in rule.kernels(layer, ctx)]
+        if not all(np.isfinite(k).all() for k in kernels):
+            return self._record(layer, "skipped", "weight holds NaN or Inf values")
         conv_like = layer.rule in ("conv", "flatten_gemm")
         # Out-mode Gram (conv-like) or the small side's Gram (matrix): shared by VBMF and factoring.
         grams_out = [mode_gram(k if conv_like or k.shape[0] <= k.shape[1] else k.T, 0) for k in kernels]
@@ -222,6 +225,8 @@ class LowRankPass:
         factors = self._factor(layer, plan, kernels, grams_in, grams_out, spectra)
         del kernels, grams_in, grams_out
         emitter = rule.rewrite(layer, factors, ctx, used)
+        if ctx.is_external(layer.weight):  # weights read from disk go back to disk, not to memory
+            emitter.initializers[:] = [external_data.spill(t) for t in emitter.initializers]
         replaced[int(layer.extra["index"])] = emitter.nodes  # type: ignore[call-overload]
         new_inits.extend(emitter.initializers)
         dead_weights.extend(ctx.chain(layer.weight))

@@ -1,0 +1,169 @@
+"""The graph-hygiene passes: node names, constant folding and output cleanup, with their
+fallbacks when onnx-graphsurgeon fails."""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import wnc_onnx
+from tests.helpers import rel_diff, with_output_shapes
+from wnc_onnx.passes import cleanup, fold_constants, gs_tools
+from wnc_onnx.zoo import planted_kernel
+
+FULL = {"require_savings": False}
+
+
+def two_convs(names=("", ""), weight_from=None, dead=False) -> onnx.ModelProto:
+    """x -> Conv(W1) -> Relu -> Conv(W2) -> y with planted low-rank weights.
+
+    ``weight_from="cast"`` feeds W2 through Cast(float16 initializer), ``"transpose"``
+    through Transpose of a stored (S, T, 3, 3) tensor; ``dead`` adds an unused branch."""
+    rng = np.random.default_rng(0)
+    w1 = planted_kernel(rng, 24, 16, (3, 3), 4, 4)
+    w2 = planted_kernel(rng, 24, 24, (3, 3), 4, 4)
+    inits = [numpy_helper.from_array(w1, "W1")]
+    nodes = [
+        helper.make_node("Conv", ["x", "W1"], ["h"], name=names[0], kernel_shape=[3, 3], pads=[1] * 4),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+    ]
+    if weight_from == "cast":
+        inits.append(numpy_helper.from_array(w2.astype(np.float16), "W2_half"))
+        nodes.insert(0, helper.make_node("Cast", ["W2_half"], ["W2"], name="cast_w2", to=TensorProto.FLOAT))
+    elif weight_from == "transpose":
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(w2.transpose(1, 0, 2, 3)), "W2_t"))
+        nodes.insert(0, helper.make_node("Transpose", ["W2_t"], ["W2"], name="tr_w2", perm=[1, 0, 2, 3]))
+    else:
+        inits.append(numpy_helper.from_array(w2, "W2"))
+    nodes.append(helper.make_node("Conv", ["r", "W2"], ["y"], name=names[1], kernel_shape=[3, 3], pads=[1] * 4))
+    if dead:
+        inits.append(numpy_helper.from_array(np.ones((24, 1, 1), np.float32), "unused_scale"))
+        nodes.append(helper.make_node("Mul", ["r", "unused_scale"], ["nobody_reads"], name="dead_mul"))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 10, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return with_output_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def node_names(model):
+    return [n.name for n in model.graph.node]
+
+
+# -- names ----------------------------------------------------------------------------------
+
+
+def test_unnamed_nodes_get_readable_names_used_everywhere():
+    model = two_convs(names=("", ""))
+    report = wnc_onnx.inspect(model)
+    assert [r.name for r in report.layers] == ["Conv_0", "Conv_2"]  # <op>_<index in the graph>
+    out, report = wnc_onnx.compress(model, ranks={"Conv_2": (8, 8)}, **FULL)
+    names = node_names(out)
+    assert len(set(names)) == len(names) and all(names)
+    assert "relu" in names and any(n.startswith("Conv_2/wnc/") for n in names)
+    assert report.layer("Conv_2").status == "decomposed"
+    assert all(n.name for n in model.graph.node if n.op_type == "Relu")  # input untouched
+    assert not any(n.name for n in model.graph.node if n.op_type == "Conv")
+
+
+def test_repeated_names_are_made_unique():
+    model = two_convs(names=("conv", "conv"))
+    out, report = wnc_onnx.compress(model, **FULL)
+    assert [r.name for r in report.layers] == ["conv", "conv_2"]
+    names = node_names(out)
+    assert len(set(names)) == len(names)
+    assert any("repeated node name" in w for w in report.warnings)
+    # onnxruntime refuses the input ("two nodes with same node name"); the output runs
+    runnable = two_convs(names=("conv", "conv_b"))
+    assert rel_diff(runnable, out) < 0.2
+
+
+# -- constant folding -----------------------------------------------------------------------
+
+
+def test_weights_computed_from_constants_are_folded_then_compressed():
+    for how in ("cast", "transpose"):
+        model = two_convs(names=("c1", "c2"), weight_from=how)
+        assert fold_constants.foldable_nodes(model) == [f"{'cast' if how == 'cast' else 'tr'}_w2"]
+        out, report = wnc_onnx.compress(model, ranks={"c1": (16, 24), "c2": (24, 24)}, **FULL)  # full rank
+        entry = next(p for p in report.passes if p["name"] == "fold_constants")
+        assert entry["status"] == "folded" and entry["tool"].startswith("onnx-graphsurgeon")
+        assert report.layer("c2").status == "decomposed"
+        assert not {"Cast", "Transpose"} & {n.op_type for n in out.graph.node}
+        assert rel_diff(model, out) < (1e-2 if how == "cast" else 1e-4)
+
+
+def test_folding_failure_falls_back_and_says_so(monkeypatch):
+    def broken(model, work):
+        raise RuntimeError("simulated graphsurgeon crash")
+
+    monkeypatch.setattr(gs_tools, "roundtrip", broken)
+    model = two_convs(names=("c1", "c2"), weight_from="transpose")
+    out, report = wnc_onnx.compress(model, **FULL)
+    entry = next(p for p in report.passes if p["name"] == "fold_constants")
+    assert entry["status"].startswith("failed: simulated graphsurgeon crash")
+    assert any("fold_constants: onnx-graphsurgeon failed" in w for w in report.warnings)
+    assert report.layer("c2").status == "skipped" and "not a constant" in report.layer("c2").reason
+    assert report.layer("c1").status == "decomposed"
+    assert rel_diff(model, out) < 0.2
+
+
+def test_quantization_nodes_are_never_folded():
+    w = np.random.default_rng(0).integers(-100, 100, (12, 8, 3, 3)).astype(np.int8)
+    graph = helper.make_graph(
+        [
+            helper.make_node("DequantizeLinear", ["Wq", "s"], ["W"], name="dq"),
+            helper.make_node("Conv", ["x", "W"], ["y"], name="conv", kernel_shape=[3, 3]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "Wq"), numpy_helper.from_array(np.float32(0.01), "s")],
+    )
+    model = with_output_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert fold_constants.foldable_nodes(model) == []
+    report = wnc_onnx.inspect(model)
+    assert "DequantizeLinear" in report.layer("conv").reason
+
+
+# -- cleanup --------------------------------------------------------------------------------
+
+
+def test_cleanup_removes_dead_code_and_adds_shapes():
+    model = two_convs(names=("c1", "c2"), dead=True)
+    out, report = wnc_onnx.compress(model, ranks={"c2": (8, 8)}, **FULL)
+    entry = next(p for p in report.passes if p["name"] == "cleanup")
+    assert entry["tool"].startswith("onnx-graphsurgeon")
+    assert "dead_mul" not in node_names(out)
+    assert "unused_scale" not in {t.name for t in out.graph.initializer}
+    assert entry["removed_nodes"] >= 1 and entry["removed_initializers"] >= 1
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in out.graph.value_info}
+    assert shapes["r"] == [1, 24, 10, 10]
+    assert any(name.startswith("c2/wnc/") for name in shapes)  # the new tensors have shapes too
+    onnx.checker.check_model(out, full_check=True)
+    assert rel_diff(model, out) < 0.2
+    # node provenance survives the graphsurgeon-decided order
+    core = next(n for n in out.graph.node if n.name.startswith("c2/wnc/core"))
+    assert "tucker2" in core.doc_string
+
+
+def test_cleanup_falls_back_to_the_builtin_pruner(monkeypatch):
+    def broken(model):
+        raise ValueError("simulated graphsurgeon failure")
+
+    monkeypatch.setattr(cleanup, "_apply_gs_order", broken)
+    model = two_convs(names=("c1", "c2"), dead=True)
+    out, report = wnc_onnx.compress(model, ranks={"c2": (8, 8)}, **FULL)
+    entry = next(p for p in report.passes if p["name"] == "cleanup")
+    assert entry["tool"] == "built-in"
+    assert any("used the built-in pruner" in w for w in report.warnings)
+    assert "dead_mul" not in node_names(out) and "unused_scale" not in {t.name for t in out.graph.initializer}
+    assert rel_diff(model, out) < 0.2
+
+
+def test_warnings_are_printed_under_the_table(monkeypatch):
+    monkeypatch.setattr(cleanup, "_apply_gs_order", lambda m: (_ for _ in ()).throw(ValueError("boom")))
+    _, report = wnc_onnx.compress(two_convs(names=("c1", "c2")), **FULL)
+    assert "note: cleanup: onnx-graphsurgeon failed (boom)" in report.to_table()
