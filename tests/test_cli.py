@@ -107,6 +107,15 @@ def test_options_reach_the_pass(demo, tmp_path, capsys):
     assert ranked["conv3"]["ranks"] == {"R3": 10, "R4": 11} and ranked["conv3"]["rank_source"] == "file"
     assert ranked["fc2"]["ranks"] == {"R": 5}
 
+    def passes(*extra):
+        rep = tmp_path / "p.json"
+        rc, _, err = run_cli(capsys, demo, tmp_path / "o.onnx", "--report", rep, "-q", *extra)
+        assert rc == 0, err
+        return [p["name"] for p in json.loads(rep.read_text())["passes"]]
+
+    assert passes() == ["name_nodes", "fold_constants", "fold_batchnorm", "lowrank", "cleanup"]
+    assert passes("--skip-pass", "cleanup", "--no-fold-bn") == ["name_nodes", "fold_constants", "lowrank"]
+
 
 def test_no_saving_and_rank_zero_are_skipped_with_reason(tmp_path, capsys):
     noise = tmp_path / "noise.onnx"
@@ -153,6 +162,7 @@ def bad_cases(tmp_path, demo):
         "bad op type": ([demo, out, "--op-types", "Conv,LSTM"], "unsupported op types"),
         "unknown flag": ([demo, out, "--frobnicate"], "unrecognized arguments"),
         "bad boost": ([demo, out, "--rank-boost", "2"], "rank_boost"),
+        "bad pass": ([demo, out, "--skip-pass", "lowrank"], "cannot skip passes"),
     }
 
 
@@ -174,6 +184,7 @@ def bad_cases(tmp_path, demo):
         "bad op type",
         "unknown flag",
         "bad boost",
+        "bad pass",
     ],
 )
 def test_bad_input_one_line_exit_2_no_output(case, tmp_path, demo, capsys):

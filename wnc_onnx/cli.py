@@ -17,7 +17,7 @@ from typing import NoReturn
 
 from wnc_onnx import __version__
 from wnc_onnx.api import compress, inspect, load_ranks
-from wnc_onnx.config import SUPPORTED_OPS, CompressConfig
+from wnc_onnx.config import PASS_NAMES, SUPPORTED_OPS, CompressConfig
 from wnc_onnx.errors import WncError
 from wnc_onnx.model_io import check_output_path, load_model, save_model, staged_model, write_text_atomic
 from wnc_onnx.report import Report
@@ -47,6 +47,13 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
         "--no-fold-bn",
         action="store_true",
         help="do not fold BatchNormalization / per-channel Mul, Add into the preceding Conv/Gemm",
+    )
+    g.add_argument(
+        "--skip-pass",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"leave a graph pass out (repeatable): one of {', '.join(p for p in PASS_NAMES if p != 'lowrank')}",
     )
     g.add_argument(
         "--no-fc-tucker",
@@ -172,7 +179,7 @@ def _config(a: argparse.Namespace) -> CompressConfig:
             tucker1_max_in=a.tucker1_max_in,
             fc_tucker=not a.no_fc_tucker,
             require_savings=not a.allow_no_saving,
-            skip_passes=("fold_batchnorm",) if a.no_fold_bn else (),
+            skip_passes=tuple(dict.fromkeys([*a.skip_pass, *(["fold_batchnorm"] if a.no_fold_bn else [])])),
             hooi_max_iter=a.hooi_iters,
             hooi_tol=a.hooi_tol,
         )

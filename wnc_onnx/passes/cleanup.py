@@ -41,7 +41,7 @@ class CleanupPass:
                 tool = f"onnx-graphsurgeon {version}"
             except Exception as exc:  # a helper library is never a single point of failure
                 msg = " ".join(str(exc).split())[:200]
-                log.warning("cleanup: onnx-graphsurgeon failed (%s); using the built-in pruner", msg)
+                log.info("cleanup: onnx-graphsurgeon failed (%s); using the built-in pruner", msg)
                 report.warnings.append(f"cleanup: onnx-graphsurgeon failed ({msg}); used the built-in pruner")
         for g in all_graphs(model.graph):  # what is left unread, in every graph
             prune_unread(g, {o for n in g.node for o in n.output} | {t.name for t in g.initializer})
