@@ -1,0 +1,102 @@
+"""Fine-tuning: what holds in any environment (data checks, the runtime check).
+
+The training loop itself runs in the training environment: tests/test_finetune_train.py,
+run by .ci/run's second stage."""
+
+import numpy as np
+import pytest
+
+from wnc_onnx.errors import WncError
+from wnc_onnx.finetune import ArrayData, FinetuneConfig, load_npz
+from wnc_onnx.finetune import runtime as rt
+from wnc_onnx.finetune.trainer import check_data
+from wnc_onnx.zoo import demo_cnn
+
+
+def test_runtime_check_names_the_install():
+    dists = rt.installed()
+    training = any(d in dists for d in rt.TRAINING_DISTS)
+    plain = any(d in dists for d in rt.PLAIN_DISTS)
+    if training and not plain:
+        assert rt.require_training() == next(dists[d] for d in rt.TRAINING_DISTS if d in dists)
+        return
+    with pytest.raises(WncError) as exc:
+        rt.require_training()
+    text = str(exc.value)
+    if training:
+        assert "mixed ONNX Runtime install" in text
+    else:
+        assert "onnxruntime-training-cpu 1.19.2" in text and ".[train]" in text
+
+
+def test_mixed_install_is_detected(monkeypatch):
+    monkeypatch.setattr(rt, "installed", lambda: {"onnxruntime": "1.32.0", "onnxruntime-training-cpu": "1.19.2"})
+    with pytest.raises(WncError, match="mixed ONNX Runtime install: onnxruntime 1.32.0, onnxruntime-training-cpu"):
+        rt.require_training()
+
+
+@pytest.fixture
+def model():
+    return demo_cnn()  # input (N, 3, 32, 32), output (N, 10)
+
+
+def data(n=8, shape=(3, 32, 32), labels=None):
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % 10 if labels is None else np.asarray(labels)
+    return ArrayData(rng.standard_normal((n, *shape)).astype(np.float64), y, "train.npz")
+
+
+def test_data_that_fits_is_typed_for_the_model(model):
+    ok = check_data(model, data(), FinetuneConfig())
+    assert ok.x.dtype == np.float32 and ok.y.dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [
+        (data(shape=(3, 28, 28)), "samples have shape [3, 28, 28]"),
+        (data(labels=[0, 1, 2, 3, 4, 5, 6, 10]), "labels range over 0..10"),
+        (data(labels=[0, 1, 2, 3, 4, 5, 6, -1]), "labels range over -1..6"),
+        (data(labels=np.linspace(0, 1, 8)), "integer class label"),
+    ],
+)
+def test_data_that_does_not_fit(model, bad, needle):
+    with pytest.raises(WncError, match=None) as exc:
+        check_data(model, bad, FinetuneConfig())
+    assert needle in str(exc.value) and "fix:" in str(exc.value)
+
+
+def test_cross_entropy_needs_class_scores():
+    from tests.helpers import conv_model
+
+    conv = conv_model(3, 4, (3, 3), (8, 8))  # output (1, 4, 6, 6): not a score per class
+    with pytest.raises(WncError, match="cross-entropy needs a score per class"):
+        check_data(conv, data(shape=(3, 8, 8), labels=[0] * 8), FinetuneConfig())
+    assert check_data(conv, data(shape=(3, 8, 8), labels=[0] * 8), FinetuneConfig(loss="mse")).y.dtype == np.float32
+
+
+def test_npz_loading(tmp_path):
+    np.savez(tmp_path / "ok.npz", x=np.zeros((4, 3)), y=np.zeros(4))
+    assert len(load_npz(tmp_path / "ok.npz")) == 4
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 3)), y=np.zeros(0))
+    np.savez(tmp_path / "noy.npz", x=np.zeros((4, 3)))
+    np.savez(tmp_path / "short.npz", x=np.zeros((4, 3)), y=np.zeros(3))
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    for name, needle in [
+        ("empty.npz", "no samples"),
+        ("noy.npz", "lacks array(s) ['y']"),
+        ("short.npz", "x has 4 samples, y has 3"),
+        ("junk.npz", "cannot read"),
+        ("missing.npz", "not found"),
+    ]:
+        with pytest.raises(WncError) as exc:
+            load_npz(tmp_path / name)
+        assert needle in str(exc.value)
+
+
+def test_config_is_checked_and_lr_decays_in_steps():
+    cfg = FinetuneConfig(lr=1e-2, lr_step=5, lr_gamma=0.1)
+    assert [round(cfg.lr_at(e), 8) for e in (0, 4, 5, 9, 10)] == [1e-2, 1e-2, 1e-3, 1e-3, 1e-4]
+    for bad in ({"epochs": 0}, {"lr": -1.0}, {"loss": "hinge"}, {"optimizer": "lbfgs"}, {"lr_gamma": 2.0}):
+        with pytest.raises(WncError):
+            FinetuneConfig(**bad)

@@ -1,0 +1,94 @@
+"""Training artifacts for a compressed model, made with ``onnxruntime.training.artifacts``.
+
+ONNX Runtime training 1.19.2 reads IR version <= 10 and opsets <= 21; newer onnx
+releases write higher IR versions (also into the optimizer model they generate), so
+the IR is lowered where the opsets allow it. Trainable: the weights and biases of
+Conv / ConvTranspose / Gemm / MatMul (and an Add right after a MatMul), and the scale
+and bias of BatchNormalization, whose running statistics stay frozen.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnx
+
+from wnc_onnx.errors import WncError
+
+log = logging.getLogger(__name__)
+
+MAX_IR = 10
+MAX_OPSET = 21
+_WEIGHT_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "BatchNormalization": (1, 2)}
+_FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+
+
+def trainable(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """(requires_grad, frozen): float initializers of the main graph split by role."""
+    g = model.graph
+    floats = {t.name for t in g.initializer if t.data_type in _FLOAT}
+    producers = {o: n for n in g.node for o in n.output}
+    train: list[str] = []
+    for n in g.node:
+        picks = [n.input[i] for i in _WEIGHT_INPUTS.get(n.op_type, ()) if i < len(n.input)]
+        if (
+            n.op_type == "MatMul"
+            or n.op_type == "Add"
+            and any(producers.get(i) is not None and producers[i].op_type == "MatMul" for i in n.input)
+        ):
+            picks = list(n.input)
+        train += [p for p in picks if p in floats and p not in train]
+    frozen = [t.name for t in g.initializer if t.name in floats and t.name not in train]
+    return train, frozen
+
+
+def lower_ir(model: onnx.ModelProto, label: str) -> None:
+    """Set IR version <= 10 in place, or say why the training build cannot take the model."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset > MAX_OPSET:
+        raise WncError(
+            f"{label} uses opset {opset}; onnxruntime-training 1.19.2 supports opsets up to {MAX_OPSET}",
+            "export the model with opset 21 or lower, or convert it with onnx.version_converter",
+        )
+    if model.ir_version > MAX_IR:
+        model.ir_version = MAX_IR
+
+
+def generate(model: onnx.ModelProto, folder: Path, loss: str, optimizer: str, outputs: list[str]) -> dict[str, Path]:
+    """Write training / eval / optimizer models and the initial checkpoint into ``folder``."""
+    import onnxruntime as ort
+    from onnxruntime.training import artifacts
+
+    ort.set_default_logger_severity(3)  # the graph builder logs every transformer at info level
+    model_copy = onnx.ModelProto()
+    model_copy.CopyFrom(model)
+    lower_ir(model_copy, "the model")
+    requires_grad, frozen = trainable(model_copy)
+    if not requires_grad:
+        raise WncError("the model has no trainable Conv / Gemm / MatMul weights", "fine-tune a float CNN or MLP")
+    loss_type = {"cross_entropy": artifacts.LossType.CrossEntropyLoss, "mse": artifacts.LossType.MSELoss}[loss]
+    optim = {"adamw": artifacts.OptimType.AdamW, "sgd": artifacts.OptimType.SGD}[optimizer]
+    folder.mkdir(parents=True, exist_ok=True)
+    artifacts.generate_artifacts(
+        model_copy,
+        requires_grad=requires_grad,
+        frozen_params=frozen,
+        loss=loss_type,
+        optimizer=optim,
+        artifact_directory=str(folder),
+        additional_output_names=outputs,
+    )
+    paths = {
+        "training": folder / "training_model.onnx",
+        "eval": folder / "eval_model.onnx",
+        "optimizer": folder / "optimizer_model.onnx",
+        "checkpoint": folder / "checkpoint",
+    }
+    for key in ("training", "eval", "optimizer"):
+        generated = onnx.load(str(paths[key]), load_external_data=False)
+        if generated.ir_version > MAX_IR:  # newer onnx writes IR 11+: the 1.19.2 runtime refuses it
+            generated.ir_version = MAX_IR
+            onnx.save(generated, str(paths[key]))
+    log.info("training artifacts: %d trainable tensors, %d frozen, in %s", len(requires_grad), len(frozen), folder)
+    return paths

@@ -1,0 +1,57 @@
+"""Training data: arrays ``x`` and ``y`` from an .npz file, or any iterable of batches."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wnc_onnx.errors import WncError
+
+
+@dataclass
+class ArrayData:
+    """Samples ``x`` (N, ...) and targets ``y`` (N,) class indices or (N, ...) values."""
+
+    x: np.ndarray
+    y: np.ndarray
+    name: str = "data"
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
+        for start in range(0, len(self), batch_size):
+            idx = order[start : start + batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+_SAVE = "save it with numpy.savez(path, x=inputs, y=labels)"
+
+
+def load_npz(path: str | os.PathLike[str]) -> ArrayData:
+    p = Path(path)
+    if not p.is_file():
+        raise WncError(f"data file not found: {p}", "pass an .npz file holding arrays 'x' and 'y'")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as exc:
+        raise WncError(
+            f"cannot read {p} as .npz: {exc}", "save it with numpy.savez(path, x=inputs, y=labels)"
+        ) from None
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        raise WncError(
+            f"{p} lacks array(s) {missing} (it holds {sorted(arrays)})", "save it with numpy.savez(path, x=..., y=...)"
+        )
+    x, y = arrays["x"], arrays["y"]
+    if len(x) == 0:
+        raise WncError(f"{p} holds no samples", "pass a data set with at least one sample")
+    if len(x) != len(y):
+        raise WncError(f"{p}: x has {len(x)} samples, y has {len(y)}", "give one label per sample")
+    return ArrayData(x, y, p.name)

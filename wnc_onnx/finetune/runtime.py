@@ -1,0 +1,51 @@
+"""Which ONNX Runtime is installed: fine-tuning needs the training build, alone.
+
+onnxruntime-training-cpu (last release 1.19.2, deprecated upstream) installs the same
+``onnxruntime`` module as the plain runtime; with both installed, whichever was
+installed last silently wins. So the training flavour lives in its own environment.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from wnc_onnx.errors import WncError
+
+TRAINING_DISTS = ("onnxruntime-training-cpu", "onnxruntime-training")
+PLAIN_DISTS = ("onnxruntime", "onnxruntime-gpu")
+INSTALL = "python3.11 -m venv .venv-train && .venv-train/bin/pip install -e '.[train]' (see README, 'Fine-tuning')"
+
+
+def installed() -> dict[str, str]:
+    """ONNX Runtime distributions in this environment: name -> version."""
+    found = {}
+    for name in (*PLAIN_DISTS, *TRAINING_DISTS):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def require_training() -> str:
+    """The training build's version; a WncError naming the fix when it is absent or mixed."""
+    dists = installed()
+    training = [d for d in TRAINING_DISTS if d in dists]
+    plain = [d for d in PLAIN_DISTS if d in dists]
+    if training and plain:
+        both = ", ".join(f"{d} {dists[d]}" for d in (*plain, *training))
+        raise WncError(
+            f"mixed ONNX Runtime install: {both} share the 'onnxruntime' module in this environment",
+            f"keep them apart: compress with the plain runtime, fine-tune in its own environment: {INSTALL}",
+        )
+    if not training:
+        raise WncError("fine-tuning needs onnxruntime-training-cpu 1.19.2, which is not installed", INSTALL)
+    try:
+        import onnxruntime.training.api  # noqa: F401
+    except Exception as exc:  # torch missing, or a broken build
+        reason = " ".join(str(exc).split())[:200]
+        raise WncError(
+            f"onnxruntime.training cannot be imported ({reason})",
+            "it needs torch importable: pip install torch==2.13.0 (CPU build) in the training environment",
+        ) from None
+    return dists[training[0]]
