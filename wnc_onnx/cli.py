@@ -18,7 +18,7 @@ from typing import NoReturn
 from wnc_onnx import __version__
 from wnc_onnx.api import compress, inspect, load_ranks
 from wnc_onnx.config import PASS_NAMES, SUPPORTED_OPS, CompressConfig
-from wnc_onnx.errors import WncError
+from wnc_onnx.errors import WncError, one_line
 from wnc_onnx.model_io import check_output_path, load_model, save_model, staged_model, write_text_atomic
 from wnc_onnx.report import Report
 
@@ -311,8 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(a, "debug", False):
             traceback.print_exc()
         print(
-            f"wnc-onnx: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:400]} "
-            "(rerun with --debug and report it)",
+            f"wnc-onnx: internal error: {type(exc).__name__}: {one_line(exc, 400)} (rerun with --debug and report it)",
             file=sys.stderr,
         )
         return EXIT_INTERNAL

@@ -15,5 +15,14 @@ class WncError(Exception):
         return f"{self.problem}; fix: {self.fix}" if self.fix else self.problem
 
 
+REEXPORT = "re-export the model from its framework (torch.onnx.export, tf2onnx, paddle2onnx)"
+
+
+def one_line(exc: BaseException | str, limit: int = 300) -> str:
+    """A library's message (often multi-line) as one line of at most ``limit`` characters."""
+    text = " ".join(str(exc).split())
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
 class NothingToCompressError(WncError):
     """The model holds no layer that the pass could rewrite."""

@@ -2,7 +2,7 @@
 
 A model loaded with its weights left on disk costs kilobytes of memory; the pass reads
 a layer's weight when it factors that layer (``read_array``), parks the new factors in
-a scratch file (``spill``) and ``write_model`` copies every external tensor into the
+a scratch file (``spill``) and ``write_data_file`` copies every external tensor into the
 output's data file in chunks. Peak memory then follows the largest layer.
 
 In memory, external tensors point at absolute paths (``resolve``); on disk the
@@ -12,7 +12,6 @@ output's data file sits beside the model and is named relatively, as ONNX requir
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import os
 import shutil
@@ -26,7 +25,8 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-from wnc_onnx.errors import WncError
+from wnc_onnx.errors import REEXPORT, WncError
+from wnc_onnx.walk import all_graphs
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +49,13 @@ def _point(t: onnx.TensorProto, location: str, offset: int | None, length: int |
 def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Initializers and Constant-node tensors of every graph, subgraphs included."""
 
-    def walk(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    for graph in all_graphs(model.graph):
         yield from graph.initializer
         for node in graph.node:
             if node.op_type == "Constant":
                 for a in node.attribute:
                     if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
                         yield a.t
-            for a in node.attribute:  # If / Loop / Scan bodies
-                if a.type == onnx.AttributeProto.GRAPH:
-                    yield from walk(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    for sub in a.graphs:
-                        yield from walk(sub)
-
-    yield from walk(model.graph)
 
 
 def is_external(t: onnx.TensorProto) -> bool:
@@ -75,18 +67,21 @@ def has_external(model: onnx.ModelProto) -> bool:
 
 
 def nbytes(t: onnx.TensorProto) -> int:
-    """Bytes of a tensor's data, stored inline or not."""
+    """Bytes of a tensor's data, stored inline or not, without reading them (in Python,
+    reading ``raw_data`` copies it). Sub-byte types count a byte per element, unknown
+    types eight: an upper bound, which is what the size thresholds need."""
     if is_external(t):
-        info = ExternalDataInfo(t)
-        if info.length is not None:
-            return int(info.length)
-    if t.HasField("raw_data"):
-        return len(t.raw_data)
+        length = ExternalDataInfo(t).length
+        if length is not None:
+            return int(length)
+    declared = nbytes_declared(t)
+    if declared is not None:
+        return declared
     try:
-        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        itemsize = int(np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize)
     except Exception:
-        itemsize = 4
-    return int(np.prod(t.dims, dtype=np.int64)) * itemsize
+        itemsize = 8
+    return int(np.prod(t.dims, dtype=np.int64)) * max(itemsize, 1)
 
 
 def sources(model: onnx.ModelProto) -> set[Path]:
@@ -103,23 +98,21 @@ def _where(t: onnx.TensorProto) -> tuple[Path, int, int | None]:
     return Path(info.location), int(info.offset or 0), info.length
 
 
-def resolve(model: onnx.ModelProto, base_dir: str | os.PathLike[str], label: str) -> int:
+def resolve(model: onnx.ModelProto, base_dir: str | os.PathLike[str], label: str) -> None:
     """Point every external tensor at an absolute path and check that its bytes exist.
 
-    Returns the number of external tensors. Raises WncError naming the missing file."""
+    Raises WncError naming the missing or short file."""
     base = Path(base_dir)
-    count = 0
     sizes: dict[Path, int] = {}
     for t in all_tensors(model):
         if not is_external(t):
             continue
-        count += 1
         try:
             loc, offset, length = _where(t)
         except ValueError as exc:
-            raise WncError(f"{label}: external data entry of '{t.name}' is invalid: {exc}", _REEXPORT) from None
+            raise WncError(f"{label}: external data entry of '{t.name}' is invalid: {exc}", REEXPORT) from None
         if not str(loc):
-            raise WncError(f"{label}: tensor '{t.name}' is marked external but names no file", _REEXPORT)
+            raise WncError(f"{label}: tensor '{t.name}' is marked external but names no file", REEXPORT)
         path = loc if loc.is_absolute() else (base / loc)
         path = Path(os.path.abspath(path))
         if path not in sizes:
@@ -135,7 +128,7 @@ def resolve(model: onnx.ModelProto, base_dir: str | os.PathLike[str], label: str
         if want is not None and length != want:
             raise WncError(
                 f"{label}: external tensor '{t.name}' has {length} bytes, its shape {list(t.dims)} needs {want}",
-                _REEXPORT,
+                REEXPORT,
             )
         if length is not None and offset + length > sizes[path]:
             raise WncError(
@@ -144,10 +137,6 @@ def resolve(model: onnx.ModelProto, base_dir: str | os.PathLike[str], label: str
                 "copy the .data file again, whole",
             )
         _point(t, str(path), offset or None, length)
-    return count
-
-
-_REEXPORT = "re-export the model from its framework (torch.onnx.export, tf2onnx, paddle2onnx)"
 
 
 def nbytes_declared(t: onnx.TensorProto) -> int | None:
@@ -223,7 +212,7 @@ def spill(t: onnx.TensorProto) -> onnx.TensorProto:
 
     A fresh message, so the bytes' memory goes with the original (protobuf keeps a
     cleared field's memory in the message's arena)."""
-    if is_external(t) or not t.HasField("raw_data") or len(t.raw_data) < MIN_EXTERNAL_BYTES:
+    if is_external(t) or not t.HasField("raw_data") or nbytes(t) < MIN_EXTERNAL_BYTES:
         return t
     data = t.raw_data
     path, offset = _SCRATCH.append(data)
@@ -259,7 +248,7 @@ def write_data_file(model: onnx.ModelProto, data_path: Path, location: str) -> N
     ``location`` (relative, as written to disk). Inline bytes are dropped from memory."""
     with open(data_path, "wb") as out:
         for t in all_tensors(model):
-            if not is_external(t) and (not t.HasField("raw_data") or len(t.raw_data) < MIN_EXTERNAL_BYTES):
+            if not is_external(t) and (not t.HasField("raw_data") or nbytes(t) < MIN_EXTERNAL_BYTES):
                 continue
             pad = (-out.tell()) % ALIGN
             if pad:
@@ -284,13 +273,3 @@ def relocate(model: onnx.ModelProto, old: str, new: str) -> None:
             info = ExternalDataInfo(t)
             if info.location == old:
                 _point(t, new, info.offset, info.length)
-
-
-@contextlib.contextmanager
-def staged_dir(final: Path) -> Iterator[Path]:
-    """A private folder beside ``final`` for writing; removed afterwards."""
-    folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)

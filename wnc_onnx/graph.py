@@ -13,24 +13,13 @@ import numpy as np
 import onnx
 
 from wnc_onnx import external_data
+from wnc_onnx.walk import subgraphs
 
 log = logging.getLogger(__name__)
 
 Dim = int | str | None
-_KEEP_DATA_BYTES = 1 << 16
-NOT_CONSTANT = "weight is not a constant initializer"  # initializers below this size keep their data for inference
-
-
-def _tensor_bytes(t: onnx.TensorProto) -> int:
-    itemsize = helper_itemsize(t.data_type)
-    return int(np.prod(t.dims, dtype=np.int64)) * itemsize
-
-
-def helper_itemsize(data_type: int) -> int:
-    try:
-        return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize)
-    except Exception:  # undefined or exotic types: treat as large enough to strip
-        return 8
+_KEEP_DATA_BYTES = 1 << 16  # initializers below this size keep their data for inference
+NOT_CONSTANT = "weight is not a constant initializer"
 
 
 def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -51,23 +40,12 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     g.output.extend(src.output)
     input_names = {i.name for i in src.input}
     for init in src.initializer:
-        nbytes = _tensor_bytes(init)  # reading raw_data would copy the weights; ByteSize is slow
+        nbytes = external_data.nbytes(init)  # from dims: reading raw_data would copy it; ByteSize is slow
         if nbytes < _KEEP_DATA_BYTES and init.data_location != onnx.TensorProto.EXTERNAL:
             g.initializer.append(init)
         elif init.name not in input_names:
             g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
     return light
-
-
-def subgraphs(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
-    """(attribute label, body) of each If/Loop/Scan (or other) subgraph of ``node``."""
-    found: list[tuple[str, onnx.GraphProto]] = []
-    for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH:
-            found.append((a.name, a.g))
-        elif a.type == onnx.AttributeProto.GRAPHS:
-            found.extend((f"{a.name}{i}", g) for i, g in enumerate(a.graphs))
-    return found
 
 
 def referenced_names(graph: onnx.GraphProto) -> set[str]:

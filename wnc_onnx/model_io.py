@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
 from wnc_onnx import external_data
-from wnc_onnx.errors import WncError
+from wnc_onnx.errors import REEXPORT, WncError, one_line
 from wnc_onnx.graph import skeleton
-
-_REEXPORT = "re-export the model from its framework (torch.onnx.export, tf2onnx, paddle2onnx)"
 
 
 def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -26,14 +26,14 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if not p.is_file():
         raise WncError(f"input model is not a file: {p}", "pass the path of a .onnx file")
     if p.stat().st_size == 0:
-        raise WncError(f"input model is empty (0 bytes): {p}", _REEXPORT)
+        raise WncError(f"input model is empty (0 bytes): {p}", REEXPORT)
     try:
         # Weights in external data stay on disk: the pass reads one layer at a time.
         model = onnx.load(str(p), load_external_data=False)
     except DecodeError as exc:
-        raise WncError(f"{p} is not an ONNX model (protobuf parse failed: {_one_line(exc)})", _REEXPORT) from None
+        raise WncError(f"{p} is not an ONNX model (protobuf parse failed: {one_line(exc)})", REEXPORT) from None
     except Exception as exc:  # onnx raises several types for damaged files
-        raise WncError(f"cannot read {p} as ONNX: {_one_line(exc)}", _REEXPORT) from None
+        raise WncError(f"cannot read {p} as ONNX: {one_line(exc)}", REEXPORT) from None
     if len(model.graph.node) and len(model.opset_import):
         external_data.resolve(model, p.parent, str(p))
     check_input(model, str(p))
@@ -42,14 +42,14 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
 
 def check_input(model: onnx.ModelProto, label: str = "input model") -> None:
     if not model.HasField("graph") or len(model.graph.node) == 0:
-        raise WncError(f"{label} has no graph nodes (empty or truncated file)", _REEXPORT)
+        raise WncError(f"{label} has no graph nodes (empty or truncated file)", REEXPORT)
     if len(model.opset_import) == 0:
-        raise WncError(f"{label} declares no opset (truncated or not an ONNX model)", _REEXPORT)
+        raise WncError(f"{label} declares no opset (truncated or not an ONNX model)", REEXPORT)
     check_initializer_sizes(model, label)
     try:
         onnx.checker.check_model(skeleton(model))
     except Exception as exc:
-        raise WncError(f"{label} fails the ONNX checker: {_one_line(exc)}", _REEXPORT) from None
+        raise WncError(f"{label} fails the ONNX checker: {one_line(exc)}", REEXPORT) from None
 
 
 def check_initializer_sizes(model: onnx.ModelProto, label: str) -> None:
@@ -61,13 +61,23 @@ def check_initializer_sizes(model: onnx.ModelProto, label: str) -> None:
         if want is not None and len(t.raw_data) != want:
             raise WncError(
                 f"{label}: initializer '{t.name}' holds {len(t.raw_data)} bytes, its shape {list(t.dims)} needs {want}",
-                _REEXPORT,
+                REEXPORT,
             )
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] + ("..." if len(text) > 300 else "")
+def read_npz(path: str | os.PathLike[str], kind: str, content: str, example: str) -> dict[str, np.ndarray]:
+    """All arrays of an .npz file; a missing or unreadable file is a WncError naming the fix.
+
+    ``kind`` names the file in messages ("inputs file"), ``content`` says what it should
+    hold ("with one array per model input"), ``example`` how to write one."""
+    p = Path(path)
+    if not p.is_file():
+        raise WncError(f"{kind} not found: {p}", f"pass an .npz file {content}")
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise WncError(f"cannot read {p} as .npz: {exc}", f"save it with {example}") from None
 
 
 def check_output_path(inp: str | os.PathLike[str] | None, out: str | os.PathLike[str]) -> Path:
@@ -105,6 +115,16 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def _staged_dir(final: Path) -> Iterator[Path]:
+    """A private folder beside ``final`` for writing; removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class StagedModel:
@@ -145,7 +165,7 @@ def staged_model(
         raise WncError(f"output data file {final_data} holds the input's weights", "choose another output file name")
     with contextlib.ExitStack() as stack:
         with _io_errors(final):
-            folder = stack.enter_context(external_data.staged_dir(final))
+            folder = stack.enter_context(_staged_dir(final))
             staged = folder / final.name
             staged_data = folder / data_name if to_external else None
             _write(model, staged, staged_data, data_name)
@@ -181,7 +201,7 @@ def _write(model: onnx.ModelProto, staged: Path, staged_data: Path | None, data_
         onnx.save_model(model, str(staged))
     except ValueError as exc:  # protobuf refuses messages above 2 GB
         raise WncError(
-            f"cannot serialize the output model: {_one_line(exc)}", "write it with external data (--external-data)"
+            f"cannot serialize the output model: {one_line(exc)}", "write it with external data (--external-data)"
         ) from None
 
 

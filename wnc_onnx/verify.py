@@ -20,8 +20,8 @@ import onnx
 from onnx import helper
 
 from wnc_onnx import external_data
-from wnc_onnx.errors import WncError
-from wnc_onnx.model_io import load_model, save_model
+from wnc_onnx.errors import WncError, one_line
+from wnc_onnx.model_io import load_model, read_npz, save_model
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +158,7 @@ def random_inputs(
 
 def load_inputs(path: str | os.PathLike[str], model: onnx.ModelProto) -> dict[str, np.ndarray]:
     p = Path(path)
-    if not p.is_file():
-        raise WncError(f"inputs file not found: {p}", "pass an .npz file with one array per model input")
-    try:
-        with np.load(p, allow_pickle=False) as data:
-            feeds = {k: data[k] for k in data.files}
-    except Exception as exc:
-        raise WncError(f"cannot read {p} as .npz: {exc}", "save it with numpy.savez(path, input_name=array)") from None
+    feeds = read_npz(p, "inputs file", "with one array per model input", "numpy.savez(path, input_name=array)")
     names = [vi.name for vi in _graph_inputs(model)]
     missing = [n for n in names if n not in feeds]
     if missing:
@@ -188,7 +182,7 @@ def verify(
         ref = _session(original).run(None, feeds)
     except Exception as exc:
         raise WncError(
-            f"onnxruntime cannot run the original model on the verify inputs: {_short(exc)}",
+            f"onnxruntime cannot run the original model on the verify inputs: {one_line(exc, 240)}",
             "give real shapes with --input-shape NAME=D1,D2,... or data with --inputs file.npz",
         ) from None
     got = _session(compressed).run(None, feeds)
@@ -213,8 +207,3 @@ def verify(
             OutputDiff(name, list(a64.shape), max_abs, rel, scale, bool(np.all(np.isfinite(b64))), top1)
         )
     return result
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:240] + ("..." if len(text) > 240 else "")

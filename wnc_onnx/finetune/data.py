@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from wnc_onnx.errors import WncError
+from wnc_onnx.model_io import read_npz
 
 
 @dataclass
@@ -30,20 +31,9 @@ class ArrayData:
             yield self.x[idx], self.y[idx]
 
 
-_SAVE = "save it with numpy.savez(path, x=inputs, y=labels)"
-
-
 def load_npz(path: str | os.PathLike[str]) -> ArrayData:
     p = Path(path)
-    if not p.is_file():
-        raise WncError(f"data file not found: {p}", "pass an .npz file holding arrays 'x' and 'y'")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as exc:
-        raise WncError(
-            f"cannot read {p} as .npz: {exc}", "save it with numpy.savez(path, x=inputs, y=labels)"
-        ) from None
+    arrays = read_npz(p, "data file", "holding arrays 'x' and 'y'", "numpy.savez(path, x=inputs, y=labels)")
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
         raise WncError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from wnc_onnx.errors import WncError
+from wnc_onnx.errors import WncError, one_line
 
 TRAINING_DISTS = ("onnxruntime-training-cpu", "onnxruntime-training")
 PLAIN_DISTS = ("onnxruntime", "onnxruntime-gpu")
@@ -43,9 +43,8 @@ def require_training() -> str:
     try:
         import onnxruntime.training.api  # noqa: F401
     except Exception as exc:  # torch missing, or a broken build
-        reason = " ".join(str(exc).split())[:200]
         raise WncError(
-            f"onnxruntime.training cannot be imported ({reason})",
+            f"onnxruntime.training cannot be imported ({one_line(exc, 200)})",
             "it needs torch importable: pip install torch==2.13.0 (CPU build) in the training environment",
         ) from None
     return dists[training[0]]

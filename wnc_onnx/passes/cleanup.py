@@ -14,11 +14,12 @@ import time
 
 import onnx
 
+from wnc_onnx.errors import one_line
 from wnc_onnx.graph import prune_unread, skeleton, subgraphs
 from wnc_onnx.passes import gs_tools
 from wnc_onnx.passes.base import PassResult, working_copy
-from wnc_onnx.passes.name_nodes import all_graphs
 from wnc_onnx.report import Report
+from wnc_onnx.walk import all_graphs, count_initializers, count_nodes
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,7 @@ class CleanupPass:
     def __call__(self, model: onnx.ModelProto, report: Report, *, in_place: bool = False) -> PassResult:
         start = time.perf_counter()
         model = working_copy(model, in_place)
-        nodes_before = _count_nodes(model)
-        inits_before = sum(len(g.initializer) for g in all_graphs(model.graph))
+        nodes_before, inits_before = count_nodes(model), count_initializers(model)
         tool = "built-in"
         version = gs_tools.version()
         if version is None:
@@ -40,30 +40,27 @@ class CleanupPass:
                 _apply_gs_order(model)
                 tool = f"onnx-graphsurgeon {version}"
             except Exception as exc:  # a helper library is never a single point of failure
-                msg = " ".join(str(exc).split())[:200]
+                msg = one_line(exc, 200)
                 log.info("cleanup: onnx-graphsurgeon failed (%s); using the built-in pruner", msg)
                 report.warnings.append(f"cleanup: onnx-graphsurgeon failed ({msg}); used the built-in pruner")
         for g in all_graphs(model.graph):  # what is left unread, in every graph
             prune_unread(g, {o for n in g.node for o in n.output} | {t.name for t in g.initializer})
         shapes = _infer_value_info(model, report)
-        removed_nodes = nodes_before - _count_nodes(model)
-        removed_inits = inits_before - sum(len(g.initializer) for g in all_graphs(model.graph))
+        removed_nodes = nodes_before - count_nodes(model)
+        removed_inits = inits_before - count_initializers(model)
+        modified = bool(removed_nodes or removed_inits or shapes)
         report.passes.append(
             {
                 "name": self.name,
                 "seconds": round(time.perf_counter() - start, 3),
-                "modified": bool(removed_nodes or removed_inits or shapes),
+                "modified": modified,
                 "tool": tool,
                 "removed_nodes": removed_nodes,
                 "removed_initializers": removed_inits,
                 "value_info": shapes,
             }
         )
-        return PassResult(model=model, report=report, modified=bool(removed_nodes or removed_inits))
-
-
-def _count_nodes(model: onnx.ModelProto) -> int:
-    return sum(len(g.node) for g in all_graphs(model.graph))
+        return PassResult(model=model, report=report, modified=modified)
 
 
 def _apply_gs_order(model: onnx.ModelProto) -> None:
@@ -105,7 +102,7 @@ def _infer_value_info(model: onnx.ModelProto, report: Report) -> int:
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton(model), data_prop=True)
     except Exception as exc:
-        report.warnings.append(f"cleanup: shape inference failed ({' '.join(str(exc).split())[:160]})")
+        report.warnings.append(f"cleanup: shape inference failed ({one_line(exc, 160)})")
         return 0
     produced = {o for n in model.graph.node for o in n.output}
     outputs = {o.name for o in model.graph.output}

@@ -17,11 +17,12 @@ import time
 import onnx
 
 from wnc_onnx import external_data
+from wnc_onnx.errors import one_line
 from wnc_onnx.graph import skeleton, subgraphs
 from wnc_onnx.passes import gs_tools
 from wnc_onnx.passes.base import PassResult
-from wnc_onnx.passes.name_nodes import all_graphs
 from wnc_onnx.report import Report
+from wnc_onnx.walk import all_graphs, count_nodes
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,6 @@ def foldable_nodes(model: onnx.ModelProto) -> list[str]:
     return found
 
 
-def _count(model: onnx.ModelProto) -> int:
-    return sum(len(g.node) for g in all_graphs(model.graph))
-
-
 class FoldConstantsPass:
     name = "fold_constants"
 
@@ -91,12 +88,9 @@ class FoldConstantsPass:
                 entry["tool"] = f"onnx-graphsurgeon {gs_tools.version()}"
                 entry["status"] = "folded"
                 entry["modified"] = True
-                entry["nodes"] = [
-                    sum(len(g.node) for g in all_graphs(model.graph)),
-                    sum(len(g.node) for g in all_graphs(out.graph)),
-                ]
+                entry["nodes"] = [count_nodes(model), count_nodes(out)]
             except Exception as exc:  # never a single point of failure: go on unfolded
-                msg = " ".join(str(exc).split())[:200]
+                msg = one_line(exc, 200)
                 log.info("fold_constants: onnx-graphsurgeon failed (%s); going on unfolded", msg)
                 entry["status"] = f"failed: {msg}"
                 report.warnings.append(

@@ -13,7 +13,7 @@ from typing import Any
 
 import onnx
 
-from wnc_onnx.passes.name_nodes import all_graphs
+from wnc_onnx.walk import all_graphs
 
 log = logging.getLogger(__name__)
 

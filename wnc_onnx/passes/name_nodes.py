@@ -8,23 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 
 import onnx
 
-from wnc_onnx.graph import subgraphs
 from wnc_onnx.passes.base import PassResult, working_copy
 from wnc_onnx.report import Report
+from wnc_onnx.walk import all_graphs
 
 log = logging.getLogger(__name__)
-
-
-def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """``graph`` and every nested subgraph, parents first."""
-    yield graph
-    for node in graph.node:
-        for _, sub in subgraphs(node):
-            yield from all_graphs(sub)
 
 
 def _needs_names(model: onnx.ModelProto) -> bool:
