@@ -2,6 +2,7 @@
 
 wnc-onnx [compress] in.onnx out.onnx [options]
 wnc-onnx inspect in.onnx [options]
+wnc-onnx finetune compressed.onnx tuned.onnx --train DATA [--val DATA] [options]
 wnc-onnx demo out_dir
 """
 
@@ -15,14 +16,14 @@ import traceback
 from pathlib import Path
 from typing import NoReturn
 
-from wnc_onnx import __version__
+from wnc_onnx import __version__, cli_finetune
 from wnc_onnx.api import compress, inspect, load_ranks
 from wnc_onnx.config import PASS_NAMES, SUPPORTED_OPS, CompressConfig
 from wnc_onnx.errors import WncError, one_line
 from wnc_onnx.model_io import check_output_path, load_model, save_model, staged_model, write_text_atomic
 from wnc_onnx.report import Report
 
-SUBCOMMANDS = ("compress", "inspect", "demo")
+SUBCOMMANDS = ("compress", "inspect", "finetune", "demo")
 EXIT_VERIFY_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
@@ -157,11 +158,17 @@ def build_parser() -> dict[str, argparse.ArgumentParser]:
     insp.add_argument("input")
     _add_selection(insp)
     _add_output(insp)
+    tune = _Parser(
+        prog="wnc-onnx finetune",
+        description="Fine-tune a compressed model with ONNX Runtime training (needs the training install).",
+        **common,  # type: ignore[arg-type]
+    )
+    cli_finetune.add_arguments(tune)
     demo = _Parser(prog="wnc-onnx demo", description="Generate a small CNN with low-rank structure and compress it.")
     demo.add_argument("outdir", nargs="?", default="wnc-demo")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     demo.add_argument("--plot", action="store_true", help="also write ranks.png")
-    return {"top": top, "compress": comp, "inspect": insp, "demo": demo}
+    return {"top": top, "compress": comp, "inspect": insp, "finetune": tune, "demo": demo}
 
 
 def _config(a: argparse.Namespace) -> CompressConfig:
@@ -292,15 +299,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wnc-onnx {__version__}")
             return 0
         parsers["top"].print_help()
-        print("\nsubcommands: compress (default), inspect, demo; 'wnc-onnx inspect --help' for options")
+        print("\nsubcommands: compress (default), inspect, finetune, demo; 'wnc-onnx finetune --help' for options")
         return 0
     cmd = argv[0] if argv[0] in SUBCOMMANDS else "compress"
     rest = argv[1:] if argv[0] in SUBCOMMANDS else argv
     a = parsers[cmd].parse_args(rest)
     quiet = getattr(a, "quiet", False)
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Our progress lines at info; other libraries' (onnxruntime.training logs each artifact it saves) at warning.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("wnc_onnx").setLevel(logging.WARNING if quiet else logging.INFO)
     try:
-        return {"compress": run_compress, "inspect": run_inspect, "demo": run_demo}[cmd](a)
+        runners = {"compress": run_compress, "inspect": run_inspect, "finetune": cli_finetune.run, "demo": run_demo}
+        return runners[cmd](a)
     except WncError as exc:
         print(f"wnc-onnx: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

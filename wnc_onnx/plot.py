@@ -1,15 +1,27 @@
-"""PNG plots of a report: chosen ranks against channel counts, per-layer savings."""
+"""PNG plots: a report's ranks and per-layer savings; a fine-tuning run's accuracy curve."""
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 from wnc_onnx.errors import WncError
 from wnc_onnx.model_io import atomic_path
 from wnc_onnx.report import Report
 
+if TYPE_CHECKING:
+    from wnc_onnx.finetune.history import History
 
-def plot_report(report: Report, path: str | os.PathLike[str]) -> None:
+
+def available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -17,6 +29,17 @@ def plot_report(report: Report, path: str | os.PathLike[str]) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise WncError("--plot needs matplotlib", "pip install 'wnc-onnx[plot]'") from None
+    return plt
+
+
+def _save(fig: Any, plt: Any, path: str | os.PathLike[str]) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def plot_report(report: Report, path: str | os.PathLike[str]) -> None:
+    plt = _pyplot()
     rows = [r for r in report.layers if r.status in ("decomposed", "planned")]
     if not rows:
         raise WncError("nothing to plot: no layer was decomposed", "drop --plot or change the rank options")
@@ -49,6 +72,41 @@ def plot_report(report: Report, path: str | os.PathLike[str]) -> None:
     ax2.set_xticks(list(x))
     ax2.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    _save(fig, plt, path)
+
+
+def plot_history(history: History, path: str | os.PathLike[str]) -> None:
+    """Validation accuracy (or loss) per epoch, from 0 (compressed, not yet tuned), like the paper's Fig. 4."""
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [e.epoch for e in history.epochs]
+    acc = [(0, history.initial_val_accuracy)] + [(e.epoch, e.val_accuracy) for e in history.epochs]
+    points = [(x, 100 * a) for x, a in acc if a is not None]
+    if points:
+        ax1.plot(*zip(*points, strict=True), "o-", color="#2171b5", label="fine-tuned (validation)")
+        if history.reference_val_accuracy is not None:
+            ax1.axhline(100 * history.reference_val_accuracy, color="k", ls="--", lw=1, label="original model")
+        ax1.set_ylabel("validation accuracy (%)")
+        ax1.legend(loc="lower right", fontsize=8)
+    else:
+        ax1.text(0.5, 0.5, "no validation accuracy\n(no --val, or not a classifier)", ha="center", va="center")
+    ax1.set_xlabel("epoch (0: compressed, before fine-tuning)")
+    ax1.set_title("Accuracy recovery")
+    ax2.plot(epochs, [e.train_loss for e in history.epochs], "o-", color="#d94801", label="train")
+    val = [(0, history.initial_val_loss)] + [(e.epoch, e.val_loss) for e in history.epochs]
+    val_points = [(x, v) for x, v in val if v is not None]
+    if val_points:
+        ax2.plot(*zip(*val_points, strict=True), "s-", color="#6baed6", label="validation")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("loss")
+    ax2.set_yscale("log")
+    ax2.set_title("Loss")
+    ax2.legend(fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for resumed in history.resumed_at:
+            ax.axvline(resumed + 0.5, color="#999999", ls=":", lw=1)
+    fig.tight_layout()
+    _save(fig, plt, path)

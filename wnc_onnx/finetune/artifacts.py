@@ -9,7 +9,12 @@ and bias of BatchNormalization, whose running statistics stay frozen.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -55,6 +60,24 @@ def lower_ir(model: onnx.ModelProto, label: str) -> None:
         model.ir_version = MAX_IR
 
 
+@contextlib.contextmanager
+def _native_stderr_to_log() -> Iterator[None]:
+    """The gradient graph builder writes ~40 info lines straight to fd 2, whatever the
+    logger severity; they go to a temporary file, and to the debug log."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode("utf-8", "replace").splitlines():
+                log.debug("onnxruntime: %s", line)
+
+
 def generate(model: onnx.ModelProto, folder: Path, loss: str, optimizer: str, outputs: list[str]) -> dict[str, Path]:
     """Write training / eval / optimizer models and the initial checkpoint into ``folder``."""
     import onnxruntime as ort
@@ -70,15 +93,16 @@ def generate(model: onnx.ModelProto, folder: Path, loss: str, optimizer: str, ou
     loss_type = {"cross_entropy": artifacts.LossType.CrossEntropyLoss, "mse": artifacts.LossType.MSELoss}[loss]
     optim = {"adamw": artifacts.OptimType.AdamW, "sgd": artifacts.OptimType.SGD}[optimizer]
     folder.mkdir(parents=True, exist_ok=True)
-    artifacts.generate_artifacts(
-        model_copy,
-        requires_grad=requires_grad,
-        frozen_params=frozen,
-        loss=loss_type,
-        optimizer=optim,
-        artifact_directory=str(folder),
-        additional_output_names=outputs,
-    )
+    with _native_stderr_to_log():
+        artifacts.generate_artifacts(
+            model_copy,
+            requires_grad=requires_grad,
+            frozen_params=frozen,
+            loss=loss_type,
+            optimizer=optim,
+            artifact_directory=str(folder),
+            additional_output_names=outputs,
+        )
     paths = {
         "training": folder / "training_model.onnx",
         "eval": folder / "eval_model.onnx",
@@ -90,5 +114,5 @@ def generate(model: onnx.ModelProto, folder: Path, loss: str, optimizer: str, ou
         if generated.ir_version > MAX_IR:  # newer onnx writes IR 11+: the 1.19.2 runtime refuses it
             generated.ir_version = MAX_IR
             onnx.save(generated, str(paths[key]))
-    log.info("training artifacts: %d trainable tensors, %d frozen, in %s", len(requires_grad), len(frozen), folder)
+    log.debug("training artifacts: %d trainable tensors, %d frozen, in %s", len(requires_grad), len(frozen), folder)
     return paths

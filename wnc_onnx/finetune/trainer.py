@@ -2,29 +2,35 @@
 
 Forward/backward with ``Module``, updates with ``Optimizer``, the paper's step decay of
 the learning rate (divide by ``lr_gamma`` every ``lr_step`` epochs), validation after
-each epoch, and the result exported as a plain inference model with the original
-inputs and outputs.
+each epoch, a checkpoint after each epoch and on Ctrl-C (``checkpoint_dir``), resuming
+from one, and the result exported as a plain inference model with the original inputs
+and outputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-import sys
+import signal
 import tempfile
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
 
-from wnc_onnx.errors import WncError
-from wnc_onnx.finetune import artifacts
+from wnc_onnx.errors import WncError, one_line
+from wnc_onnx.finetune import artifacts, checkpoint
 from wnc_onnx.finetune.data import ArrayData
+from wnc_onnx.finetune.history import EpochRecord, History
+from wnc_onnx.finetune.progress import EpochBar
 from wnc_onnx.finetune.runtime import require_training
+from wnc_onnx.finetune.sources import BatchSource, check_samples, check_targets, model_spec
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +47,11 @@ class FinetuneConfig:
     loss: str = "cross_entropy"
     lr_step: int = 5  # epochs between learning-rate decays (the paper: 5)
     lr_gamma: float = 0.1  # factor of each decay (the paper: 1/10)
-    seed: int = 0
+    seed: int = 0  # shuffling order of data sets (ArrayData, ImageFolder)
+    threads: int = 0  # onnxruntime intra-op threads; 0: its default (all cores)
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr_step < 1:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr_step < 1 or self.threads < 0:
             raise WncError("epochs, batch size and lr step must be at least 1", "pass positive integers")
         if not (self.lr > 0 and math.isfinite(self.lr)) or not 0 < self.lr_gamma <= 1:
             raise WncError("learning rate must be > 0 and lr gamma in (0, 1]", "e.g. --lr 1e-3 --lr-gamma 0.1")
@@ -57,179 +64,231 @@ class FinetuneConfig:
         return self.lr * self.lr_gamma ** (epoch // self.lr_step)
 
 
-@dataclass
-class EpochRecord:
-    epoch: int
-    lr: float
-    train_loss: float
-    val_loss: float | None
-    val_accuracy: float | None
-    seconds: float
-    samples_per_s: float
+class FinetuneInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run at a batch boundary; a checkpoint to resume from was saved."""
 
-
-@dataclass
-class History:
-    epochs: list[EpochRecord] = field(default_factory=list)
-    initial_val_accuracy: float | None = None
-    initial_val_loss: float | None = None
-    runtime: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "runtime": self.runtime,
-            "initial": {"val_loss": self.initial_val_loss, "val_accuracy": self.initial_val_accuracy},
-            "epochs": [asdict(e) for e in self.epochs],
-        }
-
-
-def _io(model: onnx.ModelProto) -> tuple[onnx.ValueInfoProto, onnx.ValueInfoProto]:
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [vi for vi in model.graph.input if vi.name not in inits]
-    if len(inputs) != 1 or len(model.graph.output) != 1:
-        raise WncError(
-            f"fine-tuning takes a model with one input and one output; this one has {len(inputs)} and "
-            f"{len(model.graph.output)}",
-            "export the network with a single image input and a single score output",
-        )
-    return inputs[0], model.graph.output[0]
-
-
-def _dims(vi: onnx.ValueInfoProto) -> list[int | None]:
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in vi.type.tensor_type.shape.dim]
+    def __init__(self, folder: Path, epoch: int, batch: int) -> None:
+        super().__init__(f"interrupted in epoch {epoch}, after batch {batch}; checkpoint saved in {folder}")
+        self.folder, self.epoch, self.batch = folder, epoch, batch
 
 
 def check_data(model: onnx.ModelProto, data: ArrayData, cfg: FinetuneConfig) -> ArrayData:
-    """The data must fit the model: sample shape, label kind and range. Returns typed arrays."""
-    inp, out = _io(model)
-    want = _dims(inp)
-    got = [None, *data.x.shape[1:]]
-    if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want[1:], got[1:], strict=True)):
-        raise WncError(
-            f"{data.name}: samples have shape {list(data.x.shape[1:])}, the model input '{inp.name}' takes "
-            f"{['N' if d is None else d for d in want]}",
-            "reshape x to (N, *input shape) as the model was exported",
-        )
-    x = data.x.astype(helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type), copy=False)
-    out_dims = _dims(out)
-    if cfg.loss == "cross_entropy":
-        if len(out_dims) != 2:
-            raise WncError(
-                f"cross-entropy needs a score per class, shape (N, classes); output '{out.name}' has rank "
-                f"{len(out_dims)}",
-                "use --loss mse for regression-like outputs",
-            )
-        y = np.asarray(data.y)
-        if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or np.all(np.mod(y, 1) == 0)):
-            raise WncError(f"{data.name}: y must hold one integer class label per sample", "store labels as int64")
-        classes = out_dims[1]
-        if y.min() < 0 or (classes is not None and y.max() >= classes):
-            raise WncError(
-                f"{data.name}: labels range over {int(y.min())}..{int(y.max())}, the model scores "
-                f"{classes if classes is not None else '?'} classes",
-                f"use labels 0..{classes - 1 if classes else 'C-1'}",
-            )
-        return ArrayData(x, y.astype(np.int64), data.name)
-    return ArrayData(x, np.asarray(data.y, dtype=np.float32), data.name)
+    """The whole data set checked against the model and typed for it (sample shape, label kind and range)."""
+    spec = model_spec(model, cfg.loss)
+    x = check_samples(spec, data.x, data.name)
+    return ArrayData(x, check_targets(spec, data.y, len(x), data.name), data.name)
 
 
-class _Progress:
-    """One line per epoch on stderr, redrawn in place on a terminal."""
+class _StopRequest:
+    """The first Ctrl-C asks the loop to stop at the next batch boundary; a second one aborts."""
 
-    def __init__(self, total: int, epoch: int, epochs: int, quiet: bool) -> None:
-        self.total, self.epoch, self.epochs, self.quiet = total, epoch, epochs, quiet
-        self.tty = sys.stderr.isatty()
-        self.start = time.perf_counter()
+    def __init__(self) -> None:
+        self.requested = False
 
-    def update(self, done: int, loss: float) -> None:
-        if self.quiet or not self.tty:
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stopping after this batch to save a checkpoint (Ctrl-C again to abort without one)")
+
+    @contextlib.contextmanager
+    def installed(self, active: bool) -> Iterator[_StopRequest]:
+        if not active or threading.current_thread() is not threading.main_thread():
+            yield self
             return
-        rate = done / max(time.perf_counter() - self.start, 1e-9)
-        width = 24
-        bar = "#" * int(width * done / self.total)
-        sys.stderr.write(
-            f"\repoch {self.epoch + 1}/{self.epochs} [{bar:<{width}}] {done}/{self.total} loss {loss:.4f} {rate:.0f}/s"
-        )
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if not self.quiet and self.tty:
-            sys.stderr.write("\n")
+        previous = signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
-def _run_eval(module: Any, data: ArrayData, batch_size: int, loss: str) -> tuple[float, float | None]:
-    module.eval()
-    total_loss, correct, seen = 0.0, 0, 0
-    for xb, yb in data.batches(batch_size):
-        loss_value, scores = module(xb, yb)
-        total_loss += float(loss_value) * len(xb)
-        if loss == "cross_entropy":
-            correct += int((np.asarray(scores).argmax(1) == yb).sum())
-        seen += len(xb)
-    return total_loss / seen, (correct / seen if loss == "cross_entropy" else None)
+def _is_runtime_error(exc: Exception) -> bool:
+    return type(exc).__module__.startswith("onnxruntime")
+
+
+class _Session:
+    """The ORT training objects of one run."""
+
+    def __init__(self, paths: dict[str, Path], state_file: Path, cfg: FinetuneConfig) -> None:
+        import onnxruntime as ort
+        from onnxruntime.training.api import CheckpointState, Module, Optimizer
+
+        options = ort.SessionOptions()
+        if cfg.threads:
+            options.intra_op_num_threads = cfg.threads
+        self.state = CheckpointState.load_checkpoint(str(state_file))
+        self.module = Module(str(paths["training"]), self.state, str(paths["eval"]), session_options=options)
+        self.optimizer = Optimizer(str(paths["optimizer"]), self.module)
+
+    def step(self, x: np.ndarray, y: np.ndarray, where: str) -> float:
+        try:
+            loss = float(self.module(x, y)[0])
+            self.optimizer.step()
+        except Exception as exc:
+            if not _is_runtime_error(exc):
+                raise
+            raise WncError(
+                f"training step failed at {where}: {one_line(exc, 200)}",
+                "check that x and y fit the model input and the loss (shape, type)",
+            ) from None
+        self.module.lazy_reset_grad()
+        if not math.isfinite(loss):
+            raise WncError(f"training diverged: the loss is {loss} at {where}", "lower --lr (e.g. 10x)")
+        return loss
+
+    def evaluate(self, source: BatchSource, loss: str) -> tuple[float, float | None]:
+        self.module.eval()
+        total, correct, seen = 0.0, 0, 0
+        for xb, yb in source.epoch(0):
+            loss_value, scores = self.module(xb, yb)
+            total += float(loss_value) * len(xb)
+            if loss == "cross_entropy":
+                correct += int((np.asarray(scores).argmax(1) == yb).sum())
+            seen += len(xb)
+        self.module.train()
+        return total / seen, (correct / seen if loss == "cross_entropy" else None)
 
 
 def finetune(
     model: onnx.ModelProto,
-    train: ArrayData,
-    val: ArrayData | None = None,
+    train: Any,
+    val: Any | None = None,
     cfg: FinetuneConfig | None = None,
     *,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    reference_accuracy: float | None = None,
+    on_epoch: Callable[[EpochRecord, History], None] | None = None,
     workdir: str | Path | None = None,
     quiet: bool = False,
 ) -> tuple[onnx.ModelProto, History]:
-    """Fine-tune ``model`` (never modified) on ``train``; returns the tuned inference model."""
+    """Fine-tune ``model`` (never modified); returns the tuned inference model and the history.
+
+    ``train`` / ``val``: ``ArrayData`` or ``ImageFolder``, any re-iterable of ``(x, y)``
+    batches, or a function returning one per epoch (see ``sources``). With
+    ``checkpoint_dir`` the weights and optimizer state are saved there after every epoch
+    and on Ctrl-C (which then raises ``FinetuneInterrupted``); ``resume=True`` continues
+    from that checkpoint up to ``cfg.epochs``.
+    """
     cfg = cfg or FinetuneConfig()
     version = require_training()
-    from onnxruntime.training.api import CheckpointState, Module, Optimizer
-
-    inp, out = _io(model)
-    train = check_data(model, train, cfg)
-    val = check_data(model, val, cfg) if val is not None else None
-    history = History(runtime=f"onnxruntime-training {version}")
+    spec = model_spec(model, cfg.loss)
+    train_src = BatchSource(train, spec, cfg.batch_size, shuffle=True, label="train data")
+    val_src = (
+        BatchSource(val, spec, cfg.batch_size, shuffle=False, label="validation data") if val is not None else None
+    )
+    train_src.first()  # misfit data fails here, before any artifact or checkpoint is written
+    if val_src is not None:
+        val_src.first()
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    sha = checkpoint.fingerprint(model)
+    progress: checkpoint.Progress | None = None
+    if resume:
+        if folder is None:
+            raise WncError("resuming needs the checkpoint folder", "pass checkpoint_dir (CLI: --checkpoint-dir)")
+        progress = checkpoint.load(folder)
+        checkpoint.check(progress, folder, sha, cfg.loss, cfg.optimizer)
     with tempfile.TemporaryDirectory(prefix="wnc-onnx-train-") as tmp:
-        folder = Path(workdir) if workdir else Path(tmp)
-        paths = artifacts.generate(model, folder / "artifacts", cfg.loss, cfg.optimizer, [out.name])
-        state = CheckpointState.load_checkpoint(str(paths["checkpoint"]))
-        module = Module(str(paths["training"]), state, str(paths["eval"]))
-        optimizer = Optimizer(str(paths["optimizer"]), module)
-        if val is not None:
-            history.initial_val_loss, history.initial_val_accuracy = _run_eval(module, val, cfg.batch_size, cfg.loss)
-        for epoch in range(cfg.epochs):
-            lr = cfg.lr_at(epoch)
-            optimizer.set_learning_rate(lr)
-            module.train()
-            bar = _Progress(len(train), epoch, cfg.epochs, quiet)
-            t0 = time.perf_counter()
-            total, seen = 0.0, 0
-            for xb, yb in train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch):
-                loss_value = float(module(xb, yb)[0])
-                optimizer.step()
-                module.lazy_reset_grad()
-                total += loss_value * len(xb)
-                seen += len(xb)
-                bar.update(seen, total / seen)
-            seconds = time.perf_counter() - t0
-            bar.close()
-            v_loss, v_acc = _run_eval(module, val, cfg.batch_size, cfg.loss) if val is not None else (None, None)
-            record = EpochRecord(epoch + 1, lr, total / seen, v_loss, v_acc, round(seconds, 3), seen / seconds)
-            history.epochs.append(record)
-            log.info(
-                "epoch %d/%d: lr %.3g, train loss %.4f%s, %.0f samples/s",
-                epoch + 1,
-                cfg.epochs,
-                lr,
-                record.train_loss,
-                f", val loss {v_loss:.4f}" + (f", val accuracy {v_acc:.2%}" if v_acc is not None else "")
-                if v_loss is not None
-                else "",
-                record.samples_per_s,
-            )
-        exported = folder / "inference.onnx"
-        module.export_model_for_inferencing(str(exported), [out.name])
+        work = Path(workdir) if workdir else Path(tmp)
+        paths = artifacts.generate(model, work / "artifacts", cfg.loss, cfg.optimizer, [spec.output_name])
+        state_file = folder / progress.state_file if folder is not None and progress else paths["checkpoint"]
+        run = _Session(paths, state_file, cfg)
+        history = History.from_dict(progress.history) if progress else History()
+        history.runtime, history.config = f"onnxruntime-training {version}", asdict(cfg)
+        if progress is None:
+            history.reference_val_accuracy = reference_accuracy
+            if val_src is not None:
+                history.initial_val_loss, history.initial_val_accuracy = run.evaluate(val_src, cfg.loss)
+        else:
+            history.resumed_at.append(progress.epochs_done)
+            log.info("resuming after epoch %d, batch %d", progress.epochs_done, progress.batches_done)
+        start = progress.epochs_done if progress else 0
+        with _StopRequest().installed(folder is not None) as stop:
+            loop = _Loop(run, train_src, val_src, cfg, stop, folder, sha, history, quiet)
+            for epoch in range(start, cfg.epochs):
+                resumed = progress if progress and epoch == start else None
+                record = loop.train_epoch(
+                    epoch, resumed.batches_done if resumed else 0, resumed.partial if resumed else {}
+                )
+                history.epochs.append(record)
+                _log_epoch(record, cfg.epochs)
+                loop.save(epoch + 1)
+                if on_epoch is not None:
+                    on_epoch(record, history)
+                if stop.requested and folder is not None and epoch + 1 < cfg.epochs:
+                    raise FinetuneInterrupted(folder, epoch + 1, 0)
+        exported = work / "inference.onnx"
+        run.module.export_model_for_inferencing(str(exported), [spec.output_name])
         tuned = onnx.load(str(exported))
-    _restore_interface(model, tuned, inp.name)
+    _restore_interface(model, tuned, spec.input_name)
     return tuned, history
+
+
+@dataclass
+class _Loop:
+    run: _Session
+    train: BatchSource
+    val: BatchSource | None
+    cfg: FinetuneConfig
+    stop: _StopRequest
+    folder: Path | None
+    sha: str
+    history: History
+    quiet: bool
+
+    def save(self, epochs_done: int, batches_done: int = 0, partial: dict[str, float] | None = None) -> None:
+        if self.folder is None:
+            return
+        cfg = self.cfg
+        progress = checkpoint.Progress(
+            self.sha, cfg.loss, cfg.optimizer, epochs_done, batches_done, partial or {}, self.history.to_dict()
+        )
+        checkpoint.save(self.folder, self.run.state, progress)
+
+    def train_epoch(self, epoch: int, skip: int, partial: dict[str, float]) -> EpochRecord:
+        """One epoch; the first ``skip`` batches were applied before a stop (``partial`` sums them)."""
+        cfg = self.cfg
+        lr = cfg.lr_at(epoch)
+        self.run.optimizer.set_learning_rate(lr)
+        self.run.module.train()
+        total, seen = partial.get("loss_sum", 0.0), int(partial.get("seen", 0))
+        bar = EpochBar(self.train.size, epoch, cfg.epochs, self.quiet)
+        t0 = time.perf_counter() - partial.get("seconds", 0.0)
+        done = 0
+        for xb, yb in self.train.epoch(epoch, cfg.seed):
+            done += 1
+            if done <= skip:
+                continue
+            loss = self.run.step(xb, yb, f"epoch {epoch + 1}, batch {done}")
+            total += loss * len(xb)
+            seen += len(xb)
+            bar.update(seen, total / seen)
+            if self.stop.requested and self.folder is not None:
+                bar.close()
+                self.save(epoch, done, {"loss_sum": total, "seen": seen, "seconds": time.perf_counter() - t0})
+                raise FinetuneInterrupted(self.folder, epoch + 1, done)
+        seconds = time.perf_counter() - t0
+        bar.close()
+        v_loss, v_acc = self.run.evaluate(self.val, cfg.loss) if self.val is not None else (None, None)
+        return EpochRecord(epoch + 1, lr, total / seen, v_loss, v_acc, round(seconds, 3), seen / max(seconds, 1e-9))
+
+
+def _log_epoch(record: EpochRecord, epochs: int) -> None:
+    val = ""
+    if record.val_loss is not None:
+        val = f", val loss {record.val_loss:.4f}"
+        if record.val_accuracy is not None:
+            val += f", val accuracy {record.val_accuracy:.2%}"
+    log.info(
+        "epoch %d/%d: lr %.3g, train loss %.4f%s, %.0f samples/s",
+        record.epoch,
+        epochs,
+        record.lr,
+        record.train_loss,
+        val,
+        record.samples_per_s,
+    )
 
 
 def _restore_interface(original: onnx.ModelProto, tuned: onnx.ModelProto, input_name: str) -> None:

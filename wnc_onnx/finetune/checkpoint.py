@@ -1,0 +1,103 @@
+"""Checkpoints of a fine-tuning run, so that it can stop (Ctrl-C, a crash) and resume.
+
+A checkpoint folder holds ``progress.json`` (which model, which loss and optimizer, how
+far the run got, the history so far) and one ONNX Runtime checkpoint file with the
+weights and the optimizer state (AdamW moments, step count). The state file is written
+under a new name first and ``progress.json`` is replaced atomically after it, so the
+folder always describes a complete checkpoint; the older state file is removed last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from wnc_onnx.errors import WncError, one_line
+from wnc_onnx.model_io import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+PROGRESS = "progress.json"
+
+
+@dataclass
+class Progress:
+    model_sha256: str
+    loss: str
+    optimizer: str
+    epochs_done: int  # complete epochs
+    batches_done: int = 0  # batches of the next epoch already applied (a run stopped mid-epoch)
+    partial: dict[str, float] = field(default_factory=dict)  # loss_sum, seen, seconds of that epoch so far
+    history: dict[str, Any] = field(default_factory=dict)
+    state_file: str = ""
+    format: int = FORMAT
+
+
+def fingerprint(model: onnx.ModelProto) -> str:
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+def save(folder: Path, state: Any, progress: Progress) -> None:
+    """Write the ORT state (with optimizer state) and then ``progress.json``."""
+    from onnxruntime.training.api import CheckpointState
+
+    folder.mkdir(parents=True, exist_ok=True)
+    old = set(folder.glob("state-*.ckpt"))
+    name = f"state-e{progress.epochs_done:04d}-b{progress.batches_done:06d}.ckpt"
+    tmp = folder / f".{name}.tmp"
+    try:
+        CheckpointState.save_checkpoint(state, tmp, include_optimizer_state=True)
+        os.replace(tmp, folder / name)
+        progress.state_file = name
+        write_text_atomic(folder / PROGRESS, json.dumps(asdict(progress), indent=1) + "\n")
+    except OSError as exc:
+        raise WncError(
+            f"cannot write a checkpoint in {folder}: {one_line(exc)}", "choose a writable --checkpoint-dir"
+        ) from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    for stale in old - {folder / name}:
+        stale.unlink(missing_ok=True)
+    log.debug("checkpoint: epoch %d batch %d in %s", progress.epochs_done, progress.batches_done, folder / name)
+
+
+def load(folder: Path) -> Progress:
+    path = folder / PROGRESS
+    if not path.is_file():
+        raise WncError(f"no checkpoint to resume from in {folder}", "run without --resume to start fresh")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        progress = Progress(**raw)
+    except (ValueError, TypeError) as exc:
+        raise WncError(
+            f"{path} is not a wnc-onnx checkpoint ({one_line(exc, 120)})", "delete the folder and start fresh"
+        ) from None
+    if progress.format != FORMAT or not (folder / progress.state_file).is_file():
+        raise WncError(
+            f"checkpoint in {folder} is incomplete or of another version", "delete the folder and start fresh"
+        )
+    return progress
+
+
+def check(progress: Progress, folder: Path, model_sha256: str, loss: str, optimizer: str) -> None:
+    """A checkpoint resumes only the run it was made by: same model, loss and optimizer."""
+    if progress.model_sha256 != model_sha256:
+        raise WncError(
+            f"the checkpoint in {folder} was made while fine-tuning another model",
+            "pass the same input model, or a new --checkpoint-dir to start fresh",
+        )
+    for what, had, now in (("loss", progress.loss, loss), ("optimizer", progress.optimizer, optimizer)):
+        if had != now:
+            raise WncError(
+                f"the checkpoint in {folder} was made with {what} {had}, this run asks for {now}",
+                f"resume with --{what} {had}, or start fresh without --resume",
+            )

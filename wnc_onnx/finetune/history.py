@@ -1,0 +1,73 @@
+"""The record of a fine-tuning run: one row per epoch, as JSON and as a table."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class EpochRecord:
+    epoch: int  # 1-based
+    lr: float
+    train_loss: float
+    val_loss: float | None
+    val_accuracy: float | None
+    seconds: float  # training time of the epoch (validation not included)
+    samples_per_s: float
+
+
+@dataclass
+class History:
+    epochs: list[EpochRecord] = field(default_factory=list)
+    initial_val_accuracy: float | None = None  # the compressed model before fine-tuning
+    initial_val_loss: float | None = None
+    reference_val_accuracy: float | None = None  # the original (uncompressed) model, when given
+    runtime: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    resumed_at: list[int] = field(default_factory=list)  # epochs (0-based) where a run was resumed
+    final: dict[str, float] = field(default_factory=dict)  # the exported model scored by plain inference
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime,
+            "config": self.config,
+            "reference": {"val_accuracy": self.reference_val_accuracy},
+            "initial": {"val_loss": self.initial_val_loss, "val_accuracy": self.initial_val_accuracy},
+            "epochs": [asdict(e) for e in self.epochs],
+            "resumed_at": self.resumed_at,
+            "final": self.final,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> History:
+        names = {f.name for f in fields(EpochRecord)}
+        return cls(
+            epochs=[EpochRecord(**{k: v for k, v in e.items() if k in names}) for e in d.get("epochs", [])],
+            initial_val_accuracy=d.get("initial", {}).get("val_accuracy"),
+            initial_val_loss=d.get("initial", {}).get("val_loss"),
+            reference_val_accuracy=d.get("reference", {}).get("val_accuracy"),
+            runtime=d.get("runtime", ""),
+            config=d.get("config", {}),
+            resumed_at=list(d.get("resumed_at", [])),
+            final=dict(d.get("final", {})),
+        )
+
+    def to_table(self) -> str:
+        def pct(v: float | None) -> str:
+            return "-" if v is None else f"{100 * v:.2f}%"
+
+        def num(v: float | None) -> str:
+            return "-" if v is None else f"{v:.4f}"
+
+        rows = ["epoch  lr         train loss  val loss  val acc   seconds  samples/s"]
+        if self.reference_val_accuracy is not None:
+            rows.append(f"{'orig':<6} {'':<10} {'':<11} {'':<9} {pct(self.reference_val_accuracy):<9}")
+        if self.initial_val_loss is not None:
+            rows.append(f"{0:<6} {'':<10} {'':<11} {num(self.initial_val_loss):<9} {pct(self.initial_val_accuracy):<9}")
+        for e in self.epochs:
+            rows.append(
+                f"{e.epoch:<6} {e.lr:<10.3g} {e.train_loss:<11.4f} {num(e.val_loss):<9} {pct(e.val_accuracy):<9} "
+                f"{e.seconds:<8.1f} {e.samples_per_s:.0f}"
+            )
+        return "\n".join(rows)
