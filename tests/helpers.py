@@ -98,3 +98,39 @@ def single_node_model(
         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
     )
     return with_output_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
+
+
+def small_classifier(side: int = 8, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """Conv(1->6, 3x3) -> Relu -> MaxPool 2 -> Flatten -> Gemm: input 'image' (N, 1, side, side),
+    output 'logits' (N, classes); IR 10 / opset 17, which the training build reads."""
+    rng = np.random.default_rng(seed)
+    flat = 6 * (side // 2) ** 2
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((6, 1, 3, 3)).astype(np.float32) * 0.5, "conv.w"),
+        numpy_helper.from_array(np.zeros(6, np.float32), "conv.b"),
+        numpy_helper.from_array(rng.standard_normal((classes, flat)).astype(np.float32) * 0.2, "fc.w"),
+        numpy_helper.from_array(np.zeros(classes, np.float32), "fc.b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "conv.w", "conv.b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "small_classifier",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, side, side])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model
+
+
+def labelled_images(n: int, side: int = 8, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Random images labelled by another instance of the architecture (a learnable task)."""
+    x = np.random.default_rng(seed).standard_normal((n, 1, side, side)).astype(np.float32)
+    return x, run(small_classifier(side, seed=seed + 100), {"image": x})[0].argmax(1)

@@ -100,3 +100,46 @@ def test_config_is_checked_and_lr_decays_in_steps():
     for bad in ({"epochs": 0}, {"lr": -1.0}, {"loss": "hinge"}, {"optimizer": "lbfgs"}, {"lr_gamma": 2.0}):
         with pytest.raises(WncError):
             FinetuneConfig(**bad)
+
+
+def test_finetune_cli_without_the_training_build_is_one_line(tmp_path, monkeypatch, capsys):
+    from tests.helpers import small_classifier
+    from wnc_onnx.cli import main
+
+    monkeypatch.setattr(rt, "installed", lambda: {"onnxruntime": "1.32.0"})  # the plain install, in any env
+    onnx_path = tmp_path / "m.onnx"
+    import onnx
+
+    onnx.save(small_classifier(), onnx_path)
+    np.savez(tmp_path / "t.npz", x=np.zeros((4, 1, 8, 8), np.float32), y=np.zeros(4))
+    code = main(["finetune", str(onnx_path), str(tmp_path / "out.onnx"), "--train", str(tmp_path / "t.npz")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "fine-tuning needs onnxruntime-training-cpu 1.19.2" in err[0] and ".[train]" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "t.npz"]
+
+
+def test_batch_sources_take_data_sets_reiterables_and_functions(model):
+    from wnc_onnx.finetune.sources import BatchSource, model_spec
+
+    spec = model_spec(model, "cross_entropy")
+    arrays = data(n=10)
+    src = BatchSource(arrays, spec, 4, shuffle=True, label="train data")
+    first, again = list(src.epoch(0, seed=1)), list(src.epoch(0, seed=1))
+    assert [len(x) for x, _ in first] == [4, 4, 2] and all(x.dtype == np.float32 for x, _ in first)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(first, again, strict=True))  # a seeded order
+    assert sorted(np.concatenate([y for _, y in first]).tolist()) == sorted(arrays.y.tolist())
+    listed = [(arrays.x[:5], arrays.y[:5]), (arrays.x[5:], arrays.y[5:])]
+    assert len(list(BatchSource(listed, spec, 4, shuffle=True, label="l").epoch(1))) == 2
+    assert len(list(BatchSource(lambda: iter(listed), spec, 4, shuffle=True, label="f").epoch(1))) == 2
+    for bad, needle in [
+        (iter(listed), "one-shot iterator"),
+        (42, "is a int"),
+        (ArrayData(np.zeros((0, 3, 32, 32)), np.zeros(0)), "holds no samples"),
+    ]:
+        with pytest.raises(WncError, match=needle):
+            BatchSource(bad, spec, 4, shuffle=False, label="train data")
+    with pytest.raises(WncError, match="yielded no batches in epoch 1"):
+        list(BatchSource([], spec, 4, shuffle=False, label="empty").epoch(0))
+    with pytest.raises(WncError, match="not an \\(x, y\\) pair"):
+        list(BatchSource([arrays.x], spec, 4, shuffle=False, label="x only").epoch(0))

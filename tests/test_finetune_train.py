@@ -4,7 +4,9 @@
 own venv and runs this file there; in the main environment (plain onnxruntime) it is
 skipped; stage 2 sets WNC_REQUIRE_TRAINING=1, so there it cannot be skipped."""
 
+import json
 import os
+import signal
 
 import numpy as np
 import onnx
@@ -18,7 +20,9 @@ else:
 import onnxruntime as ort  # noqa: E402
 
 import wnc_onnx  # noqa: E402
+from wnc_onnx.errors import WncError  # noqa: E402
 from wnc_onnx.finetune import ArrayData, FinetuneConfig, finetune  # noqa: E402
+from wnc_onnx.finetune.trainer import FinetuneInterrupted  # noqa: E402
 from wnc_onnx.zoo import demo_cnn  # noqa: E402
 
 
@@ -52,3 +56,100 @@ def test_finetune_recovers_the_teacher_and_exports_a_plain_model():
     assert after >= before
     assert [i.name for i in tuned.graph.input] == ["image"] and [o.name for o in tuned.graph.output] == ["logits"]
     onnx.checker.check_model(tuned)
+
+
+def _weights(model):
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+@pytest.fixture
+def task():
+    from tests.helpers import labelled_images, small_classifier
+
+    x, y = labelled_images(96)
+    return small_classifier(), ArrayData(x[:64], y[:64], "train"), ArrayData(x[64:], y[64:], "val")
+
+
+CFG = FinetuneConfig(epochs=3, batch_size=16, lr=3e-3, lr_step=2, seed=3)
+
+
+def test_resume_after_an_epoch_equals_an_uninterrupted_run(task, tmp_path):
+    model, train, val = task
+    straight, h1 = finetune(model, train, val, CFG, checkpoint_dir=tmp_path / "a", quiet=True)
+    one = FinetuneConfig(**{**CFG.__dict__, "epochs": 1})
+    first, _ = finetune(model, train, val, one, checkpoint_dir=tmp_path / "b", quiet=True)
+    assert not np.allclose(_weights(first)["fc.w"], _weights(straight)["fc.w"])
+    resumed, h2 = finetune(model, train, val, CFG, checkpoint_dir=tmp_path / "b", resume=True, quiet=True)
+    for name, w in _weights(straight).items():  # the AdamW moments came back too, or this would drift
+        np.testing.assert_allclose(_weights(resumed)[name], w, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert [e.epoch for e in h2.epochs] == [1, 2, 3] and h2.resumed_at == [1]
+    assert [e.lr for e in h2.epochs] == [e.lr for e in h1.epochs] == pytest.approx([3e-3, 3e-3, 3e-4])
+    assert len(list((tmp_path / "b").glob("state-*.ckpt"))) == 1  # older states are removed
+
+
+class _CtrlCAt:
+    """ArrayData whose epoch-1 batches send SIGINT to this process at batch ``k`` (once)."""
+
+    def __init__(self, data, k):
+        self.data, self.k, self.sent, self.name = data, k, False, data.name
+        self.x, self.y = data.x, data.y
+
+    def __len__(self):
+        return len(self.data)
+
+    def batches(self, batch_size, shuffle=False, seed=0):
+        for i, batch in enumerate(self.data.batches(batch_size, shuffle, seed), 1):
+            if i == self.k and not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+
+def test_ctrl_c_saves_a_checkpoint_mid_epoch_and_resume_finishes_the_same_run(task, tmp_path):
+    model, train, val = task
+    straight, _ = finetune(model, train, val, CFG, quiet=True)
+    with pytest.raises(FinetuneInterrupted) as stop:
+        finetune(model, _CtrlCAt(train, 3), val, CFG, checkpoint_dir=tmp_path, quiet=True)
+    assert (stop.value.epoch, stop.value.batch) == (1, 3)
+    progress = json.loads((tmp_path / "progress.json").read_text())
+    assert (progress["epochs_done"], progress["batches_done"]) == (0, 3)
+    resumed, history = finetune(model, train, val, CFG, checkpoint_dir=tmp_path, resume=True, quiet=True)
+    for name, w in _weights(straight).items():
+        np.testing.assert_allclose(_weights(resumed)[name], w, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert history.resumed_at == [0] and len(history.epochs) == 3
+
+
+def test_a_checkpoint_resumes_only_its_own_run(task, tmp_path):
+    model, train, val = task
+    finetune(model, train, None, FinetuneConfig(epochs=1, batch_size=32), checkpoint_dir=tmp_path, quiet=True)
+    other = onnx.ModelProto()
+    other.CopyFrom(model)
+    other.graph.initializer[0].raw_data = np.ones((6, 1, 3, 3), np.float32).tobytes()
+    with pytest.raises(WncError, match="made while fine-tuning another model"):
+        finetune(other, train, None, FinetuneConfig(epochs=2), checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(WncError, match="made with optimizer adamw, this run asks for sgd"):
+        finetune(model, train, None, FinetuneConfig(epochs=2, optimizer="sgd"), checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(WncError, match="no checkpoint to resume from"):
+        finetune(model, train, None, CFG, checkpoint_dir=tmp_path / "empty", resume=True)
+
+
+def test_any_iterable_of_batches_trains(task):
+    model, train, val = task
+    batches = list(train.batches(16))
+    from_list, h_list = finetune(model, batches, list(val.batches(32)), CFG, quiet=True)
+    from_fn, h_fn = finetune(model, lambda: iter(batches), val, CFG, quiet=True)
+    for name, w in _weights(from_list).items():  # same batches in the same order: same weights
+        np.testing.assert_allclose(_weights(from_fn)[name], w, rtol=1e-5, atol=1e-6)
+    assert h_list.epochs[-1].val_accuracy == pytest.approx(h_fn.epochs[-1].val_accuracy)
+    assert h_list.epochs[-1].train_loss < h_list.epochs[0].train_loss
+    with pytest.raises(WncError, match="one-shot iterator"):
+        finetune(model, iter(batches), None, CFG)
+    with pytest.raises(WncError, match="train data: labels range over 2..9, the model scores 4 classes"):
+        finetune(model, [(train.x[:8], np.arange(8) + 2)], None, CFG)
+
+
+def test_divergence_is_one_clear_error(task):
+    model, train, _ = task
+    huge = FinetuneConfig(epochs=2, batch_size=16, lr=1e12, optimizer="sgd")
+    with pytest.raises(WncError, match="training diverged"):
+        finetune(model, train, None, huge, quiet=True)

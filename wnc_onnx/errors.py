@@ -15,6 +15,7 @@ class WncError(Exception):
         return f"{self.problem}; fix: {self.fix}" if self.fix else self.problem
 
 
+RUNTIME_HINT = "pip install 'wnc-onnx[runtime]' (or '[train]' in a training environment; see README, 'Install')"
 REEXPORT = "re-export the model from its framework (torch.onnx.export, tf2onnx, paddle2onnx)"
 
 

@@ -20,7 +20,7 @@ import onnx
 from onnx import helper
 
 from wnc_onnx import external_data
-from wnc_onnx.errors import WncError, one_line
+from wnc_onnx.errors import RUNTIME_HINT, WncError, one_line
 from wnc_onnx.model_io import load_model, read_npz, save_model
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,10 @@ ModelOrPath = onnx.ModelProto | str | os.PathLike[str]
 
 def _session(model: ModelOrPath):  # type: ignore[no-untyped-def]
     """An onnxruntime CPU session; a path lets it find external data beside the model."""
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise WncError("checking outputs needs onnxruntime, which is not installed", RUNTIME_HINT) from None
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # errors reach the user as one line, not as ORT's log

@@ -11,6 +11,7 @@ goes on unfolded and the report says so.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 
@@ -82,6 +83,12 @@ class FoldConstantsPass:
         elif gs_tools.version() is None:
             entry["status"] = "skipped: onnx-graphsurgeon is not importable"
             report.warnings.append("fold_constants: onnx-graphsurgeon is not importable; constants not folded")
+        elif importlib.util.find_spec("onnxruntime") is None:
+            entry["status"] = "skipped: onnxruntime is not installed"
+            report.warnings.append(
+                "fold_constants: onnxruntime is not installed (graphsurgeon folds with it); constants not folded; "
+                "pip install 'wnc-onnx[runtime]'"
+            )
         else:
             try:
                 out = self._fold(model)
