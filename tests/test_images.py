@@ -308,3 +308,16 @@ def test_pillow_missing(tmp_path, monkeypatch):
     with pytest.raises(WncError, match="Pillow is not installed") as exc:
         ImageFolder(root, (2, 2), 3)
     assert exc.value.fix == "pip install pillow"
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    pixels = np.zeros((2, 4), np.uint8)
+    pixels[:, 2:] = 255  # left half black, right half white, 2 rows x 4 columns as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    (tmp_path / "a").mkdir()
+    Image.fromarray(pixels, "L").save(tmp_path / "a" / "x.jpg", exif=exif, quality=100)
+    (tmp_path / "b").mkdir()
+    solid(tmp_path / "b" / "y.png", 0, mode="L")
+    x = load_image_folder(tmp_path, (4, 2), 1).to_arrays().x[0, 0]  # upright: 4 rows x 2 columns
+    assert x[:2].max() < 0.2 and x[2:].min() > 0.8  # the stored left (black) half is now on top

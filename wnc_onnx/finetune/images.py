@@ -132,11 +132,13 @@ class ImageFolder:
         return out
 
     def pixels(self, path: Path) -> np.ndarray:
-        """One image as uint8 (H, W) or (H, W, 3): converted, then resized to ``size``."""
+        """One image as uint8 (H, W) or (H, W, 3): EXIF-rotated, converted, then resized to ``size``."""
         h, w = self.size
         try:
-            with self.image.open(path) as src:
-                im = src.convert(self.mode)
+            from PIL import ImageOps
+
+            with self.image.open(path) as src:  # upright as a viewer shows it (phone photos carry EXIF rotation)
+                im = ImageOps.exif_transpose(src).convert(self.mode)
             if im.size != (w, h):
                 im = im.resize((w, h), self.image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
