@@ -16,92 +16,23 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
+
+import digits_cnn  # noqa: E402
 
 import wnc_onnx  # noqa: E402
 
-CONVS = [(1, 32), (32, 32), "M", (32, 64), (64, 64), "M"]
 
-
-def train(seed: int, epochs: int):  # type: ignore[no-untyped-def]
+def trained(seed: int, epochs: int) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+    """The digits CNN of examples/digits_cnn.py, trained with PyTorch on 70% of the digits; test split."""
     import torch
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
-    torch.manual_seed(seed)
     torch.set_num_threads(2)
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[:, None]
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, digits.target, test_size=0.3, random_state=seed, stratify=digits.target
-    )
-    layers: list[torch.nn.Module] = []
-    for c in CONVS:
-        layers += [torch.nn.MaxPool2d(2)] if c == "M" else [torch.nn.Conv2d(*c, 3, padding=1), torch.nn.ReLU()]
-    net = torch.nn.Sequential(
-        *layers, torch.nn.Flatten(), torch.nn.Linear(64 * 2 * 2, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
-    )
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt))
-        for i in range(0, len(xt), 64):
-            idx = perm[i : i + 64]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
-            opt.step()
-    return net, x_te, y_te
-
-
-def to_onnx(net) -> onnx.ModelProto:  # type: ignore[no-untyped-def]
-    """Write the trained Sequential as ONNX by hand (no exporter needed)."""
-    nodes, inits, x = [], [], "image"
-    for k, m in enumerate(net):
-        name = type(m).__name__.lower() + str(k)
-        y = f"{name}_out"
-        if hasattr(m, "weight"):
-            w = m.weight.detach().numpy()
-            inits += [
-                numpy_helper.from_array(w, f"{name}.weight"),
-                numpy_helper.from_array(m.bias.detach().numpy(), f"{name}.bias"),
-            ]
-            if w.ndim == 4:
-                nodes.append(
-                    helper.make_node(
-                        "Conv",
-                        [x, f"{name}.weight", f"{name}.bias"],
-                        [y],
-                        name=name,
-                        kernel_shape=[3, 3],
-                        pads=[1, 1, 1, 1],
-                    )
-                )
-            else:
-                nodes.append(helper.make_node("Gemm", [x, f"{name}.weight", f"{name}.bias"], [y], name=name, transB=1))
-        elif type(m).__name__ == "ReLU":
-            nodes.append(helper.make_node("Relu", [x], [y], name=name))
-        elif type(m).__name__ == "MaxPool2d":
-            nodes.append(helper.make_node("MaxPool", [x], [y], name=name, kernel_shape=[2, 2], strides=[2, 2]))
-        else:
-            nodes.append(helper.make_node("Flatten", [x], [y], name=name, axis=1))
-        x = y
-    graph = helper.make_graph(
-        nodes,
-        "digits_cnn",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 8, 8])],
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 10])],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> float:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return float((sess.run(None, {"image": x})[0].argmax(1) == y).mean())
+    x_tr, y_tr, x_te, y_te = digits_cnn.load("digits", seed=seed, test_size=0.3)
+    net = digits_cnn.train(digits_cnn.build("digits"), x_tr, y_tr, epochs, seed=seed)
+    return digits_cnn.to_onnx(net, 8), x_te, y_te
 
 
 def main() -> int:
@@ -113,15 +44,14 @@ def main() -> int:
     results: dict[tuple[int, float], list[tuple[float, float, float]]] = {g: [] for g in grid}
     base_acc = []
     for seed in range(a.seeds):
-        net, x_te, y_te = train(seed, a.epochs)
-        model = to_onnx(net)
-        base = accuracy(model, x_te, y_te)
+        model, x_te, y_te = trained(seed, a.epochs)
+        base = digits_cnn.accuracy(model, x_te, y_te)
         base_acc.append(base)
         print(f"seed {seed}: original accuracy {base:.4f} on {len(y_te)} test digits")
         for min_rank, boost in grid:
             small, rep = wnc_onnx.compress(model, min_rank=min_rank, rank_boost=boost)
             t = rep.totals.to_dict()
-            acc = accuracy(small, x_te, y_te)
+            acc = digits_cnn.accuracy(small, x_te, y_te)
             results[(min_rank, boost)].append((acc, t["macs_ratio"] or 1.0, t["params_ratio"] or 1.0))
             ranks = " ".join(f"{r.name}:{'/'.join(str(v) for v in r.ranks.values()) or '-'}" for r in rep.layers)
             vb = " ".join(f"{r.name}:{'/'.join(str(v) for v in r.vbmf_ranks.values()) or '-'}" for r in rep.layers)
