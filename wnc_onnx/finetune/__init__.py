@@ -5,6 +5,18 @@ Needs the training build of ONNX Runtime in its own environment (``pip install -
 """
 
 from wnc_onnx.finetune.data import ArrayData, load_npz
-from wnc_onnx.finetune.trainer import FinetuneConfig, History, finetune
+from wnc_onnx.finetune.history import EpochRecord, History
+from wnc_onnx.finetune.images import ImageFolder, load_image_folder
+from wnc_onnx.finetune.trainer import FinetuneConfig, FinetuneInterrupted, finetune
 
-__all__ = ["ArrayData", "FinetuneConfig", "History", "finetune", "load_npz"]
+__all__ = [
+    "ArrayData",
+    "EpochRecord",
+    "FinetuneConfig",
+    "FinetuneInterrupted",
+    "History",
+    "ImageFolder",
+    "finetune",
+    "load_image_folder",
+    "load_npz",
+]
