@@ -1,12 +1,16 @@
 """The graph-hygiene passes: node names, constant folding and output cleanup, with their
 fallbacks when onnx-graphsurgeon fails."""
 
+import sys
+
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import wnc_onnx
 from tests.helpers import rel_diff, with_output_shapes
+from wnc_onnx.errors import WncError
 from wnc_onnx.passes import cleanup, fold_constants, gs_tools
 from wnc_onnx.zoo import planted_kernel
 
@@ -167,3 +171,21 @@ def test_warnings_are_printed_under_the_table(monkeypatch):
     monkeypatch.setattr(cleanup, "_apply_gs_order", lambda m: (_ for _ in ()).throw(ValueError("boom")))
     _, report = wnc_onnx.compress(two_convs(names=("c1", "c2")), **FULL)
     assert "note: cleanup: onnx-graphsurgeon failed (boom)" in report.to_table()
+
+
+def test_without_onnxruntime_folding_is_skipped_and_verify_names_the_extra(monkeypatch):
+    import importlib.util
+
+    from wnc_onnx.verify import verify
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
+    model = two_convs(names=("c1", "c2"), weight_from="transpose")
+    out, report = wnc_onnx.compress(model, **FULL)
+    entry = next(p for p in report.passes if p["name"] == "fold_constants")
+    assert entry["status"] == "skipped: onnxruntime is not installed"
+    assert any("pip install 'wnc-onnx[runtime]'" in w for w in report.warnings)
+    assert report.layer("c1").status == "decomposed"
+    with pytest.raises(WncError, match=r"checking outputs needs onnxruntime.*wnc-onnx\[runtime\]"):
+        verify(model, out)

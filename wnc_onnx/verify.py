@@ -183,6 +183,8 @@ def verify(
     feeds = dict(inputs) if inputs is not None else random_inputs(graph, input_shapes, seed)
     try:
         ref = _session(original).run(None, feeds)
+    except WncError:  # onnxruntime missing: its own message
+        raise
     except Exception as exc:
         raise WncError(
             f"onnxruntime cannot run the original model on the verify inputs: {one_line(exc, 240)}",
