@@ -157,15 +157,7 @@ class ImageFolder:
                 raise WncError(f"cannot read image {path}: {one_line(exc)}", REPLACE) from None
 
 
-def load_image_folder(
-    root: PathLike,
-    size: tuple[int, int],
-    channels: int,
-    mean: Sequence[float] = (0.0,),
-    std: Sequence[float] = (1.0,),
-    classes: Sequence[str] | None = None,
-) -> ImageFolder:
-    return ImageFolder(root, size, channels, mean, std, classes)
+load_image_folder = ImageFolder  # the function-style name used by the CLI and the README
 
 
 def check_size(size: tuple[int, int]) -> tuple[int, int]:
