@@ -134,3 +134,19 @@ def labelled_images(n: int, side: int = 8, seed: int = 1) -> tuple[np.ndarray, n
     """Random images labelled by another instance of the architecture (a learnable task)."""
     x = np.random.default_rng(seed).standard_normal((n, 1, side, side)).astype(np.float32)
     return x, run(small_classifier(side, seed=seed + 100), {"image": x})[0].argmax(1)
+
+
+def with_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``small_classifier`` with an inference-mode BatchNormalization after its conv."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    rng = np.random.default_rng(7)
+    values = {"bn.s": 1 + 0.5 * rng.random(6), "bn.b": rng.standard_normal(6) * 0.1}
+    values |= {"bn.m": rng.standard_normal(6) * 0.2, "bn.v": 1 + rng.random(6)}
+    g.initializer.extend(numpy_helper.from_array(v.astype(np.float32), k) for k, v in values.items())
+    g.node[0].output[0] = "c_pre_bn"
+    bn = helper.make_node("BatchNormalization", ["c_pre_bn", "bn.s", "bn.b", "bn.m", "bn.v"], ["c"], name="bn")
+    g.node.insert(1, bn)
+    onnx.checker.check_model(out)
+    return out

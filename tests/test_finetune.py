@@ -143,3 +143,22 @@ def test_batch_sources_take_data_sets_reiterables_and_functions(model):
         list(BatchSource([], spec, 4, shuffle=False, label="empty").epoch(0))
     with pytest.raises(WncError, match="not an \\(x, y\\) pair"):
         list(BatchSource([arrays.x], spec, 4, shuffle=False, label="x only").epoch(0))
+
+
+def test_frozen_batchnorm_round_trip_is_exact():
+    import onnx
+
+    from tests.helpers import run, small_classifier, with_batchnorm
+    from wnc_onnx.finetune import frozen_bn
+
+    model = with_batchnorm(small_classifier())
+    affine = onnx.ModelProto()
+    affine.CopyFrom(model)
+    records = frozen_bn.to_affine(affine)
+    assert [n.op_type for n in affine.graph.node][:3] == ["Conv", "Mul", "Add"]
+    assert not {"bn.m", "bn.v"} & {t.name for t in affine.graph.initializer}  # nothing left to update them
+    x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(run(affine, {"image": x})[0], run(model, {"image": x})[0], rtol=1e-5, atol=1e-5)
+    frozen_bn.restore(affine, records, model)
+    assert [n.op_type for n in affine.graph.node] == [n.op_type for n in model.graph.node]
+    np.testing.assert_allclose(run(affine, {"image": x})[0], run(model, {"image": x})[0], rtol=1e-5, atol=1e-5)

@@ -153,3 +153,20 @@ def test_divergence_is_one_clear_error(task):
     huge = FinetuneConfig(epochs=2, batch_size=16, lr=1e12, optimizer="sgd")
     with pytest.raises(WncError, match="training diverged"):
         finetune(model, train, None, huge, quiet=True)
+
+
+def test_batchnorm_statistics_stay_frozen_and_the_node_comes_back(task):
+    from tests.helpers import with_batchnorm
+
+    model, train, val = task
+    bn_model = with_batchnorm(model)
+    tuned, history = finetune(bn_model, train, val, CFG, quiet=True)
+    before, after = _weights(bn_model), _weights(tuned)
+    assert [n.op_type for n in tuned.graph.node] == [n.op_type for n in bn_model.graph.node]
+    np.testing.assert_array_equal(after["bn.m"], before["bn.m"])  # ORT training would update these
+    np.testing.assert_array_equal(after["bn.v"], before["bn.v"])
+    assert not np.allclose(after["bn.s"], before["bn.s"]) and not np.allclose(after["bn.b"], before["bn.b"])
+    logits = _run(tuned, val.x)  # the restored BN computes what training evaluated
+    shifted = logits - logits.max(1, keepdims=True)
+    nll = -(shifted[np.arange(len(val.y)), val.y] - np.log(np.exp(shifted).sum(1)))
+    assert float(nll.mean()) == pytest.approx(history.epochs[-1].val_loss, rel=1e-4)

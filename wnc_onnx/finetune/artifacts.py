@@ -4,7 +4,7 @@ ONNX Runtime training 1.19.2 reads IR version <= 10 and opsets <= 21; newer onnx
 releases write higher IR versions (also into the optimizer model they generate), so
 the IR is lowered where the opsets allow it. Trainable: the weights and biases of
 Conv / ConvTranspose / Gemm / MatMul (and an Add right after a MatMul), and the scale
-and bias of BatchNormalization, whose running statistics stay frozen.
+and bias of BatchNormalization, whose running statistics stay frozen (``frozen_bn``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import onnx
@@ -29,12 +29,12 @@ _WEIGHT_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "Batc
 _FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
 
 
-def trainable(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
-    """(requires_grad, frozen): float initializers of the main graph split by role."""
+def trainable(model: onnx.ModelProto, extra: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """(requires_grad, frozen): float initializers of the main graph split by role; ``extra`` also trained."""
     g = model.graph
     floats = {t.name for t in g.initializer if t.data_type in _FLOAT}
     producers = {o: n for n in g.node for o in n.output}
-    train: list[str] = []
+    train: list[str] = [e for e in extra if e in floats]
     for n in g.node:
         picks = [n.input[i] for i in _WEIGHT_INPUTS.get(n.op_type, ()) if i < len(n.input)]
         if (
@@ -78,8 +78,11 @@ def _native_stderr_to_log() -> Iterator[None]:
                 log.debug("onnxruntime: %s", line)
 
 
-def generate(model: onnx.ModelProto, folder: Path, loss: str, optimizer: str, outputs: list[str]) -> dict[str, Path]:
-    """Write training / eval / optimizer models and the initial checkpoint into ``folder``."""
+def generate(
+    model: onnx.ModelProto, folder: Path, loss: str, optimizer: str, outputs: list[str], extra: Sequence[str] = ()
+) -> dict[str, Path]:
+    """Write training / eval / optimizer models and the initial checkpoint into ``folder``
+    (``extra``: more initializers to train, e.g. the factors of frozen BatchNormalization)."""
     import onnxruntime as ort
     from onnxruntime.training import artifacts
 
@@ -87,7 +90,7 @@ def generate(model: onnx.ModelProto, folder: Path, loss: str, optimizer: str, ou
     model_copy = onnx.ModelProto()
     model_copy.CopyFrom(model)
     lower_ir(model_copy, "the model")
-    requires_grad, frozen = trainable(model_copy)
+    requires_grad, frozen = trainable(model_copy, extra)
     if not requires_grad:
         raise WncError("the model has no trainable Conv / Gemm / MatMul weights", "fine-tune a float CNN or MLP")
     loss_type = {"cross_entropy": artifacts.LossType.CrossEntropyLoss, "mse": artifacts.LossType.MSELoss}[loss]

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from wnc_onnx.errors import WncError, one_line
-from wnc_onnx.finetune import artifacts, checkpoint
+from wnc_onnx.finetune import artifacts, checkpoint, frozen_bn
 from wnc_onnx.finetune.data import ArrayData
 from wnc_onnx.finetune.history import EpochRecord, History
 from wnc_onnx.finetune.progress import EpochBar
@@ -191,7 +191,14 @@ def finetune(
         checkpoint.check(progress, folder, sha, cfg.loss, cfg.optimizer)
     with tempfile.TemporaryDirectory(prefix="wnc-onnx-train-") as tmp:
         work = Path(workdir) if workdir else Path(tmp)
-        paths = artifacts.generate(model, work / "artifacts", cfg.loss, cfg.optimizer, [spec.output_name])
+        for_training = onnx.ModelProto()
+        for_training.CopyFrom(model)
+        frozen = frozen_bn.to_affine(for_training)  # BN statistics stay as they are
+        factors = [name for r in frozen for name in (r.a, r.b)]
+        paths = artifacts.generate(
+            for_training, work / "artifacts", cfg.loss, cfg.optimizer, [spec.output_name], factors
+        )
+        del for_training
         state_file = folder / progress.state_file if folder is not None and progress else paths["checkpoint"]
         run = _Session(paths, state_file, cfg)
         history = History.from_dict(progress.history) if progress else History()
@@ -221,6 +228,7 @@ def finetune(
         exported = work / "inference.onnx"
         run.module.export_model_for_inferencing(str(exported), [spec.output_name])
         tuned = onnx.load(str(exported))
+    frozen_bn.restore(tuned, frozen, model)
     _restore_interface(model, tuned, spec.input_name)
     return tuned, history
 
