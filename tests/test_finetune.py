@@ -72,7 +72,8 @@ def test_cross_entropy_needs_class_scores():
     conv = conv_model(3, 4, (3, 3), (8, 8))  # output (1, 4, 6, 6): not a score per class
     with pytest.raises(WncError, match="cross-entropy needs a score per class"):
         check_data(conv, data(shape=(3, 8, 8), labels=[0] * 8), FinetuneConfig())
-    assert check_data(conv, data(shape=(3, 8, 8), labels=[0] * 8), FinetuneConfig(loss="mse")).y.dtype == np.float32
+    maps = ArrayData(data(shape=(3, 8, 8)).x, np.zeros((8, 4, 6, 6)))  # MSE takes targets shaped like the output
+    assert check_data(conv, maps, FinetuneConfig(loss="mse")).y.dtype == np.float32
 
 
 def test_npz_loading(tmp_path):
@@ -162,3 +163,10 @@ def test_frozen_batchnorm_round_trip_is_exact():
     frozen_bn.restore(affine, records, model)
     assert [n.op_type for n in affine.graph.node] == [n.op_type for n in model.graph.node]
     np.testing.assert_allclose(run(affine, {"image": x})[0], run(model, {"image": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_mse_targets_must_be_shaped_like_the_output(model):
+    mse = FinetuneConfig(loss="mse")
+    assert check_data(model, ArrayData(data().x, np.zeros((8, 10))), mse).y.dtype == np.float32
+    with pytest.raises(WncError, match=r"targets have shape \[\], the model output 'logits' gives \['N', 10\]"):
+        check_data(model, data(), mse)

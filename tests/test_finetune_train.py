@@ -113,6 +113,9 @@ def test_ctrl_c_saves_a_checkpoint_mid_epoch_and_resume_finishes_the_same_run(ta
     assert (stop.value.epoch, stop.value.batch) == (1, 3)
     progress = json.loads((tmp_path / "progress.json").read_text())
     assert (progress["epochs_done"], progress["batches_done"]) == (0, 3)
+    other_batches = FinetuneConfig(**{**CFG.__dict__, "batch_size": 8})
+    with pytest.raises(WncError, match="in the middle of an epoch with batch-size 16, this run asks for 8"):
+        finetune(model, train, val, other_batches, checkpoint_dir=tmp_path, resume=True)
     resumed, history = finetune(model, train, val, CFG, checkpoint_dir=tmp_path, resume=True, quiet=True)
     for name, w in _weights(straight).items():
         np.testing.assert_allclose(_weights(resumed)[name], w, rtol=1e-5, atol=1e-6, err_msg=name)
@@ -170,3 +173,12 @@ def test_batchnorm_statistics_stay_frozen_and_the_node_comes_back(task):
     shifted = logits - logits.max(1, keepdims=True)
     nll = -(shifted[np.arange(len(val.y)), val.y] - np.log(np.exp(shifted).sum(1)))
     assert float(nll.mean()) == pytest.approx(history.epochs[-1].val_loss, rel=1e-4)
+
+
+def test_an_op_without_a_gradient_is_one_clear_error(task):
+    model, train, _ = task
+    g = model.graph
+    g.node[-1].output[0] = "raw_logits"
+    g.node.append(onnx.helper.make_node("Round", ["raw_logits"], ["logits"], name="round"))
+    with pytest.raises(WncError, match="onnxruntime training cannot build the training graph"):
+        finetune(model, train, None, CFG, quiet=True)

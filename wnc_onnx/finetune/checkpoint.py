@@ -38,6 +38,8 @@ class Progress:
     partial: dict[str, float] = field(default_factory=dict)  # loss_sum, seen, seconds of that epoch so far
     history: dict[str, Any] = field(default_factory=dict)
     state_file: str = ""
+    batch_size: int = 0  # with seed: where a stopped epoch's remaining batches start
+    seed: int = 0
     format: int = FORMAT
 
 
@@ -88,16 +90,26 @@ def load(folder: Path) -> Progress:
     return progress
 
 
-def check(progress: Progress, folder: Path, model_sha256: str, loss: str, optimizer: str) -> None:
-    """A checkpoint resumes only the run it was made by: same model, loss and optimizer."""
+def check(
+    progress: Progress, folder: Path, model_sha256: str, loss: str, optimizer: str, batch_size: int, seed: int
+) -> None:
+    """A checkpoint resumes only the run it was made by: same model, loss and optimizer; and
+    within a stopped epoch the same batch size and seed (or the skipped batches would differ)."""
     if progress.model_sha256 != model_sha256:
         raise WncError(
             f"the checkpoint in {folder} was made while fine-tuning another model",
             "pass the same input model, or a new --checkpoint-dir to start fresh",
         )
-    for what, had, now in (("loss", progress.loss, loss), ("optimizer", progress.optimizer, optimizer)):
+    same: list[tuple[str, object, object]] = [
+        ("loss", progress.loss, loss),
+        ("optimizer", progress.optimizer, optimizer),
+    ]
+    if progress.batches_done:
+        same += [("batch-size", progress.batch_size, batch_size), ("seed", progress.seed, seed)]
+    for what, had, now in same:
         if had != now:
+            where = " in the middle of an epoch" if what in ("batch-size", "seed") else ""
             raise WncError(
-                f"the checkpoint in {folder} was made with {what} {had}, this run asks for {now}",
+                f"the checkpoint in {folder} was made{where} with {what} {had}, this run asks for {now}",
                 f"resume with --{what} {had}, or start fresh without --resume",
             )

@@ -93,6 +93,16 @@ def check_targets(spec: ModelSpec, y: np.ndarray, n: int, label: str) -> np.ndar
     if len(y) != n:
         raise WncError(f"{label}: x has {n} samples, y has {len(y)}", "give one target per sample")
     if spec.loss != "cross_entropy":
+        want = spec.output_dims[1:]
+        fits = y.ndim == len(spec.output_dims) and all(
+            w is None or w == g for w, g in zip(want, y.shape[1:], strict=True)
+        )
+        if spec.output_dims and not fits:  # an output of unknown shape is left to onnxruntime
+            raise WncError(
+                f"{label}: targets have shape {list(y.shape[1:])}, the model output '{spec.output_name}' gives "
+                f"{['N' if d is None else d for d in spec.output_dims]}",
+                "give one target array per sample shaped like the output, or use --loss cross_entropy for labels",
+            )
         return y.astype(np.float32, copy=False)
     if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or np.all(np.mod(y, 1) == 0)):
         raise WncError(f"{label}: y must hold one integer class label per sample", "store labels as int64")

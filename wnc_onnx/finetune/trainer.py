@@ -68,7 +68,8 @@ class FinetuneInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped the run at a batch boundary; a checkpoint to resume from was saved."""
 
     def __init__(self, folder: Path, epoch: int, batch: int) -> None:
-        super().__init__(f"interrupted in epoch {epoch}, after batch {batch}; checkpoint saved in {folder}")
+        where = f"in epoch {epoch}, after batch {batch}" if batch else f"after epoch {epoch}"
+        super().__init__(f"interrupted {where}; checkpoint saved in {folder}")
         self.folder, self.epoch, self.batch = folder, epoch, batch
 
 
@@ -117,9 +118,17 @@ class _Session:
         options = ort.SessionOptions()
         if cfg.threads:
             options.intra_op_num_threads = cfg.threads
-        self.state = CheckpointState.load_checkpoint(str(state_file))
-        self.module = Module(str(paths["training"]), self.state, str(paths["eval"]), session_options=options)
-        self.optimizer = Optimizer(str(paths["optimizer"]), self.module)
+        try:
+            self.state = CheckpointState.load_checkpoint(str(state_file))
+            self.module = Module(str(paths["training"]), self.state, str(paths["eval"]), session_options=options)
+            self.optimizer = Optimizer(str(paths["optimizer"]), self.module)
+        except Exception as exc:
+            if not _is_runtime_error(exc):
+                raise
+            raise WncError(
+                f"onnxruntime training cannot load this model: {one_line(exc, 200)}",
+                "fine-tune a float CNN of standard ops (opset <= 21), or report the model",
+            ) from None
 
     def step(self, x: np.ndarray, y: np.ndarray, where: str) -> float:
         try:
@@ -141,7 +150,15 @@ class _Session:
         self.module.eval()
         total, correct, seen = 0.0, 0, 0
         for xb, yb in source.epoch(0):
-            loss_value, scores = self.module(xb, yb)
+            try:
+                loss_value, scores = self.module(xb, yb)
+            except Exception as exc:
+                if not _is_runtime_error(exc):
+                    raise
+                raise WncError(
+                    f"evaluating {source.label} failed: {one_line(exc, 200)}",
+                    "check that x and y fit the model input and the loss (shape, type)",
+                ) from None
             total += float(loss_value) * len(xb)
             if loss == "cross_entropy":
                 correct += int((np.asarray(scores).argmax(1) == yb).sum())
@@ -188,7 +205,7 @@ def finetune(
         if folder is None:
             raise WncError("resuming needs the checkpoint folder", "pass checkpoint_dir (CLI: --checkpoint-dir)")
         progress = checkpoint.load(folder)
-        checkpoint.check(progress, folder, sha, cfg.loss, cfg.optimizer)
+        checkpoint.check(progress, folder, sha, cfg.loss, cfg.optimizer, cfg.batch_size, cfg.seed)
     with tempfile.TemporaryDirectory(prefix="wnc-onnx-train-") as tmp:
         work = Path(workdir) if workdir else Path(tmp)
         for_training = onnx.ModelProto()
@@ -252,6 +269,7 @@ class _Loop:
         progress = checkpoint.Progress(
             self.sha, cfg.loss, cfg.optimizer, epochs_done, batches_done, partial or {}, self.history.to_dict()
         )
+        progress.batch_size, progress.seed = cfg.batch_size, cfg.seed
         checkpoint.save(self.folder, self.run.state, progress)
 
     def train_epoch(self, epoch: int, skip: int, partial: dict[str, float]) -> EpochRecord:
