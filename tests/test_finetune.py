@@ -170,3 +170,11 @@ def test_mse_targets_must_be_shaped_like_the_output(model):
     assert check_data(model, ArrayData(data().x, np.zeros((8, 10))), mse).y.dtype == np.float32
     with pytest.raises(WncError, match=r"targets have shape \[\], the model output 'logits' gives \['N', 10\]"):
         check_data(model, data(), mse)
+
+
+def test_runtime_errors_become_one_line_and_nothing_else_is_caught():
+    one_line = "^training step failed at batch 3: Invalid rank for input: target; fix: check"
+    with pytest.raises(WncError, match=one_line), rt.runtime_errors("training step failed at batch 3", "check"):
+        raise RuntimeError("Invalid rank for input:\n  target")  # what onnxruntime's bindings raise
+    with pytest.raises(ValueError, match="a bug elsewhere"), rt.runtime_errors("training step failed", "check it"):
+        raise ValueError("a bug elsewhere")

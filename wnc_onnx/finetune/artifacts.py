@@ -19,7 +19,8 @@ from pathlib import Path
 
 import onnx
 
-from wnc_onnx.errors import WncError, one_line
+from wnc_onnx.errors import WncError
+from wnc_onnx.finetune.runtime import runtime_errors
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +79,6 @@ def _native_stderr_to_log() -> Iterator[None]:
                 log.debug("onnxruntime: %s", line)
 
 
-@contextlib.contextmanager
-def _runtime_errors(doing: str) -> Iterator[None]:
-    """onnxruntime's errors (an op without a gradient, an unsupported pattern) as one WncError."""
-    try:
-        yield
-    except WncError:
-        raise
-    except Exception as exc:
-        if not type(exc).__module__.startswith("onnxruntime") and not isinstance(exc, RuntimeError):
-            raise
-        raise WncError(
-            f"onnxruntime training cannot {doing}: {one_line(exc, 240)}",
-            "the model uses an op that onnxruntime-training 1.19.2 cannot differentiate; fine-tune it in its "
-            "source framework, or compress a model without that op",
-        ) from None
-
-
 def generate(
     model: onnx.ModelProto, folder: Path, loss: str, optimizer: str, outputs: list[str], extra: Sequence[str] = ()
 ) -> dict[str, Path]:
@@ -113,7 +97,12 @@ def generate(
     loss_type = {"cross_entropy": artifacts.LossType.CrossEntropyLoss, "mse": artifacts.LossType.MSELoss}[loss]
     optim = {"adamw": artifacts.OptimType.AdamW, "sgd": artifacts.OptimType.SGD}[optimizer]
     folder.mkdir(parents=True, exist_ok=True)
-    with _native_stderr_to_log(), _runtime_errors("build the training graph of this model"):
+    no_gradient = runtime_errors(
+        "onnxruntime training cannot build the training graph of this model",
+        "the model uses an op that onnxruntime-training 1.19.2 cannot differentiate; fine-tune it in its "
+        "source framework, or compress a model without that op",
+    )
+    with _native_stderr_to_log(), no_gradient:
         artifacts.generate_artifacts(
             model_copy,
             requires_grad=requires_grad,

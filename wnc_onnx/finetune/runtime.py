@@ -7,6 +7,8 @@ installed last silently wins. So the training flavour lives in its own environme
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from importlib import metadata
 
 from wnc_onnx.errors import WncError, one_line
@@ -48,3 +50,19 @@ def require_training() -> str:
             "it needs torch importable: pip install torch==2.13.0 (CPU build) in the training environment",
         ) from None
     return dists[training[0]]
+
+
+@contextlib.contextmanager
+def runtime_errors(problem: str, fix: str) -> Iterator[None]:
+    """What onnxruntime raises inside the block, as one WncError ``<problem>: <its message>``.
+
+    Its bindings raise plain ``RuntimeError`` (a bad shape, an op without a gradient) as
+    well as their own types; wrap only onnxruntime calls, so nothing else is caught."""
+    try:
+        yield
+    except WncError:
+        raise
+    except Exception as exc:
+        if not (isinstance(exc, RuntimeError) or type(exc).__module__.startswith("onnxruntime")):
+            raise
+        raise WncError(f"{problem}: {one_line(exc, 240)}", fix) from None

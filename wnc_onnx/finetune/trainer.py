@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from wnc_onnx.errors import WncError, one_line
+from wnc_onnx.errors import WncError
 from wnc_onnx.finetune import artifacts, checkpoint, frozen_bn
 from wnc_onnx.finetune.data import ArrayData
 from wnc_onnx.finetune.history import EpochRecord, History
 from wnc_onnx.finetune.progress import EpochBar
-from wnc_onnx.finetune.runtime import require_training
+from wnc_onnx.finetune.runtime import require_training, runtime_errors
 from wnc_onnx.finetune.sources import BatchSource, check_samples, check_targets, model_spec
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,7 @@ class _StopRequest:
             signal.signal(signal.SIGINT, previous)
 
 
-def _is_runtime_error(exc: Exception) -> bool:
-    return type(exc).__module__.startswith("onnxruntime")
+MISFIT = "check that x and y fit the model input and the loss (shape, type)"
 
 
 class _Session:
@@ -118,29 +117,18 @@ class _Session:
         options = ort.SessionOptions()
         if cfg.threads:
             options.intra_op_num_threads = cfg.threads
-        try:
+        with runtime_errors(
+            "onnxruntime training cannot load this model",
+            "fine-tune a float CNN of standard ops (opset <= 21), or report the model",
+        ):
             self.state = CheckpointState.load_checkpoint(str(state_file))
             self.module = Module(str(paths["training"]), self.state, str(paths["eval"]), session_options=options)
             self.optimizer = Optimizer(str(paths["optimizer"]), self.module)
-        except Exception as exc:
-            if not _is_runtime_error(exc):
-                raise
-            raise WncError(
-                f"onnxruntime training cannot load this model: {one_line(exc, 200)}",
-                "fine-tune a float CNN of standard ops (opset <= 21), or report the model",
-            ) from None
 
     def step(self, x: np.ndarray, y: np.ndarray, where: str) -> float:
-        try:
+        with runtime_errors(f"training step failed at {where}", MISFIT):
             loss = float(self.module(x, y)[0])
             self.optimizer.step()
-        except Exception as exc:
-            if not _is_runtime_error(exc):
-                raise
-            raise WncError(
-                f"training step failed at {where}: {one_line(exc, 200)}",
-                "check that x and y fit the model input and the loss (shape, type)",
-            ) from None
         self.module.lazy_reset_grad()
         if not math.isfinite(loss):
             raise WncError(f"training diverged: the loss is {loss} at {where}", "lower --lr (e.g. 10x)")
@@ -150,15 +138,8 @@ class _Session:
         self.module.eval()
         total, correct, seen = 0.0, 0, 0
         for xb, yb in source.epoch(0):
-            try:
+            with runtime_errors(f"evaluating {source.label} failed", MISFIT):
                 loss_value, scores = self.module(xb, yb)
-            except Exception as exc:
-                if not _is_runtime_error(exc):
-                    raise
-                raise WncError(
-                    f"evaluating {source.label} failed: {one_line(exc, 200)}",
-                    "check that x and y fit the model input and the loss (shape, type)",
-                ) from None
             total += float(loss_value) * len(xb)
             if loss == "cross_entropy":
                 correct += int((np.asarray(scores).argmax(1) == yb).sum())
@@ -267,9 +248,16 @@ class _Loop:
             return
         cfg = self.cfg
         progress = checkpoint.Progress(
-            self.sha, cfg.loss, cfg.optimizer, epochs_done, batches_done, partial or {}, self.history.to_dict()
+            self.sha,
+            cfg.loss,
+            cfg.optimizer,
+            epochs_done,
+            batches_done,
+            partial or {},
+            self.history.to_dict(),
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
         )
-        progress.batch_size, progress.seed = cfg.batch_size, cfg.seed
         checkpoint.save(self.folder, self.run.state, progress)
 
     def train_epoch(self, epoch: int, skip: int, partial: dict[str, float]) -> EpochRecord:
