@@ -129,9 +129,9 @@ def run(a: argparse.Namespace) -> int:
     out = check_output_path(a.input, a.output)
     history_path, plot_path, ckpt = _side_paths(a, out)
     if a.plot:
-        from wnc_onnx.plot import _pyplot
+        from wnc_onnx.plot import pyplot
 
-        _pyplot()  # a missing matplotlib fails now, not after training
+        pyplot()  # a missing matplotlib fails now, not after training
     cfg = FinetuneConfig(
         epochs=a.epochs,
         lr=a.lr,

@@ -21,7 +21,7 @@ def available() -> bool:
     return True
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     try:
         import matplotlib
 
@@ -39,7 +39,7 @@ def _save(fig: Any, plt: Any, path: str | os.PathLike[str]) -> None:
 
 
 def plot_report(report: Report, path: str | os.PathLike[str]) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     rows = [r for r in report.layers if r.status in ("decomposed", "planned")]
     if not rows:
         raise WncError("nothing to plot: no layer was decomposed", "drop --plot or change the rank options")
@@ -77,7 +77,7 @@ def plot_report(report: Report, path: str | os.PathLike[str]) -> None:
 
 def plot_history(history: History, path: str | os.PathLike[str]) -> None:
     """Validation accuracy (or loss) per epoch, from 0 (compressed, not yet tuned), like the paper's Fig. 4."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [e.epoch for e in history.epochs]
     acc = [(0, history.initial_val_accuracy)] + [(e.epoch, e.val_accuracy) for e in history.epochs]
