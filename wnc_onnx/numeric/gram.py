@@ -7,6 +7,8 @@ matricization. Large problems are computed in float32 blocks, accumulated in flo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import scipy.linalg
 
@@ -15,6 +17,11 @@ _FLOAT64_FLOPS = 1e9
 # Above this order, eigenvectors are computed in float32 (twice as fast here).
 _FLOAT64_EIG_MAX = 2048
 _BLOCK_BYTES = 64 << 20
+# Rounding level of a computed spectrum, relative to its largest eigenvalue: eigenvalues
+# below it are not resolved. float32 Grams of real and planted matrices put their rounding
+# eigenvalues near 1e-8; float64 ones near 1e-15. Both figures keep a wide margin.
+RESOLUTION_FLOAT32 = 1e-5
+RESOLUTION_FLOAT64 = 1e-12
 
 
 def work_dtype(rows: int, cols: int) -> type[np.floating]:
@@ -22,46 +29,85 @@ def work_dtype(rows: int, cols: int) -> type[np.floating]:
     return np.float64 if float(rows) * rows * cols <= _FLOAT64_FLOPS else np.float32
 
 
-def mode_gram(tensor: np.ndarray, mode: int) -> np.ndarray:
-    """Gram matrix X_(mode) X_(mode)^T of the mode-``mode`` matricization (float64).
+def resolution(rows: int, cols: int) -> float:
+    """Relative rounding level of ``sym_eigvals(mode_gram(...))`` for a rows x cols matricization."""
+    exact = work_dtype(rows, cols) is np.float64 and rows <= _FLOAT64_EIG_MAX
+    return RESOLUTION_FLOAT64 if exact else RESOLUTION_FLOAT32
 
-    Computed block by block so the matricization is never materialized whole.
-    """
-    t = np.asarray(tensor)
+
+def _blocks(t: np.ndarray, mode: int, dt: type[np.floating]) -> Iterator[np.ndarray]:
+    """Column blocks (n x chunk, in ``dt``) of the mode-``mode`` matricization, never all at once.
+
+    Their column order is not the matricization's, which Gram products do not mind."""
     n = t.shape[mode]
     other = t.size // max(n, 1)
-    dt = work_dtype(n, other)
-    g = np.zeros((n, n), dtype=np.float64)
-    if t.size == 0:
-        return g
-    moved = np.moveaxis(t, mode, 0)  # view: (n, a0, a1, ...)
     if mode == 0:
-        flat = moved.reshape(n, other)
-        if flat.dtype == dt and flat.flags.c_contiguous:  # one SYRK call, no copies
-            return np.asarray(flat @ flat.T, dtype=np.float64)
+        flat = t.reshape(n, other)
         step = max(1, _BLOCK_BYTES // (n * 8))
         for c0 in range(0, other, step):
-            blk = flat[:, c0 : c0 + step].astype(dt, copy=False)
-            g += blk @ blk.T
-        return g
+            yield flat[:, c0 : c0 + step].astype(dt, copy=False)
+        return
     # Iterate over the leading axis of the original tensor: each slice is (n, rest).
     lead = t.shape[0]
     per = other // lead
     step = max(1, _BLOCK_BYTES // max(1, n * per * 8))
     for a0 in range(0, lead, step):
-        sl = np.moveaxis(t[a0 : a0 + step], mode, 0)
-        blk = np.ascontiguousarray(sl, dtype=dt).reshape(n, -1)
+        yield np.ascontiguousarray(np.moveaxis(t[a0 : a0 + step], mode, 0), dtype=dt).reshape(n, -1)
+
+
+def mode_gram(tensor: np.ndarray, mode: int, dtype: type[np.floating] | None = None) -> np.ndarray:
+    """Gram matrix X_(mode) X_(mode)^T of the mode-``mode`` matricization (float64).
+
+    Computed block by block so the matricization is never materialized whole; products
+    run in ``dtype`` (default: ``work_dtype``).
+    """
+    t = np.asarray(tensor)
+    n = t.shape[mode]
+    dt = work_dtype(n, t.size // max(n, 1)) if dtype is None else dtype
+    g = np.zeros((n, n), dtype=np.float64)
+    if t.size == 0:
+        return g
+    if mode == 0:
+        flat = t.reshape(n, -1)
+        if flat.dtype == dt and flat.flags.c_contiguous:  # one SYRK call, no copies
+            return np.asarray(flat @ flat.T, dtype=np.float64)
+    for blk in _blocks(t, mode, dt):
         g += blk @ blk.T
     return g
 
 
-def sym_eigvals(gram: np.ndarray) -> np.ndarray:
+def precise_top_spectrum(tensor: np.ndarray, mode: int, basis: np.ndarray) -> tuple[np.ndarray, float]:
+    """Top eigenvalues of the mode-``mode`` Gram in float64, and the energy left outside them.
+
+    ``basis`` (n x k) approximately spans the top-k eigenvectors (from a float32 solve);
+    one float64 power step refines it. Returns (k eigenvalues descending, residual energy
+    ||X||^2 minus their sum), both resolved to float64 rounding, at the cost of a few
+    passes over the tensor instead of a float64 Gram and eigen-solve of order n."""
+    t = np.asarray(tensor)
+    k = basis.shape[1]
+    if k == 0:
+        return np.zeros(0), float(np.sum(np.square(t, dtype=np.float64)))
+    z = np.zeros_like(basis, dtype=np.float64)
+    norm2 = 0.0
+    for blk in _blocks(t, mode, np.float64):
+        z += blk @ (blk.T @ basis)
+        norm2 += float(np.sum(blk * blk))
+    q, _ = np.linalg.qr(z)
+    c = np.zeros((k, k))
+    for blk in _blocks(t, mode, np.float64):
+        p = q.T @ blk
+        c += p @ p.T
+    top = np.clip(np.linalg.eigvalsh(c)[::-1], 0.0, None)
+    return top, max(norm2 - float(top.sum()), 0.0)
+
+
+def sym_eigvals(gram: np.ndarray, precise: bool = False) -> np.ndarray:
     """All eigenvalues of a symmetric PSD matrix, descending, clipped at zero.
 
-    Large matrices are solved in float32 (absolute error ~1e-7 of the largest value,
-    far below the noise level that EVBMF estimates).
+    Large matrices are solved in float32 unless ``precise`` (absolute error ~1e-7 of the
+    largest value, far below the noise level that EVBMF estimates on real weights).
     """
-    g = gram if gram.shape[0] <= _FLOAT64_EIG_MAX else gram.astype(np.float32)
+    g = gram if precise or gram.shape[0] <= _FLOAT64_EIG_MAX else gram.astype(np.float32)
     w = scipy.linalg.eigh(g, eigvals_only=True, driver="ev", check_finite=False)
     return np.clip(w[::-1].astype(np.float64), 0.0, None)
 

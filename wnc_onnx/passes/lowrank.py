@@ -21,10 +21,17 @@ from wnc_onnx.config import CompressConfig
 from wnc_onnx.errors import NothingToCompressError, WncError
 from wnc_onnx.graph import GraphContext, prune_unread, subgraphs
 from wnc_onnx.numeric.cost import Costs, conv_costs, lowrank_costs
-from wnc_onnx.numeric.gram import mode_gram, sym_eigvals
+from wnc_onnx.numeric.gram import (
+    RESOLUTION_FLOAT64,
+    mode_gram,
+    precise_top_spectrum,
+    resolution,
+    sym_eig_top,
+    sym_eigvals,
+)
 from wnc_onnx.numeric.svd import truncated_svd
 from wnc_onnx.numeric.tucker import tucker1, tucker2
-from wnc_onnx.numeric.vbmf import evbmf_from_eigenvalues
+from wnc_onnx.numeric.vbmf import evbmf_from_eigenvalues, evbmf_from_singular_values
 from wnc_onnx.passes.base import PassResult, working_copy
 from wnc_onnx.passes.layer import Factors, Layer
 from wnc_onnx.passes.rules import DEFAULT_RULES, Rule
@@ -45,16 +52,30 @@ class _Plan:
     source: str
 
 
-def _vbmf_rank(grams: list[np.ndarray], shape: tuple[int, int], spectra: list[np.ndarray]) -> int:
-    """EVBMF rank of each group's matricization (Gram eigenvalues); the largest wins.
+def _vbmf_rank(
+    tensors: list[np.ndarray], mode: int, grams: list[np.ndarray], shape: tuple[int, int], spectra: list[np.ndarray]
+) -> int:
+    """EVBMF rank of each group's mode-``mode`` matricization (Gram eigenvalues); the largest wins.
 
-    The spectra are appended to ``spectra`` for the factorization to reuse."""
+    Where the noise level EVBMF finds sits at the rounding level of a float32 spectrum (an
+    exactly low-rank weight), the spectrum is computed again in float64, so such a weight
+    gets its exact rank. The spectra are appended to ``spectra`` for the factorization."""
     small = min(shape)
     ranks = []
-    for g in grams:
+    for tensor, g in zip(tensors, grams, strict=True):
         ev = sym_eigvals(g)
+        level = resolution(g.shape[0], tensor.size // max(g.shape[0], 1))
+        found = evbmf_from_eigenvalues(ev[:small], shape, resolution=level * ev[0] if ev.size else 0.0)
+        if found.floored and level > RESOLUTION_FLOAT64:
+            # The components above float32 rounding, and the energy left below it, in float64.
+            k = int(np.sum(ev > level * ev[0]))
+            top, rest = precise_top_spectrum(tensor, mode, sym_eig_top(g, k, ev)[1])
+            log.debug("EVBMF at the float32 rounding level: %d components resolved in float64", k)
+            found = evbmf_from_singular_values(
+                np.sqrt(top), shape, residual=rest, resolution=RESOLUTION_FLOAT64 * top[0]
+            )
         spectra.append(ev)
-        ranks.append(evbmf_from_eigenvalues(ev[:small], shape).rank)
+        ranks.append(found.rank)
     return max(ranks)
 
 
@@ -265,7 +286,8 @@ class LowRankPass:
                 )
             if spec is not None:
                 return plan("svd", None, _check_rank(layer.name, "R", spec, full)), None
-            vbmf["R"] = _vbmf_rank(grams_out, (t, s), spectra["out"])
+            mats = [k if k.shape[0] <= k.shape[1] else k.T for k in kernels]
+            vbmf["R"] = _vbmf_rank(mats, 0, grams_out, (t, s), spectra["out"])
             if vbmf["R"] == 0:
                 raise _Skip("VBMF rank 0: the weights look like noise to EVBMF; set a rank with --ranks")
             return plan("svd", None, policy_rank(vbmf["R"], full, cfg)), None
@@ -278,9 +300,9 @@ class LowRankPass:
             return plan("tucker1", None, _check_rank(layer.name, "R4", spec, t)), None
         few_in = s <= cfg.tucker1_max_in
         grams_in = None if few_in else [mode_gram(k, 1) for k in kernels]
-        vbmf["R4"] = _vbmf_rank(grams_out, (t, s * p), spectra["out"])
+        vbmf["R4"] = _vbmf_rank(kernels, 0, grams_out, (t, s * p), spectra["out"])
         if grams_in is not None:
-            vbmf["R3"] = _vbmf_rank(grams_in, (s, t * p), spectra["in"])
+            vbmf["R3"] = _vbmf_rank(kernels, 1, grams_in, (s, t * p), spectra["in"])
         if vbmf["R4"] == 0 or vbmf.get("R3", 1) == 0:
             raise _Skip(f"VBMF rank 0 ({_fmt(vbmf)}): the weights look like noise to EVBMF; set ranks with --ranks")
         r4 = policy_rank(vbmf["R4"], t, cfg)
