@@ -113,19 +113,27 @@ def test_options_reach_the_pass(demo, tmp_path, capsys):
         assert rc == 0, err
         return [p["name"] for p in json.loads(rep.read_text())["passes"]]
 
-    assert passes() == ["name_nodes", "fold_constants", "fold_batchnorm", "lowrank", "cleanup"]
-    assert passes("--skip-pass", "cleanup", "--no-fold-bn") == ["name_nodes", "fold_constants", "lowrank"]
+    assert passes() == ["name_nodes", "initializer_inputs", "fold_constants", "fold_batchnorm", "lowrank", "cleanup"]
+    assert passes("--skip-pass", "cleanup", "--no-fold-bn", "--keep-initializer-inputs") == [
+        "name_nodes",
+        "fold_constants",
+        "lowrank",
+    ]
 
 
 def test_no_saving_and_rank_zero_are_skipped_with_reason(tmp_path, capsys):
     noise = tmp_path / "noise.onnx"
     onnx.save(conv_model(16, 16, (3, 3), (8, 8)), noise)  # i.i.d. weights: EVBMF rank 0
-    rc, out, err = run_cli(capsys, noise, tmp_path / "o.onnx", "-q")
+    rc, out, err = run_cli(capsys, noise, tmp_path / "o.onnx")
     assert rc == 2 and "VBMF rank 0" in out and "no layer was compressed" in err
     assert not (tmp_path / "o.onnx").exists()
+    # -q: only the one line, which names the reason and a fix that fits it
+    rc, out, err = run_cli(capsys, noise, tmp_path / "o.onnx", "-q")
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "VBMF rank 0" in err and "no layer was compressed" in err and "--ranks" in err
     (tmp_path / "r.json").write_text(json.dumps({"conv": [16, 16]}))
     rc, out, err = run_cli(capsys, noise, tmp_path / "o.onnx", "--ranks", tmp_path / "r.json", "-q")
-    assert rc == 2 and "no saving" in out
+    assert rc == 2 and out == "" and "no saving" in err and len(err.strip().splitlines()) == 1
 
 
 def bad_cases(tmp_path, demo):

@@ -88,15 +88,29 @@ def test_repeated_names_are_made_unique():
 
 
 def test_weights_computed_from_constants_are_folded_then_compressed():
-    for how in ("cast", "transpose"):
-        model = two_convs(names=("c1", "c2"), weight_from=how)
-        assert fold_constants.foldable_nodes(model) == [f"{'cast' if how == 'cast' else 'tr'}_w2"]
-        out, report = wnc_onnx.compress(model, ranks={"c1": (16, 24), "c2": (24, 24)}, **FULL)  # full rank
-        entry = next(p for p in report.passes if p["name"] == "fold_constants")
-        assert entry["status"] == "folded" and entry["tool"].startswith("onnx-graphsurgeon")
-        assert report.layer("c2").status == "decomposed"
-        assert not {"Cast", "Transpose"} & {n.op_type for n in out.graph.node}
-        assert rel_diff(model, out) < (1e-2 if how == "cast" else 1e-4)
+    model = two_convs(names=("c1", "c2"), weight_from="transpose")
+    assert fold_constants.foldable_nodes(model) == ["tr_w2"]
+    out, report = wnc_onnx.compress(model, ranks={"c1": (16, 24), "c2": (24, 24)}, **FULL)  # full rank
+    entry = next(p for p in report.passes if p["name"] == "fold_constants")
+    assert entry["status"] == "folded" and entry["tool"].startswith("onnx-graphsurgeon")
+    assert report.layer("c2").status == "decomposed"
+    assert "Transpose" not in {n.op_type for n in out.graph.node}
+    assert rel_diff(model, out) < 1e-4
+
+
+@pytest.mark.parametrize("skip", [(), ("fold_constants",)])
+def test_fp16_weights_behind_a_cast_are_read_directly_and_stay_fp16(skip):
+    """A Cast of an fp16 initializer is a constant the rules read (no folding, so
+    --skip-pass fold_constants compresses it too); the factors are stored in fp16 as well."""
+    model = two_convs(names=("c1", "c2"), weight_from="cast")
+    assert fold_constants.foldable_nodes(model) == []
+    out, report = wnc_onnx.compress(model, ranks={"c1": (16, 24), "c2": (24, 24)}, skip_passes=skip, **FULL)
+    assert report.layer("c2").status == "decomposed"
+    c2_weights = [t for t in out.graph.initializer if t.name.startswith("c2/wnc/")]
+    assert c2_weights and all(t.data_type == TensorProto.FLOAT16 for t in c2_weights)
+    casts = [n for n in out.graph.node if n.op_type == "Cast"]
+    assert len(casts) == len(c2_weights) and all(n.name.startswith("c2/wnc/") for n in casts)
+    assert rel_diff(model, out) < 1e-2
 
 
 def test_folding_failure_falls_back_and_says_so(monkeypatch):
@@ -108,7 +122,7 @@ def test_folding_failure_falls_back_and_says_so(monkeypatch):
     out, report = wnc_onnx.compress(model, **FULL)
     entry = next(p for p in report.passes if p["name"] == "fold_constants")
     assert entry["status"].startswith("failed: simulated graphsurgeon crash")
-    assert any("fold_constants: onnx-graphsurgeon failed" in w for w in report.warnings)
+    assert any("fold_constants: folding 1 weight-computing node(s) failed (simulated" in w for w in report.warnings)
     assert report.layer("c2").status == "skipped" and "not a constant" in report.layer("c2").reason
     assert report.layer("c1").status == "decomposed"
     assert rel_diff(model, out) < 0.2

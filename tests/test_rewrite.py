@@ -204,7 +204,7 @@ def test_weight_in_constant_node_and_unnamed_node():
 
 def test_shared_weight_and_graph_input_weight_are_skipped():
     rng = np.random.default_rng(8)
-    w = rng.standard_normal((6, 6)).astype(np.float32)
+    w = (rng.standard_normal((6, 2)) @ rng.standard_normal((2, 6))).astype(np.float32)  # EVBMF rank 2
     nodes = [
         helper.make_node("MatMul", ["x", "W"], ["h"], name="a"),
         helper.make_node("MatMul", ["h", "W"], ["y"], name="b"),
@@ -222,8 +222,13 @@ def test_shared_weight_and_graph_input_weight_are_skipped():
     model.graph.input.append(helper.make_tensor_value_info("W", onnx.TensorProto.FLOAT, [6, 6]))
     del model.graph.node[1]
     model.graph.output[0].name = "h"
-    _, report = wnc_onnx.compress(model, **FULL)
+    # kept as an input (--keep-initializer-inputs): it may be overridden at run time, so it is skipped
+    _, report = wnc_onnx.compress(model, skip_passes=("initializer_inputs",), **FULL)
     assert "graph input" in report.layer("a").reason
+    # by default the input goes (old export style) and the weight is compressed as a constant
+    out, report = wnc_onnx.compress(model, **FULL)
+    assert report.layer("a").status == "decomposed" and [i.name for i in out.graph.input] == ["x"]
+    assert any("also listed as graph inputs" in w for w in report.warnings)
 
 
 def test_report_totals_add_up():

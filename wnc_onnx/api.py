@@ -16,11 +16,13 @@ from onnx import numpy_helper
 
 from wnc_onnx import external_data
 from wnc_onnx.config import CompressConfig
-from wnc_onnx.errors import WncError
-from wnc_onnx.graph import skeleton, subgraphs
+from wnc_onnx.errors import WncError, one_line
+from wnc_onnx.graph import dynamic_inputs, shape_hint, skeleton, subgraphs
 from wnc_onnx.model_io import check_input, load_model
 from wnc_onnx.passes import build_passes
 from wnc_onnx.report import Report
+from wnc_onnx.threads import limited
+from wnc_onnx.threads import resolve as resolve_threads
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +56,15 @@ def _open(model: ModelLike) -> tuple[onnx.ModelProto, bool, dict[str, Any]]:
     return loaded, True, {"path": str(path), "file_bytes": size}
 
 
-def _describe(model: onnx.ModelProto, info: dict[str, Any]) -> dict[str, Any]:
+def _describe(model: onnx.ModelProto, info: dict[str, Any], cfg: CompressConfig) -> dict[str, Any]:
     return {
         "path": info["path"],
         "ir_version": model.ir_version,
         "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
         "nodes": len(model.graph.node),
+        # inputs whose size is dynamic and not given by input_shapes (--input-shape): MACs need them
+        "dynamic_inputs": [shape_hint(vi) for vi in dynamic_inputs(model) if vi.name not in cfg.input_shapes],
     }
 
 
@@ -79,15 +83,19 @@ def count_params(model: onnx.ModelProto | onnx.GraphProto) -> int:
 
 def _run(model: ModelLike, cfg: CompressConfig, plan_only: bool) -> tuple[onnx.ModelProto, Report]:
     proto, owned, info = _open(model)
-    report = Report(config=_config_dict(cfg), model=_describe(proto, info))
+    report = Report(config=_config_dict(cfg), model=_describe(proto, info, cfg))
+    threads, why = resolve_threads(cfg.threads)
+    report.config["threads_used"] = threads
+    log.debug("threads: %d (%s)", threads, why)
     params_before = count_params(proto)
     result_model = proto
-    for p in build_passes(cfg, plan_only=plan_only):
-        result = p(result_model, report, in_place=owned or result_model is not proto)
-        result_model = result.model
+    with limited(threads):
+        for p in build_passes(cfg, plan_only=plan_only):
+            result = p(result_model, report, in_place=owned or result_model is not proto)
+            result_model = result.model
     _totals(report, params_before, count_params(result_model), info["file_bytes"])
     if not plan_only:
-        _finish(result_model, report)
+        _finish(result_model, report, proto)
     return result_model, report
 
 
@@ -95,6 +103,7 @@ def _config_dict(cfg: CompressConfig) -> dict[str, Any]:
     d = asdict(cfg)
     d["ranks"] = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.ranks.items()}
     d["op_types"] = list(cfg.op_types)
+    d["input_shapes"] = {k: list(v) for k, v in cfg.input_shapes.items()}
     return d
 
 
@@ -102,22 +111,26 @@ def _totals(report: Report, params_before: int, params_after: int, file_bytes: i
     t = report.totals
     t.layers = len(report.layers)
     t.decomposed = sum(r.status == "decomposed" for r in report.layers)
+    t.planned = sum(r.status == "planned" for r in report.layers)
     t.skipped = sum(r.status == "skipped" for r in report.layers)
     t.params_before = params_before
     t.params_after = params_after
     for r in report.layers:
+        if r.status == "planned" and r.params_after is not None and r.params_before is not None:
+            t.params_after -= r.params_before - r.params_after  # inspect: what compress would remove
         if r.macs_before is None:
             t.macs_unknown_layers += 1
             continue
-        t.macs_before += r.macs_before
         changed = r.status in ("decomposed", "planned") and r.macs_after is not None
-        t.macs_after += r.macs_after if changed else r.macs_before  # type: ignore[operator]
-        if r.status == "planned" and r.params_after is not None and r.params_before is not None:
-            t.params_after -= r.params_before - r.params_after
+        t.macs_known_layers += 1
+        t.macs_known_before += r.macs_before
+        t.macs_known_after += r.macs_after if changed else r.macs_before  # type: ignore[operator]
+    if t.macs_unknown_layers == 0:
+        t.macs_before, t.macs_after = t.macs_known_before, t.macs_known_after
     t.file_bytes_before = file_bytes
 
 
-def _finish(model: onnx.ModelProto, report: Report) -> None:
+def _finish(model: onnx.ModelProto, report: Report, original: onnx.ModelProto) -> None:
     summary = {
         "decomposed": report.totals.decomposed,
         "layers": {r.name: r.ranks for r in report.decomposed},
@@ -136,7 +149,16 @@ def _finish(model: onnx.ModelProto, report: Report) -> None:
         try:
             onnx.checker.check_model(skeleton(model), full_check=True)
         except Exception as exc:
-            raise RuntimeError(f"wnc-onnx produced a model that fails the ONNX checker (a bug): {exc}") from exc
+            try:  # strict checks include shape inference, which some exports fail as they are
+                onnx.checker.check_model(skeleton(original), full_check=True)
+            except Exception as original_exc:
+                onnx.checker.check_model(skeleton(model))
+                report.warnings.append(
+                    "the input fails ONNX's strict checks too (shape inference: "
+                    f"{one_line(original_exc, 100)}); the output passes the plain checker"
+                )
+            else:
+                raise RuntimeError(f"wnc-onnx produced a model that fails the ONNX checker (a bug): {exc}") from exc
 
 
 def compress(model: ModelLike, config: CompressConfig | None = None, **options: Any) -> tuple[onnx.ModelProto, Report]:

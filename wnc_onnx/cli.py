@@ -1,18 +1,16 @@
-"""Command line: a thin layer over ``wnc_onnx.compress`` / ``wnc_onnx.inspect``.
-
-wnc-onnx [compress] in.onnx out.onnx [options]
-wnc-onnx inspect in.onnx [options]
-wnc-onnx finetune compressed.onnx tuned.onnx --train DATA [--val DATA] [options]
-wnc-onnx demo out_dir
-"""
+"""Command line: a thin layer over ``wnc_onnx.compress`` / ``wnc_onnx.inspect`` / ``wnc_onnx.finetune``."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import errno
 import logging
+import os
 import re
 import sys
 import traceback
+from collections import Counter
 from pathlib import Path
 from typing import NoReturn
 
@@ -27,6 +25,36 @@ SUBCOMMANDS = ("compress", "inspect", "finetune", "demo")
 EXIT_VERIFY_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
+DEMO_DIR = "wnc-demo"
+
+DESCRIPTION = """\
+Compress a trained CNN in ONNX: EVBMF picks each layer's ranks, Tucker-2 / Tucker-1 / SVD
+rewrite Conv, Gemm and MatMul layers as chains of smaller ones (Kim et al., ICLR 2016),
+and fine-tuning with ONNX Runtime training brings the accuracy back.
+
+subcommands:
+  wnc-onnx [compress] IN.onnx OUT.onnx [options]   compress a model (the default subcommand)
+  wnc-onnx inspect IN.onnx [options]               print the plan (ranks, costs); write nothing
+  wnc-onnx finetune IN.onnx OUT.onnx --train DATA  fine-tune a compressed model
+  wnc-onnx demo [DIR]                              compress a small generated CNN into DIR
+
+'wnc-onnx SUBCOMMAND --help' lists a subcommand's options."""
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Shows a default once, and only where it says something (not None, False or [])."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default in (None, False, [], argparse.SUPPRESS)
+            or action.option_strings == []
+            and action.nargs != "?"
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +67,7 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--op-types",
         default=",".join(SUPPORTED_OPS),
-        help="comma-separated op types to compress (default: %(default)s)",
+        help="comma-separated op types to compress",
     )
     g.add_argument("--include", metavar="REGEX", help="only layers whose node name matches")
     g.add_argument("--exclude", metavar="REGEX", help="skip layers whose node name matches")
@@ -61,26 +89,31 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="factor a Gemm fed by Flatten of a CxHxW map with SVD instead of Tucker-2",
     )
+    g.add_argument(
+        "--keep-initializer-inputs",
+        action="store_true",
+        help="old exports list weights as graph inputs too; by default those inputs are removed and the weights "
+        "compressed as the constants they are; with this flag they stay inputs and their layers are skipped "
+        "(same as --skip-pass initializer_inputs)",
+    )
     r = p.add_argument_group("ranks")
     r.add_argument(
         "--ranks",
         metavar="FILE",
         help='JSON {"layer": [R3, R4] | R}: explicit ranks, overriding VBMF (selects the layer)',
     )
-    r.add_argument(
-        "--min-rank", type=int, default=CompressConfig.min_rank, help="floor for VBMF ranks (default: %(default)s)"
-    )
+    r.add_argument("--min-rank", type=int, default=CompressConfig.min_rank, help="floor for VBMF ranks")
     r.add_argument(
         "--rank-multiple",
         type=int,
-        default=1,
+        default=CompressConfig.rank_multiple,
         metavar="N",
-        help="round VBMF ranks up to a multiple of N, e.g. 8 or 16 for SIMD (default: 1)",
+        help="round VBMF ranks up to a multiple of N, e.g. 8 or 16 for SIMD",
     )
     r.add_argument(
         "--rank-boost",
         type=float,
-        default=0.0,
+        default=CompressConfig.rank_boost,
         metavar="F",
         help="move ranks from VBMF (0) toward full rank (1): more accuracy, less compression",
     )
@@ -89,24 +122,38 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
         type=int,
         default=CompressConfig.tucker1_max_in,
         metavar="C",
-        help="convs with at most C input channels get Tucker-1 (default: %(default)s)",
+        help="convs with at most C input channels get Tucker-1",
     )
     r.add_argument(
         "--allow-no-saving",
         action="store_true",
         help="rewrite layers even when weights or MACs would not drop (for checks)",
     )
-    r.add_argument(
-        "--hooi-iters",
-        type=int,
-        default=CompressConfig.hooi_max_iter,
-        help="max HOOI sweeps after HOSVD (default: %(default)s)",
-    )
+    r.add_argument("--hooi-iters", type=int, default=CompressConfig.hooi_max_iter, help="max HOOI sweeps after HOSVD")
     r.add_argument(
         "--hooi-tol",
         type=float,
         default=CompressConfig.hooi_tol,
-        help="stop HOOI when the captured energy gains less (default: %(default)s)",
+        help="stop HOOI when the captured energy gains less",
+    )
+
+
+def _add_sizes(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input sizes")
+    g.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME=D1,D2,...",
+        help="size of a model input with dynamic dims (repeatable): MACs are counted at this size, and "
+        "random --verify inputs get it (dynamic dims otherwise: batch 1, others 64)",
+    )
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="BLAS and onnxruntime threads (default: the cores free when the run starts)",
     )
 
 
@@ -115,17 +162,17 @@ def _add_verify(p: argparse.ArgumentParser) -> None:
     g.add_argument("--verify", action="store_true", help="run both models and compare their outputs")
     g.add_argument("--inputs", metavar="NPZ", help="inputs for --verify: one array per model input")
     g.add_argument(
-        "--input-shape",
+        "--input-value",
         action="append",
         default=[],
-        metavar="NAME=D1,D2,...",
-        help="shape of a random --verify input (dynamic dims default to batch 1, others 64)",
+        metavar="NAME=V",
+        help="fill a --verify input with the value V instead of random numbers, e.g. --input-value sr=16000",
     )
     g.add_argument(
         "--tolerance",
         type=float,
         metavar="T",
-        help="fail (exit 1, nothing written) when the worst relative output error exceeds T",
+        help="fail (exit 1, nothing written) when the worst output error exceeds T (see README, 'Verify')",
     )
 
 
@@ -138,8 +185,8 @@ def _add_output(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> dict[str, argparse.ArgumentParser]:
-    common = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
-    top = _Parser(prog="wnc-onnx", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = {"formatter_class": _Formatter}
+    top = _Parser(prog="wnc-onnx", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("--version", action="version", version=f"wnc-onnx {__version__}")
     comp = _Parser(prog="wnc-onnx [compress]", description="Compress a model with VBMF ranks + Tucker/SVD.", **common)  # type: ignore[arg-type]
     comp.add_argument("input", help="model to compress (.onnx); never modified")
@@ -152,11 +199,13 @@ def build_parser() -> dict[str, argparse.ArgumentParser]:
         "default: external when the input's weights are, or above 2 GB",
     )
     _add_selection(comp)
+    _add_sizes(comp)
     _add_verify(comp)
     _add_output(comp)
     insp = _Parser(prog="wnc-onnx inspect", description="Print the plan (ranks, costs); write nothing.", **common)  # type: ignore[arg-type]
-    insp.add_argument("input")
+    insp.add_argument("input", help="model to inspect (.onnx)")
     _add_selection(insp)
+    _add_sizes(insp)
     _add_output(insp)
     tune = _Parser(
         prog="wnc-onnx finetune",
@@ -164,11 +213,34 @@ def build_parser() -> dict[str, argparse.ArgumentParser]:
         **common,  # type: ignore[arg-type]
     )
     cli_finetune.add_arguments(tune)
-    demo = _Parser(prog="wnc-onnx demo", description="Generate a small CNN with low-rank structure and compress it.")
-    demo.add_argument("outdir", nargs="?", default="wnc-demo")
+    demo = _Parser(
+        prog="wnc-onnx demo",
+        description="Generate a small CNN with low-rank structure and compress it.",
+        **common,  # type: ignore[arg-type]
+    )
+    demo.add_argument(
+        "outdir",
+        nargs="?",
+        default=DEMO_DIR,
+        help="folder for demo_cnn.onnx, demo_cnn.small.onnx, report.json (and ranks.png)",
+    )
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     demo.add_argument("--plot", action="store_true", help="also write ranks.png")
+    demo.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     return {"top": top, "compress": comp, "inspect": insp, "finetune": tune, "demo": demo}
+
+
+def _input_shapes(a: argparse.Namespace) -> dict[str, tuple[int, ...]]:
+    from wnc_onnx.verify import parse_input_shapes
+
+    shapes = {k: tuple(v) for k, v in parse_input_shapes(a.input_shape).items()}
+    if getattr(a, "inputs", None) and not shapes:  # real --verify inputs: their sizes count MACs too
+        from wnc_onnx.model_io import read_npz
+
+        arrays = read_npz(a.inputs, "inputs file", "with one array per model input", "numpy.savez(path, x=array)")
+        model_inputs = {vi.name for vi in load_model(a.input).graph.input}
+        shapes = {k: tuple(v.shape) for k, v in arrays.items() if k in model_inputs and v.ndim and all(v.shape)}
+    return shapes
 
 
 def _config(a: argparse.Namespace) -> CompressConfig:
@@ -186,28 +258,70 @@ def _config(a: argparse.Namespace) -> CompressConfig:
             tucker1_max_in=a.tucker1_max_in,
             fc_tucker=not a.no_fc_tucker,
             require_savings=not a.allow_no_saving,
-            skip_passes=tuple(dict.fromkeys([*a.skip_pass, *(["fold_batchnorm"] if a.no_fold_bn else [])])),
+            skip_passes=tuple(
+                dict.fromkeys(
+                    [
+                        *a.skip_pass,
+                        *(["fold_batchnorm"] if a.no_fold_bn else []),
+                        *(["initializer_inputs"] if a.keep_initializer_inputs else []),
+                    ]
+                )
+            ),
             hooi_max_iter=a.hooi_iters,
             hooi_tol=a.hooi_tol,
+            input_shapes=_input_shapes(a),
+            threads=a.threads,
         )
     except (ValueError, re.error) as exc:
         raise WncError(f"invalid option: {exc}", "see 'wnc-onnx --help'") from None
 
 
-def _emit(report, a: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
-    print(report.to_json() if a.json else report.to_table())
-    if a.report:
-        write_text_atomic(a.report, report.to_json() + "\n")
+def _emit(report: Report, a: argparse.Namespace) -> None:
     if a.plot:
         from wnc_onnx.plot import plot_report
 
         plot_report(report, a.plot)
+    if a.report:
+        write_text_atomic(a.report, report.to_json() + "\n")
+    print(report.to_json() if a.json else report.to_table())
 
 
 def _check_side_outputs(a: argparse.Namespace) -> None:
     for path in (a.report, a.plot):
         if path:
             check_output_path(a.input, path)
+    if a.plot:
+        from wnc_onnx.plot import pyplot
+
+        pyplot()  # a missing matplotlib fails now, not after the work
+
+
+def _nothing_compressed(report: Report, quiet: bool) -> WncError:
+    """The refusal when every layer was skipped: its fix fits the reasons."""
+    if not quiet:
+        print(report.to_table())
+    reasons = [r.reason for r in report.layers]
+    if all(r.startswith("quantized") or "DequantizeLinear" in r for r in reasons):
+        return WncError(
+            "the model is quantized: no float Conv/Gemm/MatMul to factor",
+            "compress the float model, then quantize the result",
+        )
+    rank_bound = sum("VBMF rank" in r or "no saving" in r for r in reasons)
+    inputs = sum("graph input" in r for r in reasons)
+    fixes = []
+    if inputs:
+        fixes.append("drop --keep-initializer-inputs (weights that are also graph inputs are then compressed)")
+    if rank_bound:
+        fixes.append("give ranks with --ranks, or lower --min-rank / --rank-boost where no saving is possible")
+    if not fixes:
+        fixes.append("see the reasons per layer (wnc-onnx inspect)")
+    common = Counter(r.split(":")[0] for r in reasons).most_common(2)
+    why = "; ".join(f"{n} x {text}" if n > 1 else text for text, n in common)
+    return WncError(
+        f"no layer was compressed: all {report.totals.layers} candidate layers were skipped ({why}"
+        + (")" if quiet else "; reasons above)"),
+        "; ".join(fixes),
+    )
 
 
 def run_compress(a: argparse.Namespace) -> int:
@@ -216,19 +330,10 @@ def run_compress(a: argparse.Namespace) -> int:
     cfg = _config(a)
     model, report = compress(a.input, cfg)
     if report.totals.decomposed == 0:
-        print(report.to_table())
-        if all(r.reason.startswith("quantized") or "DequantizeLinear" in r.reason for r in report.layers):
-            raise WncError(
-                "the model is quantized: no float Conv/Gemm/MatMul to factor",
-                "compress the float model, then quantize the result",
-            )
-        raise WncError(
-            f"no layer was compressed: all {report.totals.layers} candidate layers were skipped (reasons above)",
-            "lower --min-rank, give ranks with --ranks, or use --rank-boost",
-        )
-    checking = bool(a.verify or a.inputs or a.input_shape or a.tolerance is not None)
+        raise _nothing_compressed(report, a.quiet)
+    checking = bool(a.verify or a.inputs or a.input_value or a.tolerance is not None)
     with staged_model(model, out, a.external_data) as stage:
-        if checking and not _verified(a, stage.path, report):
+        if checking and not _verified(a, stage.path, report, cfg):
             stage.keep = False
             return EXIT_VERIFY_FAILED
     report.totals.file_bytes_after = stage.nbytes
@@ -236,24 +341,45 @@ def run_compress(a: argparse.Namespace) -> int:
     if stage.data_path is not None:
         report.model["output_data"] = str(stage.data_path)
     _emit(report, a)
+    advice = report.extras.get("verify_advice")
+    if advice:
+        print(advice, file=sys.stderr)
     return 0
 
 
-def _verified(a: argparse.Namespace, written: Path, report: Report) -> bool:
+def _verified(a: argparse.Namespace, written: Path, report: Report, cfg: CompressConfig) -> bool:
     """Run the input and the written (staged) output in onnxruntime; False: over --tolerance."""
-    from wnc_onnx.verify import load_inputs, parse_input_shapes, verify
+    from wnc_onnx.verify import load_inputs, parse_input_values, verify
 
-    shapes = parse_input_shapes(a.input_shape)
     feeds = load_inputs(a.inputs, load_model(a.input)) if a.inputs else None
-    result = verify(a.input, written, inputs=feeds, input_shapes=shapes, tolerance=a.tolerance)
+    layers = [
+        (r.name, r.input_tensor, r.output_tensor)
+        for r in report.decomposed
+        if r.input_tensor is not None and r.output_tensor is not None
+    ]
+    result = verify(
+        a.input,
+        written,
+        inputs=feeds,
+        input_shapes=cfg.input_shapes,
+        input_values=parse_input_values(a.input_value),
+        tolerance=a.tolerance,
+        threads=report.config.get("threads_used", 0),
+        layers=layers,
+    )
     report.extras["verify"] = result.to_dict()
     print(result.to_table(), file=sys.stderr)
     if result.passed:
+        advice = result.advice()
+        if advice:
+            report.extras["verify_advice"] = advice
         return True
-    print(report.to_table())
+    if not a.quiet:
+        print(report.to_table())
     print(
-        f"wnc-onnx: verify failed: worst relative output error {result.worst_rel:.3g} exceeds "
-        f"--tolerance {a.tolerance:g}; nothing written; fix: raise --rank-boost or --min-rank",
+        f"wnc-onnx: verify failed: worst output error {result.worst_rel:.3g} exceeds "
+        f"--tolerance {a.tolerance:g}; nothing written; fix: raise --rank-boost or --min-rank, or exclude layers"
+        + (f" ({result.advice()})" if result.advice() and not a.quiet else ""),
         file=sys.stderr,
     )
     return False
@@ -270,7 +396,14 @@ def run_demo(a: argparse.Namespace) -> int:
     from wnc_onnx import zoo
 
     outdir = Path(a.outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    if outdir.exists() and not outdir.is_dir():
+        raise WncError(f"demo folder {outdir} is a file", "give a folder path, e.g. 'wnc-onnx demo wnc-demo'")
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WncError(
+            f"cannot create demo folder {outdir}: {exc.strerror or exc}", "choose a writable location"
+        ) from None
     src = outdir / "demo_cnn.onnx"
     save_model(zoo.demo_cnn(), src)
     print(f"wrote {src}: a small CNN whose kernels have planted low-rank structure")
@@ -288,6 +421,21 @@ def run_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _subcommand(argv: list[str]) -> tuple[str, list[str]]:
+    """(subcommand, its arguments); a word that is neither a subcommand nor a file is a typo."""
+    first = argv[0]
+    if first in SUBCOMMANDS:
+        return first, argv[1:]
+    if not first.startswith("-") and not Path(first).exists() and not first.lower().endswith(".onnx"):
+        close = difflib.get_close_matches(first, SUBCOMMANDS, n=1)
+        guess = f"did you mean '{close[0]}'? " if close else ""
+        raise WncError(
+            f"'{first}' is neither a subcommand nor an existing file",
+            f"{guess}subcommands: {', '.join(SUBCOMMANDS)}; to compress: wnc-onnx IN.onnx OUT.onnx",
+        )
+    return "compress", argv
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parsers = build_parser()
@@ -299,10 +447,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wnc-onnx {__version__}")
             return 0
         parsers["top"].print_help()
-        print("\nsubcommands: compress (default), inspect, finetune, demo; 'wnc-onnx finetune --help' for options")
         return 0
-    cmd = argv[0] if argv[0] in SUBCOMMANDS else "compress"
-    rest = argv[1:] if argv[0] in SUBCOMMANDS else argv
+    try:
+        cmd, rest = _subcommand(argv)
+    except WncError as exc:
+        print(f"wnc-onnx: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     a = parsers[cmd].parse_args(rest)
     quiet = getattr(a, "quiet", False)
     # Our progress lines at info; other libraries' (onnxruntime.training logs each artifact it saves) at warning.
@@ -310,18 +460,41 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("wnc_onnx").setLevel(logging.WARNING if quiet else logging.INFO)
     try:
         runners = {"compress": run_compress, "inspect": run_inspect, "finetune": cli_finetune.run, "demo": run_demo}
-        return runners[cmd](a)
+        code = runners[cmd](a)
+        sys.stdout.flush()
+        return code
     except WncError as exc:
         print(f"wnc-onnx: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("wnc-onnx: interrupted; nothing written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader (head, less) went away: end quietly, as Unix tools do
+        _silence_stdout()
+        return 0
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            _silence_stdout()
+            return 0
+        return _internal(a, exc)
     except Exception as exc:  # a bug: one line unless --debug
-        if getattr(a, "debug", False):
-            traceback.print_exc()
-        print(
-            f"wnc-onnx: internal error: {type(exc).__name__}: {one_line(exc, 400)} (rerun with --debug and report it)",
-            file=sys.stderr,
-        )
-        return EXIT_INTERNAL
+        return _internal(a, exc)
+
+
+def _internal(a: argparse.Namespace, exc: BaseException) -> int:
+    if getattr(a, "debug", False):
+        traceback.print_exc()
+    print(
+        f"wnc-onnx: internal error: {type(exc).__name__}: {one_line(exc, 400)} (rerun with --debug and report it)",
+        file=sys.stderr,
+    )
+    return EXIT_INTERNAL
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush raises no second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

@@ -40,15 +40,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     d.add_argument("--std", default="1", metavar="S[,S,S]", help="image folders: then divide per channel")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=C.epochs)
+    t.add_argument("--epochs", type=int, default=C.epochs, help="passes over the training data")
     t.add_argument("--lr", type=float, default=C.lr, help="base learning rate")
-    t.add_argument("--batch-size", type=int, default=C.batch_size)
+    t.add_argument("--batch-size", type=int, default=C.batch_size, help="samples per training step")
     t.add_argument("--optimizer", choices=("adamw", "sgd"), default=C.optimizer, help="sgd: plain, no momentum")
-    t.add_argument("--loss", choices=("cross_entropy", "mse"), default=C.loss)
+    t.add_argument(
+        "--loss",
+        choices=("cross_entropy", "mse"),
+        default=C.loss,
+        help="cross_entropy: integer class labels, (N, classes) output; mse: float targets shaped like the output",
+    )
     t.add_argument("--lr-step", type=int, default=C.lr_step, metavar="E", help="decay the rate every E epochs")
     t.add_argument("--lr-gamma", type=float, default=C.lr_gamma, metavar="G", help="by this factor (1: constant)")
     t.add_argument("--seed", type=int, default=C.seed, help="shuffling order")
-    t.add_argument("--threads", type=int, default=C.threads, help="onnxruntime intra-op threads (0: all cores)")
+    t.add_argument(
+        "--threads", type=int, default=C.threads, help="onnxruntime intra-op threads (default: 0, all cores)"
+    )
     c = p.add_argument_group("checkpoints")
     c.add_argument(
         "--checkpoint-dir",

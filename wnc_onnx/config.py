@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul")
 # The graph passes, in the order they run (wnc_onnx.passes.build_passes builds them).
-PASS_NAMES: tuple[str, ...] = ("name_nodes", "fold_constants", "fold_batchnorm", "lowrank", "cleanup")
+PASS_NAMES: tuple[str, ...] = (
+    "name_nodes",
+    "initializer_inputs",
+    "fold_constants",
+    "fold_batchnorm",
+    "lowrank",
+    "cleanup",
+)
 
 RankSpec = int | tuple[int, int]
 
@@ -34,11 +41,20 @@ class CompressConfig:
     skip_passes: tuple[str, ...] = ()  # e.g. ("fold_batchnorm", "cleanup"); see PASS_NAMES
     hooi_max_iter: int = 20
     hooi_tol: float = 1e-5
+    # Shapes of graph inputs with dynamic dims, e.g. {"images": (1, 3, 640, 640)}: MACs are
+    # counted at these sizes (shape inference runs with them).
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # BLAS and onnxruntime threads; 0: the cores that are free when the run starts
+    threads: int = 0
 
     def __post_init__(self) -> None:
         # [R3, R4] lists (as in a JSON ranks file) are accepted from API callers too
         ranks = {k: tuple(v) if isinstance(v, list) else v for k, v in self.ranks.items()}
         object.__setattr__(self, "ranks", ranks)
+        shapes = {k: tuple(int(d) for d in v) for k, v in self.input_shapes.items()}
+        if any(d <= 0 for v in shapes.values() for d in v):
+            raise ValueError(f"input_shapes must hold positive dims, got {shapes}")
+        object.__setattr__(self, "input_shapes", shapes)
         bad = [op for op in self.op_types if op not in SUPPORTED_OPS]
         if bad:
             raise ValueError(f"unsupported op types {bad}; choose from {list(SUPPORTED_OPS)}")
@@ -54,6 +70,8 @@ class CompressConfig:
         unknown = [p for p in self.skip_passes if p not in PASS_NAMES or p == "lowrank"]
         if unknown:
             raise ValueError(f"cannot skip passes {unknown}; skippable: {[p for p in PASS_NAMES if p != 'lowrank']}")
+        if self.threads < 0:
+            raise ValueError("threads must be >= 0 (0: automatic)")
         if self.hooi_max_iter < 0 or self.hooi_tol < 0:
             raise ValueError("hooi_max_iter and hooi_tol must be >= 0")
 

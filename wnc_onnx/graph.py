@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from wnc_onnx import external_data
-from wnc_onnx.walk import subgraphs
+from wnc_onnx.errors import WncError, one_line
+from wnc_onnx.walk import all_graphs, subgraphs
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +68,26 @@ def node_reads(node: onnx.NodeProto) -> set[str]:
     return names
 
 
-def prune_unread(graph: onnx.GraphProto, candidates: set[str]) -> set[str]:
+def mirrors_inputs(model: onnx.ModelProto, graph: onnx.GraphProto) -> bool:
+    """Whether ``graph`` lists its initializers as inputs because the IR requires it (IR < 4)."""
+    return model.ir_version < 4 and graph is model.graph
+
+
+def add_initializers(model: onnx.ModelProto, graph: onnx.GraphProto, tensors: list[onnx.TensorProto]) -> None:
+    """Append initializers to ``graph``; before IR 4 the main graph lists them as inputs too."""
+    graph.initializer.extend(tensors)
+    if mirrors_inputs(model, graph):
+        graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in tensors)
+
+
+def prune_unread(graph: onnx.GraphProto, candidates: set[str], mirrored_inputs: bool = False) -> set[str]:
     """Remove, in place, what a rewrite left unread: nodes whose first output is in
     ``candidates`` and that nothing reads (repeatedly), initializers in ``candidates``
     that nothing reads, and value_info of tensors that no longer exist.
+
+    An initializer that is also a graph input is part of the graph's interface (an input
+    with a default): it stays, unless ``mirrored_inputs`` (IR < 4, where every
+    initializer is listed as an input), when its input entry goes with it.
     Returns the names of the removed initializers."""
     outputs = {o.name for o in graph.output}
     while True:
@@ -84,11 +102,16 @@ def prune_unread(graph: onnx.GraphProto, candidates: set[str]) -> set[str]:
         for i in reversed(dead):
             del graph.node[i]
     removed: set[str] = set()
+    inputs = {vi.name for vi in graph.input}
     for i in range(len(graph.initializer) - 1, -1, -1):
         name = graph.initializer[i].name
-        if name in candidates and name not in reads:
+        if name in candidates and name not in reads and (name not in inputs or mirrored_inputs):
             removed.add(name)
             del graph.initializer[i]
+    if removed & inputs:
+        keep = [vi for vi in graph.input if vi.name not in removed]
+        del graph.input[:]
+        graph.input.extend(keep)
     alive = {o for n in graph.node for o in n.output} | {vi.name for vi in graph.input}
     alive |= {t.name for t in graph.initializer}
     if any(vi.name not in alive for vi in graph.value_info):
@@ -106,14 +129,69 @@ def _value_infos(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
     return infos
 
 
-def infer_shapes(model: onnx.ModelProto) -> dict[str, list[Dim]]:
-    """Static shapes of every tensor that shape inference can resolve."""
+def apply_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> None:
+    """Set the dims of graph inputs, in place (``model`` is a skeleton or a copy).
+
+    A name that is not an input, or a rank that does not match, is a WncError."""
+    if not input_shapes:
+        return
+    inits = {t.name for t in model.graph.initializer}
+    inputs = {vi.name: vi for vi in model.graph.input if vi.name not in inits}
+    unknown = sorted(set(input_shapes) - set(inputs))
+    if unknown:
+        raise WncError(f"--input-shape names unknown input(s) {unknown}", f"the model's inputs are {sorted(inputs)}")
+    for name, dims in input_shapes.items():
+        tt = inputs[name].type.tensor_type
+        if tt.HasField("shape") and len(tt.shape.dim) != len(dims):
+            raise WncError(
+                f"--input-shape {name}={','.join(map(str, dims))} has {len(dims)} dims, "
+                f"the input has {len(tt.shape.dim)}",
+                f"give {len(tt.shape.dim)} dims, e.g. --input-shape {shape_hint(inputs[name])}",
+            )
+        del tt.shape.dim[:]
+        for d in dims:
+            tt.shape.dim.add().dim_value = int(d)
+
+
+def shape_hint(vi: onnx.ValueInfoProto) -> str:
+    """``NAME=1,3,<height>,<width>`` for an input: dynamic dims as placeholders (batch: 1)."""
+    dims = []
+    for i, d in enumerate(vi.type.tensor_type.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(str(d.dim_value))
+        elif i == 0:
+            dims.append("1")
+        else:
+            dims.append(f"<{d.dim_param}>" if d.dim_param.isidentifier() else f"<D{i}>")
+    return f"{vi.name}={','.join(dims)}"
+
+
+def dynamic_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs (not initializers) with a dim that is not a fixed positive integer."""
+    inits = {t.name for t in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        if vi.name in inits or not vi.type.HasField("tensor_type"):
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if any(not (d.HasField("dim_value") and d.dim_value > 0) for d in dims):
+            out.append(vi)
+    return out
+
+
+def infer_shapes(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, list[Dim]]:
+    """Static shapes of every tensor that shape inference can resolve (inputs set to
+    ``input_shapes`` first, where given)."""
     shapes: dict[str, list[Dim]] = {}
+    light = skeleton(model)
+    apply_input_shapes(light, input_shapes or {})
     try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton(model), data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
     except Exception as exc:  # inference is advisory: MACs become unknown
-        log.warning("shape inference failed (%s); MAC counts may be missing", exc)
-        inferred = model
+        log.warning("shape inference failed (%s); MAC counts may be missing", one_line(exc, 200))
+        inferred = light
     for vi in _value_infos(inferred.graph):
         tt = vi.type.tensor_type
         if not tt.HasField("shape"):
@@ -132,8 +210,36 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, list[Dim]]:
     return shapes
 
 
+_FLOAT_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+)
+
+
+def _cast_to(node: onnx.NodeProto) -> int:
+    return next((int(a.i) for a in node.attribute if a.name == "to"), onnx.TensorProto.FLOAT)
+
+
+def is_pass_through(node: onnx.NodeProto) -> bool:
+    """Identity, or a Cast between float types: the value is the input's (in another dtype)."""
+    return node.op_type == "Identity" or (node.op_type == "Cast" and _cast_to(node) in _FLOAT_TYPES)
+
+
+def count_reads(graph: onnx.GraphProto) -> dict[str, int]:
+    """How many nodes read each name as a direct input, over ``graph`` and all its subgraphs."""
+    counts: dict[str, int] = defaultdict(int)
+    for g in all_graphs(graph):
+        for node in g.node:
+            for name in set(node.input):
+                if name:
+                    counts[name] += 1
+    return counts
+
+
 class GraphContext:
-    """Index of one graph: initializers, Constant outputs, consumers, shapes."""
+    """Index of one graph: initializers, Constant outputs, consumers, shapes.
+
+    A subgraph's context has ``outer``, the context of the graph around it: weights that
+    the subgraph reads from there are found too; ``reads`` counts uses over the whole model."""
 
     def __init__(
         self,
@@ -141,8 +247,12 @@ class GraphContext:
         graph: onnx.GraphProto | None = None,
         prefix: str = "",
         shapes: dict[str, list[Dim]] | None = None,
+        outer: GraphContext | None = None,
+        reads: dict[str, int] | None = None,
     ) -> None:
         self.model = model
+        self.outer = outer
+        self.reads = reads
         self.graph = g = model.graph if graph is None else graph
         self.prefix = prefix  # "<node>/<attribute>/" for a subgraph: qualifies layer names
         self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in g.initializer}
@@ -164,65 +274,106 @@ class GraphContext:
         self.tensor_names = set(self.producers) | set(self.initializers) | self.graph_inputs
 
     def chain(self, name: str) -> list[str]:
-        """``name`` and, through Identity nodes, the names it copies: [name, ..., source]."""
+        """``name`` and, through Identity and float Cast nodes, the names it comes from:
+        [name, ..., source]. The rules read such a weight directly (no folding needed).
+        Names from enclosing graphs are followed too (a subgraph may read outer weights)."""
         names = [name]
-        while names[-1] in self.producers and self.producers[names[-1]].op_type == "Identity" and len(names) < 64:
-            names.append(self.producers[names[-1]].input[0])
+        while len(names) < 64:
+            owner = self._owner(names[-1])
+            node = owner.producers.get(names[-1])
+            if node is None or not node.input or not is_pass_through(node):
+                break
+            names.append(node.input[0])
         return names
+
+    def _owner(self, name: str) -> GraphContext:
+        """The graph (this one or an enclosing one) where ``name`` is defined."""
+        ctx: GraphContext | None = self
+        while ctx is not None:
+            if name in ctx.producers or name in ctx.initializers or name in ctx.graph_inputs:
+                return ctx
+            ctx = ctx.outer
+        return self
+
+    def _source(self, name: str) -> tuple[GraphContext, str]:
+        source = self.chain(name)[-1]
+        return self._owner(source), source
+
+    def uses(self, name: str) -> int:
+        """How many nodes read ``name``, in this graph, its subgraphs and the graphs around it."""
+        if self.reads is not None:
+            return self.reads.get(name, 0)
+        return len(self.consumers.get(name, []))
 
     def constant_reason(self, name: str) -> str | None:
         """None when ``name`` is a constant weight usable by a rewrite, else why not.
 
-        Identity-wrapped initializers and Constant outputs count as constants."""
-        name = self.chain(name)[-1]
-        producer = self.producers.get(name)
+        Initializers and Constant outputs, also behind Identity / Cast nodes or in an
+        enclosing graph, count as constants."""
+        ctx, name = self._source(name)
+        producer = ctx.producers.get(name)
         if producer is not None and producer.op_type == "DequantizeLinear":
             return "weight comes from DequantizeLinear (quantized model): compress the float model, then quantize"
-        if name in self.initializers:
+        if name in ctx.initializers:
             # Before IR 4 every initializer had to be listed as an input: still a constant.
-            if name in self.graph_inputs and self.model.ir_version >= 4:
-                return "weight is also a graph input (it can be overridden at run time)"
+            if name in ctx.graph_inputs and self.model.ir_version >= 4:
+                return "weight is also a graph input (it can be overridden at run time; see --keep-initializer-inputs)"
             return None
-        if name in self.constants:
+        if name in ctx.constants:
             return None
         return NOT_CONSTANT
 
     def array(self, name: str) -> np.ndarray:
-        """The value of a constant tensor (initializer or Constant node, through Identity)."""
-        name = self.chain(name)[-1]
-        if name in self.initializers:
-            return external_data.read_array(self.initializers[name])
-        node = self.constants[name]
-        for attr in node.attribute:
-            if attr.name == "value":
-                return external_data.read_array(attr.t)
-        raise KeyError(f"Constant {name} has no tensor value")
+        """The value of a constant tensor (initializer or Constant node, through Identity / Cast)."""
+        names = self.chain(name)
+        ctx, source = self._owner(names[-1]), names[-1]
+        if source in ctx.initializers:
+            value = external_data.read_array(ctx.initializers[source])
+        else:
+            tensors = [a.t for a in ctx.constants[source].attribute if a.name == "value"]
+            if not tensors:
+                raise KeyError(f"Constant {source} has no tensor value")
+            value = external_data.read_array(tensors[0])
+        for outer in reversed(names[:-1]):  # apply the casts, source first
+            node = self._owner(outer).producers[outer]
+            if node.op_type == "Cast":
+                value = value.astype(onnx.helper.tensor_dtype_to_np_dtype(_cast_to(node)))
+        return value
 
     def is_external(self, name: str) -> bool:
         """Whether the constant's bytes live in an external data file."""
-        name = self.chain(name)[-1]
-        t = self.initializers.get(name)
+        ctx, name = self._source(name)
+        t = ctx.initializers.get(name)
         return t is not None and external_data.is_external(t)
 
-    def dtype(self, name: str) -> int:
-        name = self.chain(name)[-1]
-        if name in self.initializers:
-            return int(self.initializers[name].data_type)
-        for attr in self.constants[name].attribute:
+    def storage_dtype(self, name: str) -> int:
+        """The element type the constant is stored in (before any Cast)."""
+        ctx, name = self._source(name)
+        if name in ctx.initializers:
+            return int(ctx.initializers[name].data_type)
+        for attr in ctx.constants[name].attribute:
             if attr.name == "value":
                 return int(attr.t.data_type)
         return onnx.TensorProto.FLOAT
 
+    def dtype(self, name: str) -> int:
+        """The element type the layer computes in: the nearest Cast's target, else the storage type."""
+        for n in self.chain(name)[:-1]:
+            node = self._owner(n).producers[n]
+            if node.op_type == "Cast":
+                return _cast_to(node)
+        return self.storage_dtype(name)
+
     def weight_shape(self, name: str) -> list[int]:
-        name = self.chain(name)[-1]
-        if name in self.initializers:
-            return [int(d) for d in self.initializers[name].dims]
+        ctx, name = self._source(name)
+        if name in ctx.initializers:
+            return [int(d) for d in ctx.initializers[name].dims]
         return list(self.array(name).shape)
 
     def numel(self, name: str) -> int:
-        name = self.chain(name)[-1]
-        if name in self.initializers:
-            return int(np.prod(self.initializers[name].dims, dtype=np.int64))
+        ctx, name = self._source(name)
+        if name in ctx.initializers:
+            return int(np.prod(ctx.initializers[name].dims, dtype=np.int64))
         return int(self.array(name).size)
 
     def shape(self, name: str) -> list[Dim] | None:

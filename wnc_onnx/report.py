@@ -39,6 +39,9 @@ class LayerReport:
     hooi_iterations: int | None = None
     nodes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # the layer's data input and output tensors (main graph only): --verify measures the error there
+    input_tensor: str | None = None
+    output_tensor: str | None = None
 
     @property
     def params_ratio(self) -> float | None:
@@ -65,12 +68,18 @@ def _ratio(before: int | None, after: int | None) -> float | None:
 class Totals:
     layers: int = 0
     decomposed: int = 0
+    planned: int = 0  # inspect: layers that compress would decompose
     skipped: int = 0
     params_before: int = 0  # every weight of the model (initializers and Constant tensors)
-    params_after: int = 0
-    macs_before: int = 0  # over every Conv/Gemm/MatMul whose size is static
-    macs_after: int = 0
+    params_after: int = 0  # after compress; for inspect, what compress would leave
+    # MACs of the whole model: None unless the size of every Conv/Gemm/MatMul is known
+    macs_before: int | None = None
+    macs_after: int | None = None
     macs_unknown_layers: int = 0
+    # The part that is known: sums over the layers of static size (a partial figure)
+    macs_known_layers: int = 0
+    macs_known_before: int = 0
+    macs_known_after: int = 0
     file_bytes_before: int | None = None
     file_bytes_after: int | None = None
 
@@ -165,21 +174,41 @@ def format_table(report: Report) -> str:
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     tot = report.totals
     td = tot.to_dict()
+    done = (
+        f"{tot.planned} of {tot.layers} layers planned"
+        if tot.planned
+        else f"{tot.decomposed} of {tot.layers} layers decomposed"
+    )
+    file = (
+        f"; file {human(tot.file_bytes_before)}B -> {human(tot.file_bytes_after)}B"
+        if tot.file_bytes_before and tot.file_bytes_after
+        else ""
+    )
     lines.append("")
     lines.append(
-        f"{tot.decomposed} of {tot.layers} layers decomposed, {tot.skipped} skipped. "
+        f"{done}, {tot.skipped} skipped. "
         f"Model weights {human(tot.params_before)} -> {human(tot.params_after)} {_x(td['params_ratio'])}; "
-        + (
-            f"MACs {human(tot.macs_before)} -> {human(tot.macs_after)} {_x(td['macs_ratio'])}"
-            if tot.macs_before
-            else "MACs unknown"
-        )
-        + (f" ({tot.macs_unknown_layers} layers of dynamic size not counted)" if tot.macs_unknown_layers else "")
-        + (
-            f"; file {human(tot.file_bytes_before)}B -> {human(tot.file_bytes_after)}B"
-            if tot.file_bytes_before and tot.file_bytes_after
-            else ""
-        )
+        + _macs_summary(report)
+        + file
     )
     lines += [f"note: {w}" for w in report.warnings]
     return "\n".join(lines)
+
+
+def _macs_summary(report: Report) -> str:
+    """The MAC figure of the summary line: the model's total, or plainly what is known."""
+    tot = report.totals
+    if tot.macs_before is not None and tot.macs_after is not None:
+        return f"MACs {human(tot.macs_before)} -> {human(tot.macs_after)} {_x(_ratio(tot.macs_before, tot.macs_after))}"
+    hints = report.model.get("dynamic_inputs") or []
+    fix = (
+        "give " + " ".join(f"--input-shape {h}" for h in hints)
+        if hints
+        else "their sizes are dynamic inside the graph (e.g. Loop bodies)"
+    )
+    if tot.macs_known_layers == 0:
+        return f"MACs unknown (dynamic sizes): {fix}"
+    known = f"{human(tot.macs_known_before)} -> {human(tot.macs_known_after)}"
+    known += f" {_x(_ratio(tot.macs_known_before, tot.macs_known_after))}"
+    unknown = f"MACs unknown for {tot.macs_unknown_layers} of {tot.layers} layers ({fix})"
+    return f"{unknown}; the other {tot.macs_known_layers}: {known}"

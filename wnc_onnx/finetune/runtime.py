@@ -15,7 +15,10 @@ from wnc_onnx.errors import WncError, one_line
 
 TRAINING_DISTS = ("onnxruntime-training-cpu", "onnxruntime-training")
 PLAIN_DISTS = ("onnxruntime", "onnxruntime-gpu")
-INSTALL = "python3.11 -m venv .venv-train && .venv-train/bin/pip install -e '.[train]' (see README, 'Fine-tuning')"
+INSTALL = (
+    "python3.11 -m venv .venv-train && .venv-train/bin/pip install torch==2.13.0 "
+    "&& .venv-train/bin/pip install -e '.[train]' (see README, 'Install')"
+)
 
 
 def installed() -> dict[str, str]:

@@ -11,6 +11,7 @@ from wnc_onnx.passes.base import Pass, PassResult
 from wnc_onnx.passes.cleanup import CleanupPass
 from wnc_onnx.passes.fold_bn import FoldBatchNormPass
 from wnc_onnx.passes.fold_constants import FoldConstantsPass
+from wnc_onnx.passes.initializer_inputs import InitializerInputsPass
 from wnc_onnx.passes.lowrank import LowRankPass
 from wnc_onnx.passes.name_nodes import NameNodesPass
 
@@ -23,6 +24,8 @@ def build_passes(cfg: CompressConfig, plan_only: bool = False) -> list[Pass]:
             continue
         if name == "name_nodes":
             passes.append(NameNodesPass())
+        elif name == "initializer_inputs":
+            passes.append(InitializerInputsPass())
         elif name == "fold_constants":
             passes.append(FoldConstantsPass())
         elif name == "fold_batchnorm":
@@ -39,6 +42,7 @@ __all__ = [
     "CleanupPass",
     "FoldBatchNormPass",
     "FoldConstantsPass",
+    "InitializerInputsPass",
     "LowRankPass",
     "NameNodesPass",
     "Pass",

@@ -15,7 +15,7 @@ import time
 import onnx
 
 from wnc_onnx.errors import one_line
-from wnc_onnx.graph import prune_unread, skeleton, subgraphs
+from wnc_onnx.graph import mirrors_inputs, prune_unread, skeleton, subgraphs
 from wnc_onnx.passes import gs_tools
 from wnc_onnx.passes.base import PassResult, working_copy
 from wnc_onnx.report import Report
@@ -44,7 +44,8 @@ class CleanupPass:
                 log.info("cleanup: onnx-graphsurgeon failed (%s); using the built-in pruner", msg)
                 report.warnings.append(f"cleanup: onnx-graphsurgeon failed ({msg}); used the built-in pruner")
         for g in all_graphs(model.graph):  # what is left unread, in every graph
-            prune_unread(g, {o for n in g.node for o in n.output} | {t.name for t in g.initializer})
+            everything = {o for n in g.node for o in n.output} | {t.name for t in g.initializer}
+            prune_unread(g, everything, mirrors_inputs(model, g))
         shapes = _infer_value_info(model, report)
         removed_nodes = nodes_before - count_nodes(model)
         removed_inits = inits_before - count_initializers(model)

@@ -27,6 +27,9 @@ class Emitter:
         dt = ctx.dtype(layer.weight)
         self.np_dtype = helper.tensor_dtype_to_np_dtype(dt)
         self.onnx_dtype = dt
+        # A weight stored in another type (fp16 behind a Cast) keeps it: factors are stored
+        # that way too and cast back, so the file does not grow.
+        self.storage_dtype = ctx.storage_dtype(layer.weight)
 
     def _prefix(self) -> str:
         return f"{self.layer.name}/wnc"
@@ -36,8 +39,14 @@ class Emitter:
 
     def weight(self, role: str, value: np.ndarray) -> str:
         name = self.tensor(f"{role}.weight")
-        self.initializers.append(numpy_helper.from_array(np.asarray(value).astype(self.np_dtype), name))
-        return name
+        if self.storage_dtype == self.onnx_dtype:
+            self.initializers.append(numpy_helper.from_array(np.asarray(value).astype(self.np_dtype), name))
+            return name
+        stored = helper.tensor_dtype_to_np_dtype(self.storage_dtype)
+        self.initializers.append(numpy_helper.from_array(np.asarray(value).astype(stored), name))
+        cast = self.tensor(f"{role}.weight_cast")
+        self.node("Cast", f"{role}.cast", [name], [cast], to=self.onnx_dtype)
+        return cast
 
     def constant(self, role: str, value: np.ndarray) -> str:
         name = self.tensor(role)

@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from wnc_onnx import external_data
-from wnc_onnx.graph import GraphContext, prune_unread, subgraphs
+from wnc_onnx.graph import GraphContext, add_initializers, mirrors_inputs, prune_unread, subgraphs
 from wnc_onnx.passes.base import PassResult, working_copy
 from wnc_onnx.passes.rules.base import attr_float, attr_int
 from wnc_onnx.report import Report
@@ -164,7 +164,7 @@ class FoldBatchNormPass:
         folded = [numpy_helper.from_array(v.astype(w.dtype), n) for v, n in ((w_new, new_w), (b_new, new_b))]
         if ctx.is_external(w_name):  # weights read from disk go back to disk, not to memory
             folded = [external_data.spill(tensor) for tensor in folded]
-        graph.initializer.extend(folded)
+        add_initializers(ctx.model, graph, folded)
         producer.input[1] = new_w
         if old_bias:
             producer.input[2] = new_b
@@ -179,7 +179,7 @@ class FoldBatchNormPass:
         del graph.node[position]
         # Drop what only the old layer used: its weight, bias, the BN / Mul / Add constants.
         dead = {name for src in [w_name, *node.input, *([old_bias] if old_bias else [])] for name in ctx.chain(src)}
-        prune_unread(graph, dead)
+        prune_unread(graph, dead, mirrors_inputs(ctx.model, graph))
 
 
 def _per_channel(value: np.ndarray, t: int, op_type: str) -> np.ndarray | None:

@@ -1,12 +1,14 @@
 """Pass: weights computed from constants become initializers, so the rules can see them.
 
-Exporters sometimes hand a Conv or MatMul a weight made by Cast / Transpose / Reshape /
-Mul ... of constants. onnx-graphsurgeon's ``fold_constants`` evaluates such subgraphs with
-onnxruntime. It only runs when the graph has such a node (plain Constant nodes and
-Identity-wrapped initializers are read directly by the rules), never folds quantization
-nodes (that would turn a quantized model into a float one), and is skipped for weights
-kept in external data (folding would load them all). If graphsurgeon fails, the model
-goes on unfolded and the report says so.
+Exporters sometimes hand a Conv or MatMul a weight made by Transpose / Reshape / Mul ...
+of constants. onnx-graphsurgeon's ``fold_constants`` evaluates such subgraphs with
+onnxruntime. Only the nodes that compute weights are folded (``foldable_nodes``): shape
+arithmetic and the rest of the graph stay as exported, and the pass runs only when such a
+node exists (Constant nodes and Identity / Cast chains of initializers are read by the
+rules directly). Quantization nodes are never folded (that would turn a quantized model
+into a float one), and weights kept in external data are not (folding would load them
+all). If graphsurgeon fails, or its result fails the strict ONNX checker, the model goes
+on unfolded and the report says so.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import onnx
 
 from wnc_onnx import external_data
 from wnc_onnx.errors import one_line
-from wnc_onnx.graph import skeleton, subgraphs
+from wnc_onnx.graph import is_pass_through, skeleton, subgraphs
 from wnc_onnx.passes import gs_tools
 from wnc_onnx.passes.base import PassResult
 from wnc_onnx.report import Report
@@ -38,28 +40,39 @@ QUANTIZATION_OPS = frozenset(
         "MatMulInteger",
     }
 )
-_PASS_THROUGH = frozenset({"Constant", "Identity"})  # the rules read these without folding
+# Ops whose constant inputs are weights the later passes read (kernels, biases, BN parameters).
+WEIGHT_READERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "Mul", "Add"})
 
 
 def foldable_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of nodes whose inputs are all constant (and that folding would replace)."""
-    const = {t.name for g in all_graphs(model.graph) for t in g.initializer}
+    """Names of the nodes that compute weights from constants, the ones folding replaces.
+
+    A node qualifies when all its inputs are constant and its output feeds, through other
+    such nodes only, an input of a Conv / Gemm / MatMul / BatchNormalization / Mul / Add.
+    Constant nodes and Identity / float Cast chains are read by the rules directly; shape
+    arithmetic and everything else is left as the exporter wrote it."""
     found = []
     for g in all_graphs(model.graph):
+        const = {t.name for t in g.initializer}
+        computed: dict[str, onnx.NodeProto] = {}
         for n in g.node:
             inputs = [i for i in n.input if i]
-            if n.op_type == "Constant" or (n.op_type == "Identity" and inputs and inputs[0] in const):
+            if n.op_type == "Constant" or (is_pass_through(n) and inputs and inputs[0] in const):
                 const.update(n.output)
                 continue
-            if (
-                inputs
-                and all(i in const for i in inputs)
-                and n.op_type not in QUANTIZATION_OPS
-                and n.op_type not in _PASS_THROUGH
-                and not subgraphs(n)
-            ):
+            if inputs and all(i in const for i in inputs) and n.op_type not in QUANTIZATION_OPS and not subgraphs(n):
                 const.update(n.output)
-                found.append(n.name)
+                computed.update((o, n) for o in n.output)
+        # keep the computed constants that reach a weight reader, walking back from each reader
+        wanted: set[str] = set()
+        stack = [i for n in g.node if n.op_type in WEIGHT_READERS for i in n.input if i in computed]
+        while stack:
+            node = computed[stack.pop()]
+            if node.name in wanted:
+                continue
+            wanted.add(node.name)
+            stack.extend(i for i in node.input if i in computed)
+        found += [n.name for n in g.node if n.name in wanted]
     return found
 
 
@@ -91,18 +104,18 @@ class FoldConstantsPass:
             )
         else:
             try:
-                out = self._fold(model)
+                out = self._fold(model, candidates)
                 entry["tool"] = f"onnx-graphsurgeon {gs_tools.version()}"
                 entry["status"] = "folded"
                 entry["modified"] = True
                 entry["nodes"] = [count_nodes(model), count_nodes(out)]
             except Exception as exc:  # never a single point of failure: go on unfolded
-                msg = one_line(exc, 200)
-                log.info("fold_constants: onnx-graphsurgeon failed (%s); going on unfolded", msg)
-                entry["status"] = f"failed: {msg}"
+                msg = one_line(exc, 120)
+                log.debug("fold_constants: onnx-graphsurgeon failed (%s); going on unfolded", msg)
+                entry["status"] = f"failed: {one_line(exc, 400)}"
                 report.warnings.append(
-                    f"fold_constants: onnx-graphsurgeon failed ({msg}); went on without folding "
-                    f"({len(candidates)} node(s) compute constants)"
+                    f"fold_constants: folding {len(candidates)} weight-computing node(s) failed ({msg}); "
+                    "went on without it"
                 )
                 out = model
         entry["seconds"] = round(time.perf_counter() - start, 3)
@@ -110,19 +123,31 @@ class FoldConstantsPass:
         return PassResult(model=out, report=report, modified=out is not model)
 
     @staticmethod
-    def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
+    def _fold(model: onnx.ModelProto, candidates: list[str]) -> onnx.ModelProto:
         largest = max((external_data.nbytes(t) for t in external_data.all_tensors(model)), default=0)
+        chosen = set(candidates)
 
         def work(graph) -> None:  # type: ignore[no-untyped-def]
             graph.fold_constants(
                 error_ok=False,
+                fold_shapes=False,  # shape arithmetic is not a weight; graphsurgeon drops Shape's start/end
                 size_threshold=max(1 << 20, 4 * largest),
-                should_exclude_node=lambda node: node.op in QUANTIZATION_OPS,
+                should_exclude_node=lambda node: node.name not in chosen,
             ).cleanup(remove_unused_graph_inputs=False)
 
         import onnxruntime as ort
 
         ort.set_default_logger_severity(3)  # graphsurgeon evaluates with onnxruntime: no warning spam
         out = gs_tools.roundtrip(model, work)
-        onnx.checker.check_model(skeleton(out))  # a fold that breaks the model is a failed fold
+        # A fold that breaks the model is a failed fold: the strict checker (with shape
+        # inference) must accept the result whenever it accepts the input.
+        try:
+            onnx.checker.check_model(skeleton(out), full_check=True)
+        except Exception as exc:
+            try:
+                onnx.checker.check_model(skeleton(model), full_check=True)
+            except Exception:
+                onnx.checker.check_model(skeleton(out))  # the input fails strict checks too: not the fold's doing
+            else:
+                raise ValueError(f"the folded graph fails the ONNX checker: {one_line(exc, 120)}") from None
         return out

@@ -19,7 +19,15 @@ import onnx
 from wnc_onnx import external_data
 from wnc_onnx.config import CompressConfig
 from wnc_onnx.errors import NothingToCompressError, WncError
-from wnc_onnx.graph import GraphContext, prune_unread, subgraphs
+from wnc_onnx.graph import (
+    GraphContext,
+    add_initializers,
+    count_reads,
+    infer_shapes,
+    mirrors_inputs,
+    prune_unread,
+    subgraphs,
+)
 from wnc_onnx.numeric.cost import Costs, conv_costs, lowrank_costs
 from wnc_onnx.numeric.gram import (
     RESOLUTION_FLOAT64,
@@ -98,6 +106,7 @@ class LowRankPass:
                 if layer is not None:
                     layer.name = ctx.prefix + (node.name or f"{node.op_type}_{index}")
                     layer.extra["index"] = index
+                    layer.extra["prefix"] = ctx.prefix
                     found.append((layer, rule))
                     break
         return found
@@ -147,13 +156,15 @@ class LowRankPass:
 
     def _contexts(self, model: onnx.ModelProto) -> list[GraphContext]:
         """The main graph and every nested subgraph, parents before children."""
-        top = GraphContext(model)
+        reads = count_reads(model.graph)
+        top = GraphContext(model, shapes=infer_shapes(model, self.cfg.input_shapes), reads=reads)
         out = [top]
         for ctx in out:  # grows while iterating: breadth-first
             for index, node in enumerate(ctx.graph.node):
                 for label, sub in subgraphs(node):
                     owner = node.name or f"{node.op_type}_{index}"
-                    out.append(GraphContext(model, sub, f"{ctx.prefix}{owner}/{label}/", top.shapes))
+                    prefix = f"{ctx.prefix}{owner}/{label}/"
+                    out.append(GraphContext(model, sub, prefix, top.shapes, outer=ctx, reads=reads))
         return out
 
     def _run_graph(
@@ -185,6 +196,7 @@ class LowRankPass:
 
     def _record(self, layer: Layer, status: str, reason: str = "") -> LayerReport:
         before = self._before(layer) if layer.t else None
+        main = not layer.extra.get("prefix")
         return LayerReport(
             name=layer.name,
             op_type=layer.op_type,
@@ -197,6 +209,8 @@ class LowRankPass:
             kernel=list(layer.spatial),
             params_before=before.total_params if before else None,
             macs_before=before.total_macs if before else None,
+            input_tensor=layer.node.input[0] if main and layer.node.input else None,
+            output_tensor=layer.node.output[0] if main and layer.node.output else None,
         )
 
     def _before(self, layer: Layer) -> Costs:
@@ -399,13 +413,8 @@ class LowRankPass:
         candidates |= {n.output[0] for n in bypassed}
         del g.node[:]
         g.node.extend(nodes)
-        gone = prune_unread(g, candidates)
-        g.initializer.extend(new_inits)
-        if model.ir_version < 4 and not ctx.prefix:  # main graph: initializers mirrored as inputs
-            keep_inputs = [vi for vi in g.input if vi.name not in gone]
-            del g.input[:]
-            g.input.extend(keep_inputs)
-            g.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in new_inits)
+        prune_unread(g, candidates, mirrors_inputs(model, g))
+        add_initializers(model, g, new_inits)
 
 
 class _Skip(Exception):

@@ -56,9 +56,9 @@ def layer_name(node: onnx.NodeProto, index: int) -> str:
 
 
 def shared_reason(ctx: GraphContext, weight: str) -> str | None:
-    users = ctx.consumers.get(weight, [])
-    if len(users) > 1:
-        return f"weight '{weight}' is shared by {len(users)} nodes"
+    users = max(ctx.uses(weight), len(ctx.consumers.get(weight, [])))
+    if users > 1:
+        return f"weight '{weight}' is shared by {users} nodes"
     return None
 
 

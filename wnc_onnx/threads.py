@@ -1,0 +1,97 @@
+"""How many threads BLAS (numpy, scipy) and onnxruntime get.
+
+OpenBLAS threads spin while they wait for each other. With more of them than free cores
+(other processes busy), each of the many small BLAS calls of the pass waits for a thread
+that is not running: a recognizer that compresses in 5 s on an idle 2-core machine took
+four minutes at load 12. So the default is the number of cores that are free now, not the
+number that exist; ``--threads N`` sets it, and OPENBLAS_NUM_THREADS / OMP_NUM_THREADS,
+when set, cap it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+
+log = logging.getLogger(__name__)
+
+_SAMPLE_SECONDS = 0.05
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies over all CPUs from /proc/stat; None where unreadable."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    values = [int(v) for v in fields[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return idle, sum(values)
+
+
+def free_cores(cores: int | None = None) -> float:
+    """Cores not used by other processes right now (sampled over 50 ms); ``cores`` if unknown.
+
+    The machine-wide figure is scaled to this process's cores (its affinity mask)."""
+    cores = usable_cores() if cores is None else cores
+    first = _cpu_times()
+    if first is None:
+        try:
+            return max(0.0, cores - os.getloadavg()[0])
+        except OSError:
+            return float(cores)
+    time.sleep(_SAMPLE_SECONDS)
+    second = _cpu_times()
+    if second is None or second[1] <= first[1]:
+        return float(cores)
+    idle_fraction = (second[0] - first[0]) / (second[1] - first[1])
+    return idle_fraction * cores
+
+
+def _env_cap() -> int | None:
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
+def resolve(threads: int = 0) -> tuple[int, str]:
+    """(threads to use, how it was chosen) for a requested count (0 = automatic)."""
+    if threads > 0:
+        return threads, "--threads"
+    cores = usable_cores()
+    free = free_cores(cores)
+    n = max(1, min(cores, int(free + 0.5)))
+    why = f"{cores} cores, {free:.1f} free"
+    cap = _env_cap()
+    if cap is not None and cap < n:
+        n, why = cap, f"{why}, capped by the environment's thread variable"
+    return n, why
+
+
+@contextlib.contextmanager
+def limited(threads: int) -> Iterator[None]:
+    """BLAS thread pools (numpy's and scipy's OpenBLAS, MKL, OpenMP) limited to ``threads``."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # the dependency is declared; a broken install should not stop the run
+        log.debug("threadpoolctl is not importable: BLAS threads not limited")
+        yield
+        return
+    with threadpool_limits(limits=threads):
+        yield
