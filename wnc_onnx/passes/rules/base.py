@@ -64,10 +64,13 @@ def shared_reason(ctx: GraphContext, weight: str) -> str | None:
 
 def constant_matrix(ctx: GraphContext, name: str) -> tuple[str | None, list[int]]:
     """(reason it cannot be used, shape) for a weight that should be a constant matrix."""
-    reason = ctx.constant_reason(name) or shared_reason(ctx, name)
+    reason = ctx.constant_reason(name)
     if reason:
         return reason, []
     shape = ctx.weight_shape(name)
+    reason = shared_reason(ctx, name)
+    if reason:
+        return reason, shape
     if len(shape) != 2:
         return f"weight is {len(shape)}-D, not a matrix", shape
     if min(shape) < 2:

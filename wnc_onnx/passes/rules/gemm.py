@@ -21,12 +21,10 @@ class GemmRule:
         layer = Layer(node=node, name=node.name, rule=self.name, in_pixels=1, out_pixels=1)
         layer.weight = node.input[1]
         reason, shape = constant_matrix(ctx, layer.weight)
-        if reason:
-            layer.skip = reason
-            return layer
-        trans_b = attr_int(node, "transB", 0)
-        k, n = (shape[1], shape[0]) if trans_b else (shape[0], shape[1])
-        layer.s, layer.t = k, n
+        if len(shape) == 2:  # known even when skipped: the report counts its weights and MACs
+            trans_b = attr_int(node, "transB", 0)
+            layer.s, layer.t = (shape[1], shape[0]) if trans_b else (shape[0], shape[1])
+        layer.skip = reason
         return layer
 
     def kernels(self, layer: Layer, ctx: GraphContext) -> list[np.ndarray]:

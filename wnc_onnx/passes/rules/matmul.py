@@ -35,8 +35,8 @@ class MatMulRule:
         layer.weight = b if b_const else a
         layer.extra["side"] = side
         reason, shape = constant_matrix(ctx, layer.weight)
-        if reason:
-            layer.skip = reason
+        layer.skip = reason
+        if len(shape) != 2:
             return layer
         x = a if b_const else b
         xs = ctx.shape(x)
