@@ -21,7 +21,9 @@ def two_convs(names=("", ""), weight_from=None, dead=False) -> onnx.ModelProto:
     """x -> Conv(W1) -> Relu -> Conv(W2) -> y with planted low-rank weights.
 
     ``weight_from="cast"`` feeds W2 through Cast(float16 initializer), ``"transpose"``
-    through Transpose of a stored (S, T, 3, 3) tensor; ``dead`` adds an unused branch."""
+    through Transpose of a stored (S, T, 3, 3) tensor, ``"reshape"`` through Reshape of a
+    stored (T, S*9) matrix, ``"mul"`` through Mul of a half-sized tensor by 2 (only that one
+    needs constant folding); ``dead`` adds an unused branch."""
     rng = np.random.default_rng(0)
     w1 = planted_kernel(rng, 24, 16, (3, 3), 4, 4)
     w2 = planted_kernel(rng, 24, 24, (3, 3), 4, 4)
@@ -36,6 +38,14 @@ def two_convs(names=("", ""), weight_from=None, dead=False) -> onnx.ModelProto:
     elif weight_from == "transpose":
         inits.append(numpy_helper.from_array(np.ascontiguousarray(w2.transpose(1, 0, 2, 3)), "W2_t"))
         nodes.insert(0, helper.make_node("Transpose", ["W2_t"], ["W2"], name="tr_w2", perm=[1, 0, 2, 3]))
+    elif weight_from == "reshape":
+        inits.append(numpy_helper.from_array(w2.reshape(24, -1), "W2_flat"))
+        inits.append(numpy_helper.from_array(np.array([0, 24, 3, 3], np.int64), "W2_shape"))
+        nodes.insert(0, helper.make_node("Reshape", ["W2_flat", "W2_shape"], ["W2"], name="rs_w2"))
+    elif weight_from == "mul":
+        inits.append(numpy_helper.from_array(w2 / 2, "W2_half_value"))
+        inits.append(numpy_helper.from_array(np.float32(2.0), "two"))
+        nodes.insert(0, helper.make_node("Mul", ["W2_half_value", "two"], ["W2"], name="mul_w2"))
     else:
         inits.append(numpy_helper.from_array(w2, "W2"))
     nodes.append(helper.make_node("Conv", ["r", "W2"], ["y"], name=names[1], kernel_shape=[3, 3], pads=[1] * 4))
@@ -88,14 +98,25 @@ def test_repeated_names_are_made_unique():
 
 
 def test_weights_computed_from_constants_are_folded_then_compressed():
-    model = two_convs(names=("c1", "c2"), weight_from="transpose")
-    assert fold_constants.foldable_nodes(model) == ["tr_w2"]
+    model = two_convs(names=("c1", "c2"), weight_from="mul")
+    assert fold_constants.foldable_nodes(model) == ["mul_w2"]
     out, report = wnc_onnx.compress(model, ranks={"c1": (16, 24), "c2": (24, 24)}, **FULL)  # full rank
     entry = next(p for p in report.passes if p["name"] == "fold_constants")
     assert entry["status"] == "folded" and entry["tool"].startswith("onnx-graphsurgeon")
     assert report.layer("c2").status == "decomposed"
-    assert "Transpose" not in {n.op_type for n in out.graph.node}
+    assert "Mul" not in {n.op_type for n in out.graph.node}
     assert rel_diff(model, out) < 1e-4
+
+
+@pytest.mark.parametrize("how", ["transpose", "reshape"])
+def test_transposed_and_reshaped_weights_are_read_without_folding(how):
+    model = two_convs(names=("c1", "c2"), weight_from=how)
+    assert fold_constants.foldable_nodes(model) == []
+    for skip in ((), ("fold_constants",)):
+        out, report = wnc_onnx.compress(model, ranks={"c1": (16, 24), "c2": (24, 24)}, skip_passes=skip, **FULL)
+        assert report.layer("c2").status == "decomposed"
+        assert not {"Transpose", "Reshape"} & {n.op_type for n in out.graph.node}  # the chain is gone with W2
+        assert rel_diff(model, out) < 1e-4
 
 
 @pytest.mark.parametrize("skip", [(), ("fold_constants",)])
@@ -118,7 +139,7 @@ def test_folding_failure_falls_back_and_says_so(monkeypatch):
         raise RuntimeError("simulated graphsurgeon crash")
 
     monkeypatch.setattr(gs_tools, "roundtrip", broken)
-    model = two_convs(names=("c1", "c2"), weight_from="transpose")
+    model = two_convs(names=("c1", "c2"), weight_from="mul")
     out, report = wnc_onnx.compress(model, **FULL)
     entry = next(p for p in report.passes if p["name"] == "fold_constants")
     assert entry["status"].startswith("failed: simulated graphsurgeon crash")
@@ -195,7 +216,7 @@ def test_without_onnxruntime_folding_is_skipped_and_verify_names_the_extra(monke
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a))
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
-    model = two_convs(names=("c1", "c2"), weight_from="transpose")
+    model = two_convs(names=("c1", "c2"), weight_from="mul")
     out, report = wnc_onnx.compress(model, **FULL)
     entry = next(p for p in report.passes if p["name"] == "fold_constants")
     assert entry["status"] == "skipped: onnxruntime is not installed"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -219,9 +219,32 @@ def _cast_to(node: onnx.NodeProto) -> int:
     return next((int(a.i) for a in node.attribute if a.name == "to"), onnx.TensorProto.FLOAT)
 
 
-def is_pass_through(node: onnx.NodeProto) -> bool:
-    """Identity, or a Cast between float types: the value is the input's (in another dtype)."""
-    return node.op_type == "Identity" or (node.op_type == "Cast" and _cast_to(node) in _FLOAT_TYPES)
+def is_pass_through(node: onnx.NodeProto, constant: Callable[[str], bool]) -> bool:
+    """A node whose output the rules compute from its first input with numpy: Identity, a
+    Cast between float types, a Transpose, or a Reshape to a constant shape
+    (``constant(name)`` says whether a tensor is a constant)."""
+    if node.op_type in ("Identity", "Transpose"):
+        return True
+    if node.op_type == "Cast":
+        return _cast_to(node) in _FLOAT_TYPES
+    return node.op_type == "Reshape" and len(node.input) > 1 and constant(node.input[1])
+
+
+def apply_pass_through(node: onnx.NodeProto, value: np.ndarray, shape: np.ndarray | None = None) -> np.ndarray:
+    """``node`` (see ``is_pass_through``) applied to ``value``; ``shape`` is a Reshape's target."""
+    if node.op_type == "Cast":
+        return value.astype(onnx.helper.tensor_dtype_to_np_dtype(_cast_to(node)))
+    if node.op_type == "Transpose":
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        return np.transpose(value, perm or None)
+    if node.op_type == "Reshape":
+        assert shape is not None
+        allow_zero = next((a.i for a in node.attribute if a.name == "allowzero"), 0)
+        dims = [int(d) for d in shape.reshape(-1)]
+        if not allow_zero:  # 0 copies the input's dim
+            dims = [value.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+        return value.reshape(dims)
+    return value
 
 
 def count_reads(graph: onnx.GraphProto) -> dict[str, int]:
@@ -274,17 +297,22 @@ class GraphContext:
         self.tensor_names = set(self.producers) | set(self.initializers) | self.graph_inputs
 
     def chain(self, name: str) -> list[str]:
-        """``name`` and, through Identity and float Cast nodes, the names it comes from:
-        [name, ..., source]. The rules read such a weight directly (no folding needed).
+        """``name`` and, through Identity / float Cast / Transpose / Reshape-to-a-constant-shape
+        nodes, the names it comes from: [name, ..., source]. The rules read such a weight
+        directly (no folding needed).
         Names from enclosing graphs are followed too (a subgraph may read outer weights)."""
         names = [name]
         while len(names) < 64:
             owner = self._owner(names[-1])
             node = owner.producers.get(names[-1])
-            if node is None or not node.input or not is_pass_through(node):
+            if node is None or not node.input or not is_pass_through(node, owner._is_constant):
                 break
             names.append(node.input[0])
         return names
+
+    def _is_constant(self, name: str) -> bool:
+        ctx = self._owner(name)
+        return (name in ctx.initializers and name not in ctx.graph_inputs) or name in ctx.constants
 
     def _owner(self, name: str) -> GraphContext:
         """The graph (this one or an enclosing one) where ``name`` is defined."""
@@ -334,10 +362,10 @@ class GraphContext:
             if not tensors:
                 raise KeyError(f"Constant {source} has no tensor value")
             value = external_data.read_array(tensors[0])
-        for outer in reversed(names[:-1]):  # apply the casts, source first
+        for outer in reversed(names[:-1]):  # apply the chain, source first
             node = self._owner(outer).producers[outer]
-            if node.op_type == "Cast":
-                value = value.astype(onnx.helper.tensor_dtype_to_np_dtype(_cast_to(node)))
+            shape = self.array(node.input[1]) if node.op_type == "Reshape" else None
+            value = apply_pass_through(node, value, shape)
         return value
 
     def is_external(self, name: str) -> bool:
@@ -364,16 +392,20 @@ class GraphContext:
                 return _cast_to(node)
         return self.storage_dtype(name)
 
+    def _reshaped(self, name: str) -> bool:
+        """Whether a Transpose / Reshape sits between ``name`` and its stored source."""
+        return any(self._owner(n).producers[n].op_type in ("Transpose", "Reshape") for n in self.chain(name)[:-1])
+
     def weight_shape(self, name: str) -> list[int]:
-        ctx, name = self._source(name)
-        if name in ctx.initializers:
-            return [int(d) for d in ctx.initializers[name].dims]
+        ctx, source = self._source(name)
+        if source in ctx.initializers and not self._reshaped(name):
+            return [int(d) for d in ctx.initializers[source].dims]
         return list(self.array(name).shape)
 
     def numel(self, name: str) -> int:
-        ctx, name = self._source(name)
-        if name in ctx.initializers:
-            return int(np.prod(ctx.initializers[name].dims, dtype=np.int64))
+        ctx, source = self._source(name)
+        if source in ctx.initializers:  # Transpose / Reshape keep the count
+            return int(np.prod(ctx.initializers[source].dims, dtype=np.int64))
         return int(self.array(name).size)
 
     def shape(self, name: str) -> list[Dim] | None:

@@ -1,11 +1,11 @@
 """Pass: weights computed from constants become initializers, so the rules can see them.
 
-Exporters sometimes hand a Conv or MatMul a weight made by Transpose / Reshape / Mul ...
-of constants. onnx-graphsurgeon's ``fold_constants`` evaluates such subgraphs with
+Exporters sometimes hand a Conv or MatMul a weight made by Mul / Add / Concat ... of
+constants. onnx-graphsurgeon's ``fold_constants`` evaluates such subgraphs with
 onnxruntime. Only the nodes that compute weights are folded (``foldable_nodes``): shape
 arithmetic and the rest of the graph stay as exported, and the pass runs only when such a
-node exists (Constant nodes and Identity / Cast chains of initializers are read by the
-rules directly). Quantization nodes are never folded (that would turn a quantized model
+node exists (Constant nodes and Identity / Cast / Transpose / Reshape chains of
+initializers are read by the rules directly). Quantization nodes are never folded (that would turn a quantized model
 into a float one), and weights kept in external data are not (folding would load them
 all). If graphsurgeon fails, or its result fails the strict ONNX checker, the model goes
 on unfolded and the report says so.
@@ -49,15 +49,15 @@ def foldable_nodes(model: onnx.ModelProto) -> list[str]:
 
     A node qualifies when all its inputs are constant and its output feeds, through other
     such nodes only, an input of a Conv / Gemm / MatMul / BatchNormalization / Mul / Add.
-    Constant nodes and Identity / float Cast chains are read by the rules directly; shape
-    arithmetic and everything else is left as the exporter wrote it."""
+    Constant nodes and Identity / float Cast / Transpose / Reshape chains are read by the
+    rules directly; shape arithmetic and everything else is left as the exporter wrote it."""
     found = []
     for g in all_graphs(model.graph):
         const = {t.name for t in g.initializer}
         computed: dict[str, onnx.NodeProto] = {}
         for n in g.node:
             inputs = [i for i in n.input if i]
-            if n.op_type == "Constant" or (is_pass_through(n) and inputs and inputs[0] in const):
+            if n.op_type == "Constant" or (inputs and inputs[0] in const and is_pass_through(n, const.__contains__)):
                 const.update(n.output)
                 continue
             if inputs and all(i in const for i in inputs) and n.op_type not in QUANTIZATION_OPS and not subgraphs(n):
@@ -110,7 +110,7 @@ class FoldConstantsPass:
                 entry["modified"] = True
                 entry["nodes"] = [count_nodes(model), count_nodes(out)]
             except Exception as exc:  # never a single point of failure: go on unfolded
-                msg = one_line(exc, 120)
+                msg = one_line(exc, 80)
                 log.debug("fold_constants: onnx-graphsurgeon failed (%s); going on unfolded", msg)
                 entry["status"] = f"failed: {one_line(exc, 400)}"
                 report.warnings.append(

@@ -1,0 +1,272 @@
+"""Defects found by trying wnc-onnx as a new user would (issue 9, part 4): one test each."""
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import wnc_onnx
+from tests.helpers import session
+from wnc_onnx.cli import main
+from wnc_onnx.passes import gs_tools
+from wnc_onnx.zoo import demo_cnn, planted_kernel
+
+FULL = {"rank_boost": 1.0, "require_savings": False}
+
+
+def run_cli(capsys, *args):
+    rc = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def conv_bn(ir_version: int, opset: int, extra_inputs=(), unused=False) -> onnx.ModelProto:
+    """x -> Conv(planted W) -> BatchNormalization -> y; IR < 4 lists initializers as inputs."""
+    rng = np.random.default_rng(0)
+    values = {
+        "W": planted_kernel(rng, 24, 16, (3, 3), 6, 6),
+        "s": 1 + 0.3 * rng.random(24),
+        "b": 0.1 * rng.standard_normal(24),
+        "m": 0.1 * rng.standard_normal(24),
+        "v": 1 + rng.random(24),
+    }
+    if unused:
+        values["unused"] = rng.standard_normal(5)
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in values.items()]
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1] * 4),
+        helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["y"], name="bn"),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])]
+    listed = [t for t in inits if ir_version < 4 or t.name in extra_inputs]
+    inputs += [helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in listed]
+    graph = helper.make_graph(
+        nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 24, 8, 8])], inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = ir_version
+    return model
+
+
+def outputs_match(original: onnx.ModelProto, small: onnx.ModelProto, tol: float = 1e-4) -> None:
+    feeds = {"x": np.random.default_rng(1).standard_normal((1, 16, 8, 8)).astype(np.float32)}
+    for a, b in zip(session(original).run(None, feeds), session(small).run(None, feeds), strict=True):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * float(np.abs(a).max()))
+
+
+def test_ir3_conv_with_batchnorm_compresses():
+    """The folded bias was not listed among the inputs of an IR 3 graph: exit 3 at the checker."""
+    model = conv_bn(ir_version=3, opset=8)
+    small, report = wnc_onnx.compress(model, **FULL)
+    assert report.layer("conv").status == "decomposed"
+    onnx.checker.check_model(small, full_check=True)
+    inits = {t.name for t in small.graph.initializer}
+    assert inits <= {i.name for i in small.graph.input}  # IR 3: every initializer is an input
+    outputs_match(model, small)
+
+
+@pytest.mark.parametrize("ir_version,opset", [(3, 8), (7, 13)])
+@pytest.mark.parametrize("keep", [False, True])
+def test_unused_initializer_that_is_an_input_never_becomes_a_required_input(ir_version, opset, keep):
+    """Cleanup removed such an initializer but kept the input: a new required input."""
+    model = conv_bn(ir_version, opset, extra_inputs=("unused",), unused=True)
+    skip = ("initializer_inputs",) if keep else ()
+    small, _ = wnc_onnx.compress(model, skip_passes=skip, **FULL)
+    inits = {t.name for t in small.graph.initializer}
+    required = [i.name for i in small.graph.input if i.name not in inits]
+    assert required == ["x"]
+    if keep and ir_version >= 4:  # the interface stays: input and its default both
+        assert "unused" in inits and "unused" in {i.name for i in small.graph.input}
+    outputs_match(model, small)
+
+
+def sliced_shape_model(weight_from: str) -> onnx.ModelProto:
+    """A conv whose weight is computed (Mul: needs folding; Cast: read directly), and a
+    Reshape target built from Shape(x, start=0, end=2), which graphsurgeon folded as the
+    whole shape (it ignores start / end): the run ended in exit 3 at the final checker."""
+    rng = np.random.default_rng(0)
+    w = planted_kernel(rng, 32, 16, (3, 3), 6, 6)
+    if weight_from == "mul":
+        inits = [numpy_helper.from_array(w / 2, "Wh"), numpy_helper.from_array(np.float32(2), "two")]
+        make_w = helper.make_node("Mul", ["Wh", "two"], ["W"], name="make_w")
+    else:
+        inits = [numpy_helper.from_array(w.astype(np.float16), "Wh")]
+        make_w = helper.make_node("Cast", ["Wh"], ["W"], to=TensorProto.FLOAT, name="make_w")
+    inits.append(numpy_helper.from_array(np.array([-1], np.int64), "minus1"))
+    nodes = [
+        make_w,
+        helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Shape", ["x"], ["s"], start=0, end=2, name="shape"),
+        helper.make_node("Concat", ["s", "minus1"], ["target"], axis=0, name="concat"),
+        helper.make_node("Reshape", ["y", "target"], ["z"], name="reshape"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 16, 128])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("weight_from", ["mul", "cast"])
+@pytest.mark.parametrize("skip", [(), ("fold_constants",)])
+def test_constant_folding_touches_only_weights(weight_from, skip):
+    model = sliced_shape_model(weight_from)
+    small, report = wnc_onnx.compress(model, skip_passes=skip, **FULL)
+    onnx.checker.check_model(small, full_check=True)
+    shape = next(n for n in small.graph.node if n.op_type == "Shape")
+    assert {a.name: a.i for a in shape.attribute} == {"start": 0, "end": 2}
+    if weight_from == "cast" or not skip:  # a Cast weight compresses even without the folding pass
+        assert report.layer("conv").status == "decomposed"
+    outputs_match(model, small, 1e-2 if weight_from == "cast" else 1e-4)  # cast: factors are stored in fp16
+
+
+def test_a_fold_that_breaks_the_graph_falls_back(monkeypatch):
+    """Whatever graphsurgeon returns must pass the strict checker, or the run goes on unfolded."""
+    model = sliced_shape_model("mul")
+    real = gs_tools.roundtrip
+
+    def breaking(m, work):
+        out = real(m, work)
+        out.graph.node[-1].input[1] = "s"  # Reshape to a 2-element shape: strict inference fails
+        return out
+
+    monkeypatch.setattr(gs_tools, "roundtrip", breaking)
+    small, report = wnc_onnx.compress(model, **FULL)
+    entry = next(p for p in report.passes if p["name"] == "fold_constants")
+    assert entry["status"].startswith("failed: the folded graph fails the ONNX checker")
+    onnx.checker.check_model(small, full_check=True)
+    outputs_match(model, small)
+
+
+@pytest.mark.parametrize("sub", ["inspect", "compress"])
+def test_a_closed_pipe_ends_quietly(tmp_path, sub):
+    """`wnc-onnx inspect --json | head -c100` ended in exit 3 (BrokenPipeError)."""
+    onnx.save(demo_cnn(), tmp_path / "d.onnx")
+    args = [sys.executable, "-m", "wnc_onnx", sub, str(tmp_path / "d.onnx")]
+    args += [str(tmp_path / "o.onnx")] if sub == "compress" else []
+    proc = subprocess.Popen([*args, "--json", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert err == ""
+    if sub == "compress":
+        onnx.checker.check_model(onnx.load(tmp_path / "o.onnx"))
+
+
+def test_demo_into_a_file_and_debug_flag(tmp_path, capsys):
+    target = tmp_path / "taken"
+    target.write_text("x")
+    rc, _, err = run_cli(capsys, "demo", target, "--debug")
+    assert rc == 2 and err.count("\n") == 1 and "is a file" in err and "fix:" in err
+    assert target.read_text() == "x"
+
+
+@pytest.mark.parametrize("typo,guess", [("compres", "compress"), ("inpsect", "inspect"), ("zzz", None)])
+def test_a_subcommand_typo_names_the_subcommands(typo, guess, capsys):
+    rc, out, err = run_cli(capsys, typo, "a.onnx", "b.onnx")
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert "compress, inspect, finetune, demo" in err
+    assert (f"did you mean '{guess}'" in err) if guess else ("did you mean" not in err)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_written_files_follow_the_umask(tmp_path, capsys, mask):
+    onnx.save(demo_cnn(), tmp_path / "d.onnx")
+    old = os.umask(mask)
+    try:
+        rc, _, err = run_cli(
+            capsys, tmp_path / "d.onnx", tmp_path / "o.onnx", "--report", tmp_path / "r.json", "--plot",
+            tmp_path / "p.png", "-q",
+        )  # fmt: skip
+    finally:
+        os.umask(old)
+    assert rc == 0, err
+    for name in ("o.onnx", "r.json", "p.png"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask, name
+
+
+def test_help_is_for_users(capsys):
+    rc, out, _ = run_cli(capsys, "--help")
+    assert rc == 0 and "subcommands:" in out and "thin layer" not in out and "``" not in out
+    for sub in ("compress", "inspect", "finetune", "demo"):
+        with pytest.raises(SystemExit) as done:
+            main([sub, "--help"])
+        assert done.value.code == 0
+        text = capsys.readouterr().out
+        flat = " ".join(text.split())
+        assert "(default: None)" not in flat and "(default: False)" not in flat and "(default: [])" not in flat
+        assert not re.search(r"\(default: [^)]*\) \(default:", flat), sub
+        if sub == "finetune":
+            for flag in ("--epochs", "--batch-size", "--loss"):
+                line = flat.split(flag, 2)[2] if flat.count(flag) > 1 else flat.split(flag, 1)[1]
+                assert line.split("--")[0].strip().split(" ", 1)[1].strip(), flag  # help text after the metavar
+        if sub == "demo":
+            assert "default: wnc-demo" in flat
+
+
+def test_training_install_message_names_torch_first():
+    from wnc_onnx.finetune.runtime import INSTALL
+
+    assert INSTALL.index("torch==2.13.0") < INSTALL.index("'.[train]'")
+
+
+def test_a_folding_failure_is_one_short_note(monkeypatch, capsys, tmp_path):
+    """Silero's note came twice (a log line and a table note) at ~300 characters."""
+
+    def broken(model, work):
+        raise RuntimeError("graph is broken:\n" + "node X must be topologically sorted; " * 20)
+
+    monkeypatch.setattr(gs_tools, "roundtrip", broken)
+    onnx.save(sliced_shape_model("mul"), tmp_path / "m.onnx")
+    rc, out, err = run_cli(capsys, tmp_path / "m.onnx", tmp_path / "o.onnx", "--ranks", _ranks(tmp_path))
+    text = out + err
+    lines = [ln for ln in text.splitlines() if "fold_constants" in ln]
+    assert len(lines) == 1 and len(lines[0]) <= 200, lines
+
+
+def _ranks(tmp_path):
+    path = tmp_path / "ranks.json"
+    path.write_text(json.dumps({"conv": 4}))
+    return path
+
+
+def test_progress_columns_line_up_whatever_the_names(tmp_path):
+    rng = np.random.default_rng(0)
+    names = ["c0", "a_very_long_layer_name_that_an_exporter_made_up/with/a/path/Conv"]
+    w1, w2 = planted_kernel(rng, 16, 16, (3, 3), 4, 4), planted_kernel(rng, 16, 16, (3, 3), 4, 4)
+    nodes = [
+        helper.make_node("Conv", ["x", "W1"], ["h"], name=names[0], pads=[1] * 4),
+        helper.make_node("Conv", ["h", "W2"], ["y"], name=names[1], pads=[1] * 4),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    proc = subprocess.run(
+        [sys.executable, "-m", "wnc_onnx", "inspect", str(tmp_path / "m.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    progress = [ln for ln in proc.stderr.splitlines() if ln.startswith("[")]
+    assert len(progress) == 2
+    starts = {ln.index(f" {name} ") for ln, name in zip(progress, names, strict=True)}
+    assert len(starts) == 1  # the names start in the same column
