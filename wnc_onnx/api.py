@@ -90,7 +90,7 @@ def _run(model: ModelLike, cfg: CompressConfig, plan_only: bool) -> tuple[onnx.M
     params_before = count_params(proto)
     result_model = proto
     with limited(threads):
-        for p in build_passes(cfg, plan_only=plan_only):
+        for p in build_passes(cfg, plan_only=plan_only, threads=threads):
             result = p(result_model, report, in_place=owned or result_model is not proto)
             result_model = result.model
     _totals(report, params_before, count_params(result_model), info["file_bytes"])

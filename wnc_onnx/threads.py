@@ -70,10 +70,27 @@ def _env_cap() -> int | None:
     return None
 
 
+_CACHE_SECONDS = 10.0
+_cached: tuple[float, int, str] | None = None
+
+
 def resolve(threads: int = 0) -> tuple[int, str]:
-    """(threads to use, how it was chosen) for a requested count (0 = automatic)."""
+    """(threads to use, how it was chosen) for a requested count (0 = automatic).
+
+    The automatic choice samples the machine for 50 ms; it is kept for 10 s, so a
+    pipeline that compresses many small models does not pay that each time."""
+    global _cached
     if threads > 0:
         return threads, "--threads"
+    now = time.monotonic()
+    if _cached is not None and now - _cached[0] < _CACHE_SECONDS:
+        return _cached[1], _cached[2]
+    n, why = _automatic()
+    _cached = (now, n, why)
+    return n, why
+
+
+def _automatic() -> tuple[int, str]:
     cores = usable_cores()
     free = free_cores(cores)
     n = max(1, min(cores, int(free + 0.5)))

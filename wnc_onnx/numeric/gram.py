@@ -8,6 +8,7 @@ matricization. Large problems are computed in float32 blocks, accumulated in flo
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
@@ -101,6 +102,24 @@ def precise_top_spectrum(tensor: np.ndarray, mode: int, basis: np.ndarray) -> tu
     return top, max(norm2 - float(top.sum()), 0.0)
 
 
+@dataclass(frozen=True)
+class Spectrum:
+    """A symmetric matrix's eigenvalues (descending) and, where computed, all its eigenvectors."""
+
+    values: np.ndarray
+    vectors: np.ndarray | None = None  # (n, n), columns in the order of ``values``
+
+
+def sym_spectrum(gram: np.ndarray, vectors: bool = False) -> Spectrum:
+    """Eigenvalues, and with ``vectors`` the eigenvectors too where the order allows a full
+    float64 solve (n <= 2048: there a full divide-and-conquer solve costs less than the
+    values alone plus a later solve for the top vectors)."""
+    if vectors and gram.shape[0] <= _FLOAT64_EIG_MAX:
+        w, v = scipy.linalg.eigh(gram, driver="evd", check_finite=False)
+        return Spectrum(np.clip(w[::-1], 0.0, None), np.asarray(v[:, ::-1]))
+    return Spectrum(sym_eigvals(gram))
+
+
 def sym_eigvals(gram: np.ndarray, precise: bool = False) -> np.ndarray:
     """All eigenvalues of a symmetric PSD matrix, descending, clipped at zero.
 
@@ -132,24 +151,32 @@ def _subspace_top(
     return None
 
 
-def sym_eig_top(gram: np.ndarray, r: int, eigenvalues: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def sym_eig_top(gram: np.ndarray, r: int, known: Spectrum | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``r`` eigenpairs (descending) of a symmetric PSD matrix: values, vectors (n x r).
 
-    With the full spectrum already known (``eigenvalues``, descending), large matrices
-    use subspace iteration checked against it, which is several times faster than a
-    second tridiagonal solve; it falls back to the exact solver when it lags.
+    ``known``: the matrix's spectrum, already computed. With its vectors, the answer is a
+    slice. With values only, large matrices use subspace iteration checked against them,
+    several times faster than a second tridiagonal solve (falling back to the exact solver
+    when it lags). Orders up to 2048 are solved whole (divide and conquer), which is faster
+    there than computing a subset.
     """
     n = gram.shape[0]
     r = int(min(max(r, 0), n))
     if r == 0:
         return np.zeros(0), np.zeros((n, 0))
-    if eigenvalues is not None and n > _FLOAT64_EIG_MAX and r < n // 2:
-        found = _subspace_top(gram, r, float(np.sum(eigenvalues[:r])))
+    if known is not None and known.vectors is not None:
+        return known.values[:r].copy(), np.ascontiguousarray(known.vectors[:, :r])
+    if known is not None and n > _FLOAT64_EIG_MAX and r < n // 2:
+        found = _subspace_top(gram, r, float(np.sum(known.values[:r])))
         if found is not None:
             return found
-    g = gram if n <= _FLOAT64_EIG_MAX else gram.astype(np.float32)
-    if r == n:
+    if n <= _FLOAT64_EIG_MAX or r == n:
+        g = gram if n <= _FLOAT64_EIG_MAX else gram.astype(np.float32)
         w, v = scipy.linalg.eigh(g, driver="evd", check_finite=False)
+        w, v = w[::-1][:r], v[:, ::-1][:, :r]
     else:
-        w, v = scipy.linalg.eigh(g, subset_by_index=[n - r, n - 1], driver="evr", check_finite=False)
-    return np.clip(w[::-1].astype(np.float64), 0.0, None), np.asarray(v[:, ::-1], dtype=np.float64)
+        w, v = scipy.linalg.eigh(
+            gram.astype(np.float32), subset_by_index=[n - r, n - 1], driver="evr", check_finite=False
+        )
+        w, v = w[::-1], v[:, ::-1]
+    return np.clip(w.astype(np.float64), 0.0, None), np.asarray(v, dtype=np.float64)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wnc_onnx.numeric.gram import mode_gram, sym_eig_top, work_dtype
+from wnc_onnx.numeric.gram import Spectrum, mode_gram, sym_eig_top, work_dtype
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,12 @@ class LowRankFactors:
 
 
 def truncated_svd(
-    matrix: np.ndarray, rank: int, gram: np.ndarray | None = None, eigenvalues: np.ndarray | None = None
+    matrix: np.ndarray, rank: int, gram: np.ndarray | None = None, spectrum: Spectrum | None = None
 ) -> LowRankFactors:
     """Best rank-``rank`` approximation, split as U sqrt(s) and sqrt(s) V^T.
 
     ``gram`` may hold the Gram matrix of the smaller side (W W^T if m <= n, else W^T W),
-    ``eigenvalues`` its known spectrum.
+    ``spectrum`` its known spectrum.
     """
     w = np.asarray(matrix)
     m, n = w.shape
@@ -37,7 +37,7 @@ def truncated_svd(
     small, large = a.shape
     r = int(min(max(rank, 1), small))
     g = mode_gram(a, 0) if gram is None else gram
-    vals, u = sym_eig_top(g, r, eigenvalues)
+    vals, u = sym_eig_top(g, r, spectrum)
     dt = work_dtype(small, large)
     proj = np.asarray(u.T.astype(dt) @ a.astype(dt, copy=False), dtype=np.float64)  # (r, large)
     sv = np.sqrt(vals)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wnc_onnx.numeric.gram import mode_gram, sym_eig_top, work_dtype
+from wnc_onnx.numeric.gram import Spectrum, mode_gram, sym_eig_top, work_dtype
 
 # Modes up to this size get an exact eigen-solve per HOOI sweep; larger ones a
 # subspace-iteration step warm-started from the previous sweep.
@@ -52,7 +52,7 @@ def _rel_error(norm2: float, kept2: float) -> float:
 
 
 def tucker1(
-    kernel: np.ndarray, r_out: int, gram_out: np.ndarray | None = None, eig_out: np.ndarray | None = None
+    kernel: np.ndarray, r_out: int, gram_out: np.ndarray | None = None, eig_out: Spectrum | None = None
 ) -> Tucker1:
     """Optimal output-mode truncation (the truncated SVD of the mode-0 matricization)."""
     k = np.asarray(kernel)
@@ -73,8 +73,8 @@ def tucker2(
     *,
     gram_in: np.ndarray | None = None,
     gram_out: np.ndarray | None = None,
-    eig_in: np.ndarray | None = None,
-    eig_out: np.ndarray | None = None,
+    eig_in: Spectrum | None = None,
+    eig_out: Spectrum | None = None,
     max_iter: int = 20,
     tol: float = 1e-5,
 ) -> Tucker2:
@@ -82,7 +82,7 @@ def tucker2(
 
     Sweeps stop when the captured energy ||core||^2 / ||K||^2 improves by less than
     ``tol`` or after ``max_iter`` sweeps. A mode kept at full rank uses the identity.
-    ``eig_in``/``eig_out``: the Grams' known spectra (speeds up the HOSVD start).
+    ``eig_in``/``eig_out``: the Grams' known spectra (the HOSVD start reuses them).
     """
     k = np.asarray(kernel)
     T, S = k.shape[0], k.shape[1]

@@ -16,8 +16,9 @@ from wnc_onnx.passes.lowrank import LowRankPass
 from wnc_onnx.passes.name_nodes import NameNodesPass
 
 
-def build_passes(cfg: CompressConfig, plan_only: bool = False) -> list[Pass]:
-    """The passes to run, in order (``cfg.skip_passes`` leaves some out)."""
+def build_passes(cfg: CompressConfig, plan_only: bool = False, threads: int = 1) -> list[Pass]:
+    """The passes to run, in order (``cfg.skip_passes`` leaves some out); ``threads``: the
+    resolved thread count (the low-rank pass analyzes that many layers at a time)."""
     passes: list[Pass] = []
     for name in PASS_NAMES:
         if name in cfg.skip_passes:
@@ -31,7 +32,7 @@ def build_passes(cfg: CompressConfig, plan_only: bool = False) -> list[Pass]:
         elif name == "fold_batchnorm":
             passes.append(FoldBatchNormPass())
         elif name == "lowrank":
-            passes.append(LowRankPass(cfg, plan_only=plan_only))
+            passes.append(LowRankPass(cfg, plan_only=plan_only, threads=threads))
         elif name == "cleanup" and not plan_only:
             passes.append(CleanupPass())
     return passes

@@ -21,6 +21,7 @@ from wnc_onnx.graph import GraphContext, add_initializers, mirrors_inputs, prune
 from wnc_onnx.passes.base import PassResult, working_copy
 from wnc_onnx.passes.rules.base import attr_float, attr_int
 from wnc_onnx.report import Report
+from wnc_onnx.walk import all_graphs
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,11 @@ class FoldBatchNormPass:
         model = working_copy(model, in_place)
         folded: list[str] = []
         skipped: list[str] = []
-        shapes = GraphContext(model).shapes
-        graphs = [(model.graph, "")]
+        shapes: dict = {}  # folding needs no tensor shapes (weights carry theirs)
+        targets = {"BatchNormalization", "Mul", "Add"}
+        graphs = (
+            [(model.graph, "")] if any(n.op_type in targets for g in all_graphs(model.graph) for n in g.node) else []
+        )
         for graph, prefix in graphs:  # main graph, then nested bodies
             while self._fold_one(model, graph, prefix, shapes, folded, skipped):
                 pass

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,11 +33,12 @@ from wnc_onnx.graph import (
 from wnc_onnx.numeric.cost import Costs, conv_costs, lowrank_costs
 from wnc_onnx.numeric.gram import (
     RESOLUTION_FLOAT64,
+    Spectrum,
     mode_gram,
     precise_top_spectrum,
     resolution,
     sym_eig_top,
-    sym_eigvals,
+    sym_spectrum,
 )
 from wnc_onnx.numeric.svd import truncated_svd
 from wnc_onnx.numeric.tucker import tucker1, tucker2
@@ -45,6 +48,7 @@ from wnc_onnx.passes.layer import Factors, Layer
 from wnc_onnx.passes.rules import DEFAULT_RULES, Rule
 from wnc_onnx.ranks import policy_rank
 from wnc_onnx.report import LayerReport, Report
+from wnc_onnx.threads import limited
 
 log = logging.getLogger(__name__)
 
@@ -61,28 +65,35 @@ class _Plan:
 
 
 def _vbmf_rank(
-    tensors: list[np.ndarray], mode: int, grams: list[np.ndarray], shape: tuple[int, int], spectra: list[np.ndarray]
+    tensors: list[np.ndarray],
+    mode: int,
+    grams: list[np.ndarray],
+    shape: tuple[int, int],
+    spectra: list[Spectrum],
+    vectors: bool,
 ) -> int:
     """EVBMF rank of each group's mode-``mode`` matricization (Gram eigenvalues); the largest wins.
 
     Where the noise level EVBMF finds sits at the rounding level of a float32 spectrum (an
     exactly low-rank weight), the spectrum is computed again in float64, so such a weight
-    gets its exact rank. The spectra are appended to ``spectra`` for the factorization."""
+    gets its exact rank. The spectra (with eigenvectors when ``vectors``: the layer will be
+    factored) are appended to ``spectra`` for the factorization."""
     small = min(shape)
     ranks = []
     for tensor, g in zip(tensors, grams, strict=True):
-        ev = sym_eigvals(g)
+        spec = sym_spectrum(g, vectors)
+        ev = spec.values
         level = resolution(g.shape[0], tensor.size // max(g.shape[0], 1))
         found = evbmf_from_eigenvalues(ev[:small], shape, resolution=level * ev[0] if ev.size else 0.0)
         if found.floored and level > RESOLUTION_FLOAT64:
             # The components above float32 rounding, and the energy left below it, in float64.
             k = int(np.sum(ev > level * ev[0]))
-            top, rest = precise_top_spectrum(tensor, mode, sym_eig_top(g, k, ev)[1])
+            top, rest = precise_top_spectrum(tensor, mode, sym_eig_top(g, k, spec)[1])
             log.debug("EVBMF at the float32 rounding level: %d components resolved in float64", k)
             found = evbmf_from_singular_values(
                 np.sqrt(top), shape, residual=rest, resolution=RESOLUTION_FLOAT64 * top[0]
             )
-        spectra.append(ev)
+        spectra.append(spec)
         ranks.append(found.rank)
     return max(ranks)
 
@@ -92,10 +103,17 @@ class LowRankPass:
 
     name = "lowrank"
 
-    def __init__(self, cfg: CompressConfig, rules: tuple[Rule, ...] = DEFAULT_RULES, plan_only: bool = False):
+    def __init__(
+        self,
+        cfg: CompressConfig,
+        rules: tuple[Rule, ...] = DEFAULT_RULES,
+        plan_only: bool = False,
+        threads: int = 1,
+    ):
         self.cfg = cfg
         self.rules = rules
         self.plan_only = plan_only
+        self.threads = threads  # layers analyzed at a time (see _analyzed)
 
     # -- discovery -------------------------------------------------------------------
     def find_layers(self, ctx: GraphContext) -> list[tuple[Layer, Rule | None]]:
@@ -175,10 +193,12 @@ class LowRankPass:
         new_inits: list[onnx.TensorProto] = []
         dead_weights: list[str] = []
         records = []
-        for i, (layer, rule) in enumerate(layers, done + 1):
-            t0 = time.perf_counter()
-            rec = self._process(layer, rule, ctx, used, replaced, new_inits, dead_weights)
-            rec.seconds = round(time.perf_counter() - t0, 4)
+        for i, (layer, rule), (rec, factors) in zip(
+            range(done + 1, done + len(layers) + 1), layers, self._analyzed(ctx, layers), strict=True
+        ):
+            if factors is not None:
+                assert rule is not None
+                self._emit(layer, rule, ctx, rec, factors, used, replaced, new_inits, dead_weights)
             records.append(rec)
             # fixed-width columns first, the (any-length) name and details last
             log.info(
@@ -195,6 +215,34 @@ class LowRankPass:
         if replaced:
             self._splice(ctx, replaced, new_inits, dead_weights, layers)
         return records, bool(replaced)
+
+    def _analyzed(
+        self, ctx: GraphContext, layers: list[tuple[Layer, Rule | None]]
+    ) -> Iterator[tuple[LayerReport, Factors | None]]:
+        """(record, factors) of each layer, in order.
+
+        Most layers are small: one BLAS thread each, several layers at a time, which uses
+        the cores far better than threaded BLAS on small matrices (eigen-solvers of order
+        512 hardly scale). A layer whose Gram products are large runs alone with all
+        threads. At most a few results wait for their turn, so memory stays per layer."""
+        workers = max(1, self.threads)
+        if workers == 1 or len(layers) == 1:
+            for layer, rule in layers:
+                yield self._analyze(layer, rule, ctx)
+            return
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wnc-lowrank") as pool:
+            i = 0
+            while i < len(layers):
+                if _work(layers[i][0]) >= _ALONE_WORK:
+                    yield self._analyze(layers[i][0], layers[i][1], ctx)  # all BLAS threads
+                    i += 1
+                    continue
+                j = i
+                while j < len(layers) and j - i < 4 * workers and _work(layers[j][0]) < _ALONE_WORK:
+                    j += 1
+                with limited(1):
+                    yield from pool.map(lambda pair: self._analyze(pair[0], pair[1], ctx), layers[i:j])
+                i = j
 
     def _record(self, layer: Layer, status: str, reason: str = "") -> LayerReport:
         before = self._before(layer) if layer.t else None
@@ -218,33 +266,31 @@ class LowRankPass:
     def _before(self, layer: Layer) -> Costs:
         return conv_costs(layer.s, layer.t, layer.window, layer.groups, layer.out_pixels)
 
-    def _process(
-        self,
-        layer: Layer,
-        rule: Rule | None,
-        ctx: GraphContext,
-        used: set[str],
-        replaced: dict[int, list[onnx.NodeProto]],
-        new_inits: list[onnx.TensorProto],
-        dead_weights: list[str],
-    ) -> LayerReport:
+    def _analyze(self, layer: Layer, rule: Rule | None, ctx: GraphContext) -> tuple[LayerReport, Factors | None]:
+        """Ranks and factors of one layer (numeric work only: safe to run beside other layers)."""
+        t0 = time.perf_counter()
+        rec, factors = self._analyze_timed(layer, rule, ctx)
+        rec.seconds = round(time.perf_counter() - t0, 4)
+        return rec, factors
+
+    def _analyze_timed(self, layer: Layer, rule: Rule | None, ctx: GraphContext) -> tuple[LayerReport, Factors | None]:
         if layer.skip:
-            return self._record(layer, "skipped", layer.skip)
+            return self._record(layer, "skipped", layer.skip), None
         reason = self.cfg.selects(layer.name, layer.op_type)
         if reason:
-            return self._record(layer, "skipped", reason)
+            return self._record(layer, "skipped", reason), None
         assert rule is not None
         kernels = [np.asarray(k, dtype=np.float32) if k.dtype.itemsize < 4 else k for k in rule.kernels(layer, ctx)]
         if not all(np.isfinite(k).all() for k in kernels):
-            return self._record(layer, "skipped", "weight holds NaN or Inf values")
+            return self._record(layer, "skipped", "weight holds NaN or Inf values"), None
         conv_like = layer.rule in ("conv", "flatten_gemm")
         # Out-mode Gram (conv-like) or the small side's Gram (matrix): shared by VBMF and factoring.
         grams_out = [mode_gram(k if conv_like or k.shape[0] <= k.shape[1] else k.T, 0) for k in kernels]
-        spectra: dict[str, list[np.ndarray]] = {"out": [], "in": []}  # Gram spectra, reused to factor
+        spectra: dict[str, list[Spectrum]] = {"out": [], "in": []}  # Gram spectra, reused to factor
         try:
             plan, grams_in = self._plan(layer, kernels, grams_out, spectra)
         except _Skip as skip:
-            return self._record(layer, "skipped", str(skip))
+            return self._record(layer, "skipped", str(skip)), None
         rec = self._record(layer, "planned")
         rec.method, rec.rank_source = plan.method, plan.source
         rec.vbmf_ranks = {k: plan.vbmf[k] for k in ("R3", "R4", "R") if k in plan.vbmf}
@@ -258,9 +304,22 @@ class LowRankPass:
         rec.params_split = list(plan.after.params)
         rec.macs_split = list(plan.after.macs or [])
         if self.plan_only:
-            return rec
-        factors = self._factor(layer, plan, kernels, grams_in, grams_out, spectra)
-        del kernels, grams_in, grams_out
+            return rec, None
+        return rec, self._factor(layer, plan, kernels, grams_in, grams_out, spectra)
+
+    def _emit(
+        self,
+        layer: Layer,
+        rule: Rule,
+        ctx: GraphContext,
+        rec: LayerReport,
+        factors: Factors,
+        used: set[str],
+        replaced: dict[int, list[onnx.NodeProto]],
+        new_inits: list[onnx.TensorProto],
+        dead_weights: list[str],
+    ) -> None:
+        """The replacement nodes of a factored layer (in layer order: names stay deterministic)."""
         emitter = rule.rewrite(layer, factors, ctx, used)
         if ctx.is_external(layer.weight):  # weights read from disk go back to disk, not to memory
             emitter.initializers[:] = [external_data.spill(t) for t in emitter.initializers]
@@ -271,7 +330,6 @@ class LowRankPass:
         rec.rel_error = factors.rel_error
         rec.hooi_iterations = factors.hooi_iterations if factors.method == "tucker2" else None
         rec.nodes = [n.name for n in emitter.nodes]
-        return rec
 
     # -- ranks and structure --------------------------------------------------------
     def _plan(
@@ -279,7 +337,7 @@ class LowRankPass:
         layer: Layer,
         kernels: list[np.ndarray],
         grams_out: list[np.ndarray],
-        spectra: dict[str, list[np.ndarray]],
+        spectra: dict[str, list[Spectrum]],
     ) -> tuple[_Plan, list[np.ndarray] | None]:
         """Method and ranks for one layer, and the in-mode Grams when Tucker-2 needs them."""
         cfg = self.cfg
@@ -303,7 +361,7 @@ class LowRankPass:
             if spec is not None:
                 return plan("svd", None, _check_rank(layer.name, "R", spec, full)), None
             mats = [k if k.shape[0] <= k.shape[1] else k.T for k in kernels]
-            vbmf["R"] = _vbmf_rank(mats, 0, grams_out, (t, s), spectra["out"])
+            vbmf["R"] = _vbmf_rank(mats, 0, grams_out, (t, s), spectra["out"], not self.plan_only)
             if vbmf["R"] == 0:
                 raise _Skip("VBMF rank 0: the weights look like noise to EVBMF; set a rank with --ranks")
             return plan("svd", None, policy_rank(vbmf["R"], full, cfg)), None
@@ -316,9 +374,10 @@ class LowRankPass:
             return plan("tucker1", None, _check_rank(layer.name, "R4", spec, t)), None
         few_in = s <= cfg.tucker1_max_in
         grams_in = None if few_in else [mode_gram(k, 1) for k in kernels]
-        vbmf["R4"] = _vbmf_rank(kernels, 0, grams_out, (t, s * p), spectra["out"])
+        vectors = not self.plan_only
+        vbmf["R4"] = _vbmf_rank(kernels, 0, grams_out, (t, s * p), spectra["out"], vectors)
         if grams_in is not None:
-            vbmf["R3"] = _vbmf_rank(kernels, 1, grams_in, (s, t * p), spectra["in"])
+            vbmf["R3"] = _vbmf_rank(kernels, 1, grams_in, (s, t * p), spectra["in"], vectors)
         if vbmf["R4"] == 0 or vbmf.get("R3", 1) == 0:
             raise _Skip(f"VBMF rank 0 ({_fmt(vbmf)}): the weights look like noise to EVBMF; set ranks with --ranks")
         r4 = policy_rank(vbmf["R4"], t, cfg)
@@ -348,13 +407,13 @@ class LowRankPass:
         kernels: list[np.ndarray],
         grams_in: list[np.ndarray] | None,
         grams_out: list[np.ndarray],
-        spectra: dict[str, list[np.ndarray]],
+        spectra: dict[str, list[Spectrum]],
     ) -> Factors:
         groups: list[dict[str, np.ndarray]] = []
         err2 = norm2 = 0.0
         sweeps = 0
 
-        def spectrum(mode: str, gi: int) -> np.ndarray | None:
+        def spectrum(mode: str, gi: int) -> Spectrum | None:
             found = spectra[mode]
             return found[gi] if gi < len(found) else None
 
@@ -380,7 +439,7 @@ class LowRankPass:
                 groups.append({"core": t1.core, "u_out": t1.u_out})
                 e = t1.rel_error
             else:
-                f = truncated_svd(k, plan.r4, gram=grams_out[gi], eigenvalues=spectrum("out", gi))
+                f = truncated_svd(k, plan.r4, gram=grams_out[gi], spectrum=spectrum("out", gi))
                 groups.append({"left": f.left, "right": f.right})
                 e = f.rel_error
             err2 += e * e * n2
@@ -417,6 +476,16 @@ class LowRankPass:
         g.node.extend(nodes)
         prune_unread(g, candidates, mirrors_inputs(model, g))
         add_initializers(model, g, new_inits)
+
+
+# Multiply-adds of a layer's two Gram products above which it runs alone with all threads.
+_ALONE_WORK = 2e10
+
+
+def _work(layer: Layer) -> float:
+    """Multiply-adds of the layer's Gram products (both channel modes), the bulk of its cost."""
+    size = float(layer.s) * layer.t * layer.window * layer.groups
+    return size * (layer.s + layer.t)
 
 
 class _Skip(Exception):
