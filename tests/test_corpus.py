@@ -4,6 +4,7 @@ rank) or exit with one clear line; a traceback is a bug."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,6 +13,7 @@ import pytest
 import wnc_onnx
 from tests.corpus import CORPUS, fetch, verify_inputs
 from tests.helpers import session
+from wnc_onnx.api import count_params
 from wnc_onnx.verify import random_inputs, verify
 
 
@@ -107,3 +109,20 @@ def test_full_rank_round_trip_is_exact(real_model):
     for o in result.outputs:
         ref_max = max(abs(o.ref_range[0]), abs(o.ref_range[1]))
         assert o.max_abs <= 1e-4 * max(ref_max, 1.0), (model_id, o)
+
+
+LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+@pytest.mark.parametrize("name", ["light_squeezenet", "light_shufflenet", "light_inception_v1", "light_densenet121"])
+def test_onnx_light_models_with_constant_weights(name, tmp_path):
+    """The onnx package's light_* models compute every weight with ConstantOfShape (a
+    constant fill): folded, every layer is exactly rank 1, and the outputs do not move."""
+    path = LIGHT / f"{name}.onnx"
+    small, report = wnc_onnx.compress(str(path))
+    decomposed = report.decomposed
+    assert decomposed and all(set(r.vbmf_ranks.values()) == {1} for r in decomposed)
+    stored = count_params(onnx.load(path))  # the shapes the fills are made from
+    assert report.totals.params_before > 100 * stored  # the folded weights count, not the shapes
+    result = verify(str(path), small)
+    assert all(o.error is not None and o.error < 1e-3 for o in result.outputs), result.to_table()

@@ -180,13 +180,15 @@ def _head(op: str) -> onnx.ModelProto:
     return model
 
 
-@pytest.mark.parametrize("op,kind", [("none", "class scores"), ("Softmax", "class scores"), ("Sigmoid", "bounded"),
-                                     ("Relu", "float")])  # fmt: skip
+@pytest.mark.parametrize("op,kind", [("none", "class scores"), ("Softmax", "class probabilities"),
+                                     ("Sigmoid", "bounded"), ("Relu", "float")])  # fmt: skip
 def test_output_kind_follows_the_op_that_made_it(op, kind):
     model = _head(op)
     result = verify(model, model)
     assert result.outputs[0].kind == kind
-    assert (result.outputs[0].top1_agreement is not None) == (kind == "class scores")
+    assert (result.outputs[0].top1_agreement is not None) == kind.startswith("class")
+    bounded = kind in ("bounded", "class probabilities")
+    assert (result.outputs[0].norm == "abs, bounded output") == bounded
 
 
 def test_input_values_fill_integer_and_scalar_inputs():

@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+from onnx import numpy_helper
 
 from wnc_onnx.numeric import evbmf, evbmf_from_eigenvalues, mode_gram, sym_eigvals
 from wnc_onnx.numeric.vbmf import evbmf_from_singular_values, tau_bar
@@ -167,6 +168,18 @@ def test_exactly_low_rank_weights_get_their_exact_rank(shape, rank):
         w = rng.standard_normal((shape[0], rank)) @ rng.standard_normal((rank, shape[1]))
     layer = wnc_onnx.inspect(_gemm(w), min_rank=1).layers[0]
     assert layer.vbmf_ranks == {"R": rank}
+
+
+def test_exactly_low_rank_pointwise_conv_gets_its_exact_rank():
+    """A 1x1 conv goes the matrix (SVD) way with a 4-D kernel: the float64 check must
+    matricize it as the Gram was (the onnx package's light ResNet-50 crashed here)."""
+    import wnc_onnx
+    from tests.helpers import conv_model
+
+    model = conv_model(1024, 256, (1, 1), (2, 2))
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.full((256, 1024, 1, 1), 0.02, np.float32), "W"))
+    layer = wnc_onnx.inspect(model, min_rank=1).layers[0]
+    assert layer.method == "svd" and layer.vbmf_ranks == {"R": 1}
 
 
 def test_float64_spectrum_is_used_only_where_rounding_decides():

@@ -93,6 +93,8 @@ def _run(model: ModelLike, cfg: CompressConfig, plan_only: bool) -> tuple[onnx.M
         for p in build_passes(cfg, plan_only=plan_only, threads=threads):
             result = p(result_model, report, in_place=owned or result_model is not proto)
             result_model = result.model
+            if p.name == "fold_constants" and result.modified:  # weights the model computed now count
+                params_before = count_params(result_model)
     _totals(report, params_before, count_params(result_model), info["file_bytes"])
     if not plan_only:
         _finish(result_model, report, proto)

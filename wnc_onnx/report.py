@@ -201,14 +201,16 @@ def _macs_summary(report: Report) -> str:
     if tot.macs_before is not None and tot.macs_after is not None:
         return f"MACs {human(tot.macs_before)} -> {human(tot.macs_after)} {_x(_ratio(tot.macs_before, tot.macs_after))}"
     hints = report.model.get("dynamic_inputs") or []
-    fix = (
-        "give " + " ".join(f"--input-shape {h}" for h in hints)
-        if hints
-        else "their sizes are dynamic inside the graph, e.g. in If / Loop bodies"
-    )
+    unsized = sum(r.macs_before is None and r.T is None for r in report.layers)
+    if hints:
+        why = "give " + " ".join(f"--input-shape {h}" for h in hints)
+    elif unsized == tot.macs_unknown_layers:
+        why = "skipped before their size was known"
+    else:
+        why = "their sizes are dynamic inside the graph, e.g. in If / Loop bodies"
     if tot.macs_known_layers == 0:
-        return f"MACs unknown (dynamic sizes): {fix}"
+        return f"MACs unknown ({why})"
     known = f"{human(tot.macs_known_before)} -> {human(tot.macs_known_after)}"
     known += f" {_x(_ratio(tot.macs_known_before, tot.macs_known_after))}"
-    unknown = f"MACs unknown for {tot.macs_unknown_layers} of {tot.layers} layers ({fix})"
+    unknown = f"MACs unknown for {tot.macs_unknown_layers} of {tot.layers} layers ({why})"
     return f"{unknown}; the other {tot.macs_known_layers}: {known}"

@@ -8,7 +8,7 @@ reference ("rel to RMS"), a figure that stays meaningful where single values are
 zero. Outputs bounded by their last op (Sigmoid, Softmax, Tanh, ...: probabilities and
 the like) are compared in absolute terms instead ("abs, bounded output"): their natural
 scale is 1, and a detector that sees nothing in random noise has a reference near zero
-everywhere. Top-1 agreement is given for class-score outputs only, integer outputs are
+everywhere. Top-1 agreement is given for class scores and class probabilities only, integer outputs are
 compared element by element. ``layer_errors`` measures the same error at the input and
 output of every decomposed layer, so the layers that add the most error can be named.
 """
@@ -49,7 +49,9 @@ _PASS_THROUGH = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsquee
 class OutputDiff:
     name: str
     shape: list[int]
-    kind: str  # "float", "class scores", "bounded" (float in [0,1] or [-1,1]) or "integer"
+    # "float", "class scores" (logits), "class probabilities" (softmax: bounded class scores),
+    # "bounded" (float in [0, 1] or [-1, 1]) or "integer"
+    kind: str
     error: float | None  # the figure --tolerance checks (None for integer outputs)
     norm: str  # how ``error`` is normalized: "rel to RMS", "abs, bounded output", "abs, reference is 0"
     max_abs: float
@@ -322,7 +324,7 @@ def _kind(model: onnx.ModelProto, name: str, ref: np.ndarray) -> str:
     op = _producer_chain(model, name)
     squeezed = [d for d in ref.shape[1:] if d != 1]
     if op in CLASS_SCORE_OPS and ref.ndim >= 2 and len(squeezed) == 1 and squeezed[0] > 1:
-        return "class scores"
+        return "class probabilities" if op in BOUNDED_OPS else "class scores"
     if op in BOUNDED_OPS:
         return "bounded"
     return "float"
@@ -351,7 +353,7 @@ def compare_output(name: str, kind: str, a: np.ndarray, b: np.ndarray) -> Output
     max_abs = float(np.max(np.abs(diff))) if diff.size else 0.0
     rms_diff = float(np.sqrt(np.mean(diff**2))) if diff.size else 0.0
     ref_rms = float(np.sqrt(np.mean(a64**2))) if a64.size else 0.0
-    if kind == "bounded":
+    if kind in ("bounded", "class probabilities"):
         error, norm = rms_diff, "abs, bounded output"
     elif ref_rms > 0:
         error, norm = rms_diff / ref_rms, "rel to RMS"
@@ -359,7 +361,7 @@ def compare_output(name: str, kind: str, a: np.ndarray, b: np.ndarray) -> Output
         error, norm = rms_diff, "abs, reference is 0"
     if not finite:
         error = float("inf")
-    top1 = _top1_agreement(a64, b64) if kind == "class scores" and a64.size else None
+    top1 = _top1_agreement(a64, b64) if kind.startswith("class") and a64.size else None
     lo, hi = (float(a64.min()), float(a64.max())) if a64.size else (0.0, 0.0)
     return OutputDiff(name, list(a.shape), kind, error, norm, max_abs, ref_rms, [lo, hi], finite, top1)
 

@@ -76,6 +76,11 @@ def foldable_nodes(model: onnx.ModelProto) -> list[str]:
     return found
 
 
+def _initializer_inputs(model: onnx.ModelProto) -> set[str]:
+    inits = {t.name for t in model.graph.initializer}
+    return {vi.name for vi in model.graph.input if vi.name in inits}
+
+
 class FoldConstantsPass:
     name = "fold_constants"
 
@@ -124,14 +129,13 @@ class FoldConstantsPass:
 
     @staticmethod
     def _fold(model: onnx.ModelProto, candidates: list[str]) -> onnx.ModelProto:
-        largest = max((external_data.nbytes(t) for t in external_data.all_tensors(model)), default=0)
         chosen = set(candidates)
 
         def work(graph) -> None:  # type: ignore[no-untyped-def]
             graph.fold_constants(
                 error_ok=False,
                 fold_shapes=False,  # shape arithmetic is not a weight; graphsurgeon drops Shape's start/end
-                size_threshold=max(1 << 20, 4 * largest),
+                size_threshold=1 << 31,  # only weights are folded, whatever their size (below protobuf's limit)
                 should_exclude_node=lambda node: node.name not in chosen,
             ).cleanup(remove_unused_graph_inputs=False)
 
@@ -139,6 +143,17 @@ class FoldConstantsPass:
 
         ort.set_default_logger_severity(3)  # graphsurgeon evaluates with onnxruntime: no warning spam
         out = gs_tools.roundtrip(model, work)
+        if out.ir_version < 4:  # before IR 4 every initializer is listed as a graph input too
+            inits = {t.name for t in out.graph.initializer}
+            kept = [vi for vi in out.graph.input if vi.name in inits or vi.name not in _initializer_inputs(model)]
+            listed = {vi.name for vi in kept}
+            del out.graph.input[:]
+            out.graph.input.extend(kept)
+            out.graph.input.extend(
+                onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                for t in out.graph.initializer
+                if t.name not in listed
+            )
         # A fold that breaks the model is a failed fold: the strict checker (with shape
         # inference) must accept the result whenever it accepts the input.
         try:

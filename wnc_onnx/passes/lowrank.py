@@ -283,7 +283,7 @@ class LowRankPass:
         kernels = [np.asarray(k, dtype=np.float32) if k.dtype.itemsize < 4 else k for k in rule.kernels(layer, ctx)]
         if not all(np.isfinite(k).all() for k in kernels):
             return self._record(layer, "skipped", "weight holds NaN or Inf values"), None
-        conv_like = layer.rule in ("conv", "flatten_gemm")
+        conv_like = layer.rule in _CONV_LIKE
         # Out-mode Gram (conv-like) or the small side's Gram (matrix): shared by VBMF and factoring.
         grams_out = [mode_gram(k if conv_like or k.shape[0] <= k.shape[1] else k.T, 0) for k in kernels]
         spectra: dict[str, list[Spectrum]] = {"out": [], "in": []}  # Gram spectra, reused to factor
@@ -360,7 +360,8 @@ class LowRankPass:
                 )
             if spec is not None:
                 return plan("svd", None, _check_rank(layer.name, "R", spec, full)), None
-            mats = [k if k.shape[0] <= k.shape[1] else k.T for k in kernels]
+            # the tensors grams_out was computed from (see _analyze_timed)
+            mats = [k if layer.rule in _CONV_LIKE or k.shape[0] <= k.shape[1] else k.T for k in kernels]
             vbmf["R"] = _vbmf_rank(mats, 0, grams_out, (t, s), spectra["out"], not self.plan_only)
             if vbmf["R"] == 0:
                 raise _Skip("VBMF rank 0: the weights look like noise to EVBMF; set a rank with --ranks")
@@ -478,6 +479,7 @@ class LowRankPass:
         add_initializers(model, g, new_inits)
 
 
+_CONV_LIKE = ("conv", "flatten_gemm")  # rules whose kernels are (T, S, *spatial); others give matrices
 # Multiply-adds of a layer's two Gram products above which it runs alone with all threads.
 _ALONE_WORK = 2e10
 
