@@ -150,6 +150,15 @@ def test_error_is_normalized_by_the_reference_rms():
     assert d.norm == "abs, reference is 0" and d.error == pytest.approx(0.5)
 
 
+def test_top1_per_position_for_token_outputs():
+    a = np.zeros((1, 3, 5), np.float32)
+    a[0, :, 2] = 1.0  # every position picks class 2
+    b = a.copy()
+    b[0, 0, 4] = 2.0  # the first position now picks class 4
+    d = compare_output("tokens", "class probabilities", a, b)
+    assert d.top1_agreement == pytest.approx(2 / 3)
+
+
 def test_top1_counts_ties_and_integer_outputs_compare_exactly():
     tied = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]], np.float32)
     other = np.array([[0.0, 1.0 + 1e-9, 0.0], [0.0, 3.0, 1.0]], np.float32)  # picks the second of a tie
@@ -160,11 +169,17 @@ def test_top1_counts_ties_and_integer_outputs_compare_exactly():
     assert idx.error is None and idx.equal_fraction == 0.75 and idx.top1_agreement is None
 
 
-def _head(op: str) -> onnx.ModelProto:
+def _head(op: str, classes: int = 10) -> onnx.ModelProto:
     """x (2, 16) -> Gemm -> [op] -> y: scores, probabilities, or a regression."""
     rng = np.random.default_rng(2)
     nodes = [helper.make_node("Gemm", ["x", "W"], ["g"], name="fc")]
-    if op != "none":
+    if op == "exp/sum":  # a softmax written out, as jax2tf exports do
+        nodes += [
+            helper.make_node("Exp", ["g"], ["e"]),
+            helper.make_node("ReduceSum", ["e", "axes"], ["s"], keepdims=1),
+            helper.make_node("Div", ["e", "s"], ["y"]),
+        ]
+    elif op != "none":
         nodes.append(helper.make_node(op, ["g"], ["y"], name="head"))
     out = "y" if op != "none" else "g"
     model = helper.make_model(
@@ -172,18 +187,30 @@ def _head(op: str) -> onnx.ModelProto:
             nodes,
             "g",
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
-            [helper.make_tensor_value_info(out, TensorProto.FLOAT, [2, 10])],
-            [numpy_helper.from_array(rng.standard_normal((16, 10)).astype(np.float32), "W")],
+            [helper.make_tensor_value_info(out, TensorProto.FLOAT, [2, classes])],
+            [
+                numpy_helper.from_array(rng.standard_normal((16, classes)).astype(np.float32), "W"),
+                numpy_helper.from_array(np.array([-1], np.int64), "axes"),
+            ],
         ),
         opset_imports=[helper.make_opsetid("", 17)],
     )
     return model
 
 
-@pytest.mark.parametrize("op,kind", [("none", "class scores"), ("Softmax", "class probabilities"),
-                                     ("Sigmoid", "bounded"), ("Relu", "float")])  # fmt: skip
-def test_output_kind_follows_the_op_that_made_it(op, kind):
-    model = _head(op)
+@pytest.mark.parametrize(
+    "op,classes,kind",
+    [
+        ("none", 10, "class scores"),  # logits of a 10-class classifier
+        ("none", 3, "float"),  # (N, 3): a regression head (DNSMOS's three scores)
+        ("Softmax", 3, "class probabilities"),
+        ("exp/sum", 12, "class probabilities"),  # Magika writes its softmax out
+        ("Sigmoid", 10, "bounded"),
+        ("Relu", 10, "float"),
+    ],
+)
+def test_output_kind_follows_the_op_that_made_it(op, classes, kind):
+    model = _head(op, classes)
     result = verify(model, model)
     assert result.outputs[0].kind == kind
     assert (result.outputs[0].top1_agreement is not None) == kind.startswith("class")

@@ -8,7 +8,8 @@ reference ("rel to RMS"), a figure that stays meaningful where single values are
 zero. Outputs bounded by their last op (Sigmoid, Softmax, Tanh, ...: probabilities and
 the like) are compared in absolute terms instead ("abs, bounded output"): their natural
 scale is 1, and a detector that sees nothing in random noise has a reference near zero
-everywhere. Top-1 agreement is given for class scores and class probabilities only, integer outputs are
+everywhere. Top-1 agreement is given for class scores only: a softmax output (also one
+written out as Exp / sum), or a linear layer's (N, C) output with C >= 10, integer outputs are
 compared element by element. ``layer_errors`` measures the same error at the input and
 output of every decomposed layer, so the layers that add the most error can be named.
 """
@@ -39,8 +40,8 @@ DEFAULT_DIM = 64  # unknown non-batch dims (a multiple of 32: fits stride-32 bac
 LARGE_ERROR = 0.1
 # Ops whose output lies in [0, 1] or [-1, 1]: compared in absolute terms.
 BOUNDED_OPS = frozenset({"Sigmoid", "Softmax", "HardSigmoid", "Tanh", "Softsign"})
-# Ops that produce class scores (logits or probabilities) when their output is (N, C).
-CLASS_SCORE_OPS = frozenset({"Softmax", "LogSoftmax", "Gemm", "MatMul", "Add"})
+# Ops of a final linear layer: their (N, C) output holds logits when C is large enough.
+LINEAR_OPS = frozenset({"Gemm", "MatMul", "Add"})
 # Ops looked through when finding what produced an output.
 _PASS_THROUGH = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Cast"})
 
@@ -306,33 +307,55 @@ def _run_failure(exc: Exception, drawn: _Drawn) -> WncError:
     )
 
 
-def _producer_chain(model: onnx.ModelProto, name: str) -> str | None:
-    """The op that produced ``name``, looking through reshapes and casts."""
+def _producer(model: onnx.ModelProto, name: str) -> onnx.NodeProto | None:
+    """The node that produced ``name``, looking through reshapes and casts."""
     producers = {o: n for n in model.graph.node for o in n.output}
-    seen = 0
-    while name in producers and seen < 16:
-        node = producers[name]
-        if node.op_type not in _PASS_THROUGH or not node.input:
-            return node.op_type
-        name, seen = node.input[0], seen + 1
+    for _ in range(16):
+        node = producers.get(name)
+        if node is None or node.op_type not in _PASS_THROUGH or not node.input:
+            return node
+        name = node.input[0]
     return None
+
+
+def _op(model: onnx.ModelProto, name: str) -> str | None:
+    """The producing op, with a softmax written out as Exp / sum (Div of an Exp) named Softmax."""
+    node = _producer(model, name)
+    if node is None:
+        return None
+    if node.op_type == "Div" and node.input:
+        numerator = _producer(model, node.input[0])
+        if numerator is not None and numerator.op_type == "Exp":
+            return "Softmax"
+    return node.op_type
+
+
+# A linear layer's output counts as class scores from this many classes on: below it,
+# (N, 3) MOS scores, (N, 4) boxes and the like are far more often regressions.
+MIN_CLASSES = 10
 
 
 def _kind(model: onnx.ModelProto, name: str, ref: np.ndarray) -> str:
     if not np.issubdtype(ref.dtype, np.floating):
         return "integer"
-    op = _producer_chain(model, name)
+    op = _op(model, name)
+    if op in ("Softmax", "LogSoftmax") and ref.ndim >= 2 and ref.shape[-1] > 1:
+        return "class probabilities" if op == "Softmax" else "class scores"
     squeezed = [d for d in ref.shape[1:] if d != 1]
-    if op in CLASS_SCORE_OPS and ref.ndim >= 2 and len(squeezed) == 1 and squeezed[0] > 1:
-        return "class probabilities" if op in BOUNDED_OPS else "class scores"
+    if op in LINEAR_OPS and ref.ndim >= 2 and len(squeezed) == 1 and squeezed[0] >= MIN_CLASSES:
+        return "class scores"
     if op in BOUNDED_OPS:
         return "bounded"
     return "float"
 
 
 def _top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """Rows where the compressed model's top class is one of the reference's (ties count)."""
-    a2, b2 = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+    """Rows (samples, or positions for per-token outputs) where the compressed model's top
+    class is one of the reference's (ties count). Classes lie on the last axis that is not 1."""
+    if all(d == 1 for d in a.shape[2:]):
+        a2, b2 = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+    else:
+        a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
     top = a2.max(axis=1, keepdims=True)
     tied = a2 >= top - 1e-6 * np.maximum(np.abs(top), 1e-12)
     pick = b2.argmax(axis=1)
