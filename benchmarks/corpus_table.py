@@ -34,7 +34,7 @@ def main() -> int:
     head = "| model | layers decomposed | weights | MACs | worst output error | top-1 | seconds |"
     print(head)
     print("|---|---|---|---|---|---|---|")
-    for model_id, (requirement, _, what) in CORPUS.items():
+    for model_id in CORPUS:
         path = fetch(model_id)
         feeds = verify_inputs(model_id) or random_inputs(load_model(path), seed=0)
         shapes = {k: tuple(v.shape) for k, v in feeds.items() if v.ndim and all(v.shape)}

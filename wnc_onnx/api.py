@@ -18,7 +18,7 @@ from wnc_onnx import external_data
 from wnc_onnx.config import CompressConfig
 from wnc_onnx.errors import WncError, one_line
 from wnc_onnx.graph import dynamic_inputs, shape_hint, skeleton, subgraphs
-from wnc_onnx.model_io import check_input, load_model
+from wnc_onnx.model_io import check_input, load_model_and_source
 from wnc_onnx.passes import build_passes
 from wnc_onnx.report import Report
 from wnc_onnx.threads import limited
@@ -45,15 +45,15 @@ def _open(model: ModelLike) -> tuple[onnx.ModelProto, bool, dict[str, Any]]:
             copy.CopyFrom(model)
             external_data.resolve(copy, Path.cwd(), "input model")
             check_input(copy)
-            return copy, True, {"path": None, "file_bytes": None}
+            return copy, True, {"path": None, "file_bytes": None, "source": None}
         check_input(model)
-        return model, False, {"path": None, "file_bytes": None}
+        return model, False, {"path": None, "file_bytes": None, "source": None}
     path = Path(model)
-    loaded = load_model(path)
+    loaded, source = load_model_and_source(path)
     size = path.stat().st_size + sum(
         external_data.nbytes(t) for t in external_data.all_tensors(loaded) if external_data.is_external(t)
     )
-    return loaded, True, {"path": str(path), "file_bytes": size}
+    return loaded, True, {"path": str(path), "file_bytes": size, "source": source}
 
 
 def _describe(model: onnx.ModelProto, info: dict[str, Any], cfg: CompressConfig) -> dict[str, Any]:
@@ -84,6 +84,7 @@ def count_params(model: onnx.ModelProto | onnx.GraphProto) -> int:
 def _run(model: ModelLike, cfg: CompressConfig, plan_only: bool) -> tuple[onnx.ModelProto, Report]:
     proto, owned, info = _open(model)
     report = Report(config=_config_dict(cfg), model=_describe(proto, info, cfg))
+    report.source = info["source"]
     threads, why = resolve_threads(cfg.threads)
     report.config["threads_used"] = threads
     log.debug("threads: %d (%s)", threads, why)

@@ -47,12 +47,8 @@ class _Formatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if (
-            "default" in text
-            or default in (None, False, [], argparse.SUPPRESS)
-            or action.option_strings == []
-            and action.nargs != "?"
-        ):
+        nothing = default is None or default is False or default == [] or default == argparse.SUPPRESS
+        if "default" in text or nothing or (not action.option_strings and action.nargs != "?"):
             return text
         return f"{text} (default: %(default)s)"
 
@@ -332,7 +328,7 @@ def run_compress(a: argparse.Namespace) -> int:
     if report.totals.decomposed == 0:
         raise _nothing_compressed(report, a.quiet)
     checking = bool(a.verify or a.inputs or a.input_value or a.tolerance is not None)
-    with staged_model(model, out, a.external_data) as stage:
+    with staged_model(model, out, a.external_data, source=report.source) as stage:
         if checking and not _verified(a, stage.path, report, cfg):
             stage.keep = False
             return EXIT_VERIFY_FAILED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import mmap
 import os
 import shutil
@@ -14,13 +15,19 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from wnc_onnx import external_data
+from wnc_onnx import external_data, wire
 from wnc_onnx.errors import REEXPORT, WncError, one_line
 from wnc_onnx.graph import skeleton
 
 
 def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Read and validate an ONNX model; every failure is a WncError naming the fix."""
+    return load_model_and_source(path)[0]
+
+
+def load_model_and_source(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, wire.Source | None]:
+    """``load_model``, and where the main graph's initializers sit in the file (see
+    ``wnc_onnx.wire``; None when that could not be read)."""
     p = Path(path)
     if not p.exists():
         raise WncError(f"input model not found: {p}", "check the path")
@@ -30,19 +37,24 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise WncError(f"input model is empty (0 bytes): {p}", REEXPORT)
     try:
         # Weights in external data stay on disk: the pass reads one layer at a time.
-        model = _parse(p)
+        model, spans = _parse(p)
     except DecodeError as exc:
         raise WncError(f"{p} is not an ONNX model (protobuf parse failed: {one_line(exc)})", REEXPORT) from None
     except Exception as exc:  # onnx raises several types for damaged files
         raise WncError(f"cannot read {p} as ONNX: {one_line(exc)}", REEXPORT) from None
     if len(model.graph.node) and len(model.opset_import):
         external_data.resolve(model, p.parent, str(p))
-    check_input(model, str(p))
-    return model
+    check_input(model, str(p), spans)
+    source = None
+    if spans is not None:
+        st = p.stat()
+        source = wire.Source(str(p.resolve()), st.st_size, st.st_mtime_ns, spans)
+    return model, source
 
 
-def _parse(path: Path) -> onnx.ModelProto:
-    """The model in ``path``, parsed straight from the file's pages (memory-mapped).
+def _parse(path: Path) -> tuple[onnx.ModelProto, dict[str, wire.Span] | None]:
+    """The model in ``path``, parsed straight from the file's pages (memory-mapped), and
+    the byte ranges of its main graph's initializers (``wnc_onnx.wire``).
 
     onnx.load reads the file into a new buffer first: for a large model that is as much
     fresh memory again as the model, and first-touch page faults made up a good part of
@@ -51,35 +63,49 @@ def _parse(path: Path) -> onnx.ModelProto:
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         view = memoryview(mapped)
         try:
-            model.ParseFromString(view)
-        except TypeError:  # a protobuf runtime that wants bytes
-            model.ParseFromString(bytes(view))
+            try:
+                model.ParseFromString(view)
+            except TypeError:  # a protobuf runtime that wants bytes
+                model.ParseFromString(bytes(view))
+            spans = wire.initializer_spans(view)
         finally:
             view.release()
-    return model
+    if spans is not None:
+        for t in model.graph.initializer:
+            if t.name in spans:
+                spans[t.name] = dataclasses.replace(spans[t.name], dims=tuple(t.dims), data_type=t.data_type)
+    return model, spans
 
 
-def check_input(model: onnx.ModelProto, label: str = "input model") -> None:
+def check_input(model: onnx.ModelProto, label: str = "input model", spans: dict[str, wire.Span] | None = None) -> None:
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise WncError(f"{label} has no graph nodes (empty or truncated file)", REEXPORT)
     if len(model.opset_import) == 0:
         raise WncError(f"{label} declares no opset (truncated or not an ONNX model)", REEXPORT)
-    check_initializer_sizes(model, label)
+    check_initializer_sizes(model, label, spans)
     try:
         onnx.checker.check_model(skeleton(model))
     except Exception as exc:
         raise WncError(f"{label} fails the ONNX checker: {one_line(exc)}", REEXPORT) from None
 
 
-def check_initializer_sizes(model: onnx.ModelProto, label: str) -> None:
-    """Raw weight bytes must match the declared shape (the checker runs on a skeleton)."""
+def check_initializer_sizes(model: onnx.ModelProto, label: str, spans: dict[str, wire.Span] | None = None) -> None:
+    """Raw weight bytes must match the declared shape (the checker runs on a skeleton).
+
+    ``spans`` (from the file) give the main graph's byte counts without the copy of every
+    tensor that reading ``raw_data`` makes."""
+    main = {id(t) for t in model.graph.initializer}
     for t in external_data.all_tensors(model):
         if not t.HasField("raw_data") or external_data.is_external(t):
             continue
         want = external_data.nbytes_declared(t)
-        if want is not None and len(t.raw_data) != want:
+        if want is None:
+            continue
+        span = spans.get(t.name) if spans is not None and id(t) in main else None
+        have = span.raw_data_length if span is not None and span.raw_data_length is not None else len(t.raw_data)
+        if have != want:
             raise WncError(
-                f"{label}: initializer '{t.name}' holds {len(t.raw_data)} bytes, its shape {list(t.dims)} needs {want}",
+                f"{label}: initializer '{t.name}' holds {have} bytes, its shape {list(t.dims)} needs {want}",
                 REEXPORT,
             )
 
@@ -175,14 +201,20 @@ def wants_external(model: onnx.ModelProto, external: bool | None) -> bool:
 
 @contextlib.contextmanager
 def staged_model(
-    model: onnx.ModelProto, path: str | os.PathLike[str], external: bool | None = None
+    model: onnx.ModelProto,
+    path: str | os.PathLike[str],
+    external: bool | None = None,
+    source: wire.Source | None = None,
 ) -> Iterator[StagedModel]:
     """Write ``model`` (and ``<name>.data`` when its weights go to external data) into a
     private folder beside ``path``; on leaving, move the file(s) into place unless
     ``keep`` was cleared or an error was raised. Nothing partial is ever left at ``path``.
 
     With external data the model's inline weights move to the data file and, once it is
-    in place, its tensors point there (as with onnx.save_model)."""
+    in place, its tensors point there (as with onnx.save_model). ``source``: the file the
+    model was loaded from (``load_model_and_source``); initializers still as parsed from
+    it are copied from there byte for byte instead of serialized again. Only for a model
+    whose existing initializers nothing modified in place (the passes never do)."""
     final = Path(path)
     to_external = wants_external(model, external)
     data_name = final.name + ".data"
@@ -194,7 +226,7 @@ def staged_model(
             folder = stack.enter_context(_staged_dir(final))
             staged = folder / final.name
             staged_data = folder / data_name if to_external else None
-            _write(model, staged, staged_data, data_name)
+            _write(model, staged, staged_data, data_name, source)
         stage = StagedModel(staged, staged_data)
         yield stage
         if not stage.keep:
@@ -211,7 +243,9 @@ def staged_model(
         stage.path, stage.data_path = final, (final_data if staged_data is not None else None)
 
 
-def _write(model: onnx.ModelProto, staged: Path, staged_data: Path | None, data_name: str) -> None:
+def _write(
+    model: onnx.ModelProto, staged: Path, staged_data: Path | None, data_name: str, source: wire.Source | None
+) -> None:
     try:
         if staged_data is not None:
             external_data.write_data_file(model, staged_data, data_name)
@@ -224,11 +258,43 @@ def _write(model: onnx.ModelProto, staged: Path, staged_data: Path | None, data_
                     f"the output model holds {size / 2**30:.2f} GiB of weights, above protobuf's 2 GiB limit",
                     "write it with external data (--external-data)",
                 )
+            reuse = _reusable(model, source)
+            if reuse:
+                assert source is not None
+                wire.write_reusing(model, str(staged), source, reuse)
+                return
         onnx.save_model(model, str(staged))
     except ValueError as exc:  # protobuf refuses messages above 2 GB
         raise WncError(
             f"cannot serialize the output model: {one_line(exc)}", "write it with external data (--external-data)"
         ) from None
+
+
+_REUSE_MIN_TENSOR = 1 << 20  # copying smaller tensors from the input saves nothing worth it
+_REUSE_MIN_TOTAL = 16 << 20
+
+
+def _reusable(model: onnx.ModelProto, source: wire.Source | None) -> list[str]:
+    """Initializers of ``model`` that can be copied from ``source`` byte for byte: inline,
+    named, shaped and typed as parsed there, and large enough for it to matter."""
+    if source is None or not source.unchanged():
+        return []
+    found, total = [], 0
+    for t in model.graph.initializer:
+        span = source.spans.get(t.name)
+        if (
+            span is None
+            or span.raw_data_length is None
+            or span.length < _REUSE_MIN_TENSOR
+            or span.dims != tuple(t.dims)
+            or span.data_type != t.data_type
+            or not t.HasField("raw_data")
+            or external_data.is_external(t)
+        ):
+            continue
+        found.append(t.name)
+        total += span.length
+    return found if total >= _REUSE_MIN_TOTAL else []
 
 
 @contextlib.contextmanager

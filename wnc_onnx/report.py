@@ -100,6 +100,9 @@ class Report:
     model: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    # where the input's weights sit in its file (wnc_onnx.wire.Source), for the command
+    # line's writer; not part of the report's data
+    source: Any = field(default=None, repr=False, compare=False)
 
     @property
     def decomposed(self) -> list[LayerReport]:
@@ -169,7 +172,7 @@ def format_table(report: Report) -> str:
         err = f"{r.rel_error:.3f}" if r.rel_error is not None else ""
         rows.append((r.name, r.op_type, r.method or "", s, t, weights, macs, err, r.status))
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     tot = report.totals

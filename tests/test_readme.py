@@ -1,0 +1,76 @@
+"""The README's examples run: its Python blocks and its `wnc-onnx` command lines, on the
+demo CNN saved as model.onnx (input `image`, layers conv1-conv4, fc1, fc2)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from wnc_onnx.zoo import demo_cnn
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    onnx.save(demo_cnn(), tmp_path / "model.onnx")
+    np.savez(tmp_path / "inputs.npz", image=np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype("f4"))
+    (tmp_path / "ranks.json").write_text(json.dumps({"conv2": [12, 20], "fc2": 8}))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_readme_python_examples_run(workdir):
+    code = [b for b in blocks("python") if "wnc_onnx.compress" in b]
+    assert code, "the README lost its Python API example"
+    for block in code:
+        exec(compile(block, "README.md", "exec"), {})
+    assert (workdir / "model.small.onnx").is_file()
+
+
+def commands() -> list[list[str]]:
+    found = []
+    for block in blocks("sh"):
+        for line in block.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("wnc-onnx ") and " finetune " not in f" {line} ":
+                found.append(shlex.split(line)[1:])
+    return found
+
+
+def test_readme_commands_run(workdir):
+    found = commands()
+    assert len(found) >= 5
+    for args in found:
+        proc = subprocess.run(
+            [sys.executable, "-m", "wnc_onnx", *args, "-q"], capture_output=True, text=True, timeout=300, cwd=workdir
+        )
+        assert proc.returncode == 0, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def test_readme_demo_table_is_what_demo_prints(tmp_path):
+    """The demo's table in the README is the one `wnc-onnx demo` prints today."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "wnc_onnx", "demo", str(tmp_path / "d"), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    printed = [ln.rstrip() for ln in proc.stdout.splitlines() if ln.startswith(("conv", "fc", "6 of 6"))]
+    shown = [ln[4:].rstrip() for ln in README.splitlines() if ln.startswith(("    conv", "    fc", "    6 of 6"))]
+    assert printed and printed == shown
