@@ -6,9 +6,7 @@ Runs, in interleaved rounds (so machine drift hits every configuration alike):
 
 - ``vgg16 convs``: ``wnc-onnx vgg16.onnx out.onnx --op-types Conv`` on a VGG-16-shaped model
   (13 convs + 3 FC, 553 MB, planted Tucker structure: see bench_vgg16.py); target <= 5 s;
-- ``vgg16 full``: the same with the FC layers too; target <= 20 s;
-- each again with ``WNC_ONNX_HUGEPAGES=0`` (no restart with transparent huge pages), to
-  show what that start-up step buys.
+- ``vgg16 full``: the same with the FC layers too; target <= 20 s.
 
 ``--load N`` then starts N busy processes (pure Python loops, stopped at the end) and
 times the PP-OCRv4 recognizer from the test corpus under that load, with the default
@@ -93,12 +91,9 @@ def main() -> int:
         if not a.skip_vgg:
             model = Path(tmp) / "vgg16.onnx"
             onnx.save(zoo.vgg16(), model)
-            off = {"WNC_ONNX_HUGEPAGES": "0"}
-            configs = {
+            configs: dict[str, tuple[list[str], dict[str, str]]] = {
                 "vgg16 convs": ([str(model), out, "--op-types", "Conv"], {}),
-                "vgg16 convs, no huge pages": ([str(model), out, "--op-types", "Conv"], off),
                 "vgg16 full": ([str(model), out], {}),
-                "vgg16 full, no huge pages": ([str(model), out], off),
             }
             times = rounds(configs, a.rounds)
             targets = {"vgg16 convs": 5.0, "vgg16 full": 20.0}

@@ -1,5 +1,5 @@
 import sys
 
-from wnc_onnx.launch import main
+from wnc_onnx.cli import main
 
 sys.exit(main())
