@@ -53,45 +53,18 @@ def brent_rank(sv: np.ndarray, shape: tuple[int, int]) -> int:
     return int(np.sum(s2 > M * math.exp(best) * x_bar))
 
 
-def matricizations(model_id: str) -> list[tuple[str, np.ndarray]]:
-    import onnx
-
-    from tests.corpus import fetch
-    from wnc_onnx.config import CompressConfig
-    from wnc_onnx.graph import GraphContext
-    from wnc_onnx.passes import build_passes
-    from wnc_onnx.report import Report
-
-    model = onnx.load(fetch(model_id))
-    report = Report()
-    for p in build_passes(CompressConfig(), plan_only=True):
-        if p.name == "lowrank":
-            break
-        model = p(model, report).model
-    ctx = GraphContext(model)
-    out = []
-    for node in model.graph.node:
-        if node.op_type != "Conv" or ctx.constant_reason(node.input[1]) is not None:
-            continue
-        k = ctx.array(node.input[1]).astype(np.float64)
-        if k.ndim == 4 and k.shape[2] * k.shape[3] > 1 and k.shape[1] > 4:
-            out.append((f"{node.name}:R4", k.reshape(k.shape[0], -1)))
-            out.append((f"{node.name}:R3", np.moveaxis(k, 1, 0).reshape(k.shape[1], -1)))
-    return out
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["yolov8n_nudenet", "ppocr_det", "centerface", "picodet_layout"])
     ap.add_argument("--grid", type=int, default=20000, help="brute-force grid points")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from tests.evbmf_reference import brute_force, omega_at
+    from tests.evbmf_reference import brute_force, kernel_matricizations, omega_at
     from wnc_onnx.numeric.vbmf import evbmf_from_singular_values
 
     total = {"n": 0, "global": 0, "brent": 0}
     for model_id in a.models:
-        mats = matricizations(model_id)
+        mats = kernel_matricizations(model_id)
         if not mats:
             print(f"{model_id}: no spatial conv with more than 4 input channels")
             continue

@@ -72,3 +72,32 @@ def omega_at(singular_values: np.ndarray, shape: tuple[int, int], sigma2: float)
     tb = tau_bar(alpha)
     x_bar = (1 + tb) * (1 + alpha / tb)
     return float(omega(math.log(sigma2 / scale2), s**2 / scale2, L, M, alpha, x_bar)[0])
+
+
+def kernel_matricizations(model_id: str) -> list[tuple[str, np.ndarray]]:
+    """(name, matrix) for both channel-mode matricizations of every spatial conv kernel with
+    more than 4 input channels of a corpus model, BatchNorm folded in as the pass does."""
+    import onnx
+
+    from tests.corpus import fetch
+    from wnc_onnx.config import CompressConfig
+    from wnc_onnx.graph import GraphContext
+    from wnc_onnx.passes import build_passes
+    from wnc_onnx.report import Report
+
+    model = onnx.load(fetch(model_id))
+    report = Report()
+    for p in build_passes(CompressConfig(), plan_only=True):
+        if p.name == "lowrank":
+            break
+        model = p(model, report).model
+    ctx = GraphContext(model)
+    out = []
+    for node in model.graph.node:
+        if node.op_type != "Conv" or ctx.constant_reason(node.input[1]) is not None:
+            continue
+        k = ctx.array(node.input[1]).astype(np.float64)
+        if k.ndim == 4 and k.shape[2] * k.shape[3] > 1 and k.shape[1] > 4:
+            out.append((f"{node.name}:R4", k.reshape(k.shape[0], -1)))
+            out.append((f"{node.name}:R3", np.moveaxis(k, 1, 0).reshape(k.shape[1], -1)))
+    return out

@@ -73,25 +73,6 @@ def test_mode_gram_matches_matricization():
 # -- the global optimum of the free energy ------------------------------------------------
 
 
-def _kernel_matricizations(model_id: str) -> list[np.ndarray]:
-    """Both channel-mode matricizations of every spatial conv kernel of a real model."""
-    import onnx
-
-    from tests.corpus import fetch
-    from wnc_onnx.graph import GraphContext
-
-    model = onnx.load(fetch(model_id))
-    ctx = GraphContext(model)
-    mats = []
-    for node in model.graph.node:
-        if node.op_type != "Conv" or ctx.constant_reason(node.input[1]) is not None:
-            continue
-        k = ctx.array(node.input[1]).astype(np.float64)
-        if k.ndim == 4 and k.shape[2] * k.shape[3] > 1 and k.shape[1] > 4:
-            mats += [k.reshape(k.shape[0], -1), np.moveaxis(k, 1, 0).reshape(k.shape[1], -1)]
-    return mats
-
-
 def _agrees_with_brute_force(y: np.ndarray) -> None:
     from tests.evbmf_reference import brute_force, omega_at
 
@@ -105,9 +86,11 @@ def _agrees_with_brute_force(y: np.ndarray) -> None:
 
 @pytest.mark.parametrize("model_id", ["yolov8n_nudenet", "ppocr_det"])
 def test_global_optimum_on_real_trained_kernels(model_id):
-    mats = _kernel_matricizations(model_id)
+    from tests.evbmf_reference import kernel_matricizations
+
+    mats = kernel_matricizations(model_id)
     assert len(mats) >= 10
-    for y in mats[:40]:
+    for _, y in mats[:40]:
         _agrees_with_brute_force(y)
 
 
