@@ -10,14 +10,15 @@ the like) are compared in absolute terms instead ("abs, bounded output"): their 
 scale is 1, and a detector that sees nothing in random noise has a reference near zero
 everywhere. Top-1 agreement is given for class scores only: a softmax output (also one
 written out as Exp / sum), or a linear layer's (N, C) output with C >= 10, integer outputs are
-compared element by element. ``layer_errors`` measures the same error at the input and
-output of every decomposed layer, so the layers that add the most error can be named.
+compared element by element. Where the error is large, ``layer_errors`` measures it at the
+input and output of every decomposed layer, so the layers that add the most can be named.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -133,14 +134,10 @@ class VerifyResult:
         culprits = [r["name"] for r in sorted(self.layers, key=lambda r: -r["added"])[:3] if r["added"] > 0]
         fix = "fine-tune it (wnc-onnx finetune), raise --rank-boost (e.g. 0.3)"
         if culprits:
-            pattern = "|".join(_regex_escape(n) for n in culprits)
+            pattern = "|".join(re.escape(n) for n in culprits)
             fix += f", or leave out the layers that add the most error: --exclude '^({pattern})$'"
         source = "random inputs" if self.source == "random" else "your inputs"
         return f"warning: the compressed model's outputs differ a lot ({what}, {source}); before shipping, {fix}"
-
-
-def _regex_escape(name: str) -> str:
-    return "".join("\\" + c if c in ".^$*+?{}[]\\|()" else c for c in name)
 
 
 def parse_input_shapes(specs: Sequence[str]) -> dict[str, list[int]]:
@@ -403,8 +400,8 @@ def verify(
 ) -> VerifyResult:
     """Compare the two models' outputs on the same inputs (models or paths to them).
 
-    ``layers``: (name, input tensor, output tensor) of decomposed layers; the error at
-    each is measured too (``VerifyResult.layers``)."""
+    ``layers``: (name, input tensor, output tensor) of decomposed layers; where the error
+    is large, the error at each is measured too (``VerifyResult.layers``)."""
     graph = _graph(original)
     drawn = _Drawn()
     feeds = dict(inputs) if inputs is not None else random_inputs(graph, input_shapes, seed, input_values, drawn)
@@ -427,7 +424,7 @@ def verify(
     names = [o.name for o in graph.graph.output]
     for name, a, b in zip(names, ref, got, strict=True):
         result.outputs.append(compare_output(name, _kind(graph, name, np.asarray(a)), np.asarray(a), np.asarray(b)))
-    if layers:
+    if layers and result.large:  # worth a second pair of runs only when the user has to act
         result.layers = layer_errors(graph, _graph(compressed), feeds, layers, threads)
     return result
 
