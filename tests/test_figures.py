@@ -336,3 +336,15 @@ def test_results_do_not_depend_on_threads():
     assert [r.ranks for r in one.layers] == [r.ranks for r in two.layers]
     assert one.totals.params_after == two.totals.params_after
     assert one.config["threads_used"] == 1 and two.config["threads_used"] == 2
+
+
+def test_input_shape_errors_name_the_data_inputs_only(tmp_path, capsys):
+    """The demo's large weights become inputs of the weight-free view shape inference runs
+    on; the message must list the model's own inputs, and a size the model refuses at
+    --verify gets a hint about --input-shape, not about defaults."""
+    onnx.save(demo_cnn(), tmp_path / "d.onnx")
+    rc, _, err = run_cli(capsys, "inspect", tmp_path / "d.onnx", "--input-shape", "nope=1,2", "-q")
+    assert rc == 2 and "the model's inputs are ['image']" in err
+    rc, _, err = run_cli(capsys, tmp_path / "d.onnx", tmp_path / "o.onnx", "--verify", "--input-shape",
+                         "image=1,3,7,7", "-q")  # fmt: skip
+    assert rc == 2 and "check the sizes given with --input-shape" in err and err.count("\n") == 1

@@ -129,14 +129,17 @@ def _value_infos(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
     return infos
 
 
-def apply_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> None:
+def apply_input_shapes(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], names: set[str] | None = None
+) -> None:
     """Set the dims of graph inputs, in place (``model`` is a skeleton or a copy).
 
-    A name that is not an input, or a rank that does not match, is a WncError."""
+    ``names``: the inputs that may be given (default: the inputs that are not
+    initializers). A name that is not one, or a rank that does not match, is a WncError."""
     if not input_shapes:
         return
     inits = {t.name for t in model.graph.initializer}
-    inputs = {vi.name: vi for vi in model.graph.input if vi.name not in inits}
+    inputs = {vi.name: vi for vi in model.graph.input if vi.name not in inits and (names is None or vi.name in names)}
     unknown = sorted(set(input_shapes) - set(inputs))
     if unknown:
         raise WncError(f"--input-shape names unknown input(s) {unknown}", f"the model's inputs are {sorted(inputs)}")
@@ -185,8 +188,9 @@ def infer_shapes(
     """Static shapes of every tensor that shape inference can resolve (inputs set to
     ``input_shapes`` first, where given)."""
     shapes: dict[str, list[Dim]] = {}
-    light = skeleton(model)
-    apply_input_shapes(light, input_shapes or {})
+    light = skeleton(model)  # its large initializers become inputs: only the model's own inputs may be sized
+    inits = {t.name for t in model.graph.initializer}
+    apply_input_shapes(light, input_shapes or {}, {vi.name for vi in model.graph.input if vi.name not in inits})
     try:
         inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
     except Exception as exc:  # inference is advisory: MACs become unknown

@@ -286,9 +286,11 @@ def _load_failure(exc: Exception) -> WncError:
     return WncError(f"onnxruntime cannot load the original model: {text}", fix)
 
 
-def _run_failure(exc: Exception, drawn: _Drawn) -> WncError:
+def _run_failure(exc: Exception, drawn: _Drawn, sized: bool = False) -> WncError:
     """onnxruntime could not run the original model on the inputs: say which flags can help."""
     fixes = []
+    if sized and not drawn.defaulted_dims:
+        fixes.append("check the sizes given with --input-shape against the model's inputs")
     if drawn.defaulted_dims:
         fixes.append("give real sizes with " + " ".join(f"--input-shape {n}=D1,D2,..." for n in drawn.defaulted_dims))
     if drawn.guessed_values:
@@ -298,7 +300,7 @@ def _run_failure(exc: Exception, drawn: _Drawn) -> WncError:
             + " with "
             + " ".join(f"--input-value {n}=V" for n in drawn.guessed_values)
         )
-    fixes.append("or real data with --inputs file.npz")
+    fixes.append(("or give" if fixes else "give") + " real data with --inputs file.npz")
     return WncError(
         f"onnxruntime cannot run the original model on the verify inputs: {one_line(exc, 240)}", "; ".join(fixes)
     )
@@ -414,7 +416,7 @@ def verify(
     try:
         ref = ref_session.run(None, feeds)
     except Exception as exc:
-        raise _run_failure(exc, drawn if inputs is None else _Drawn()) from None
+        raise _run_failure(exc, drawn if inputs is None else _Drawn(), bool(input_shapes) and inputs is None) from None
     got = _session(compressed, threads).run(None, feeds)
     result = VerifyResult(
         input_shapes={k: list(v.shape) for k, v in feeds.items()},
