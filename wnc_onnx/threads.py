@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -22,11 +23,20 @@ _SAMPLE_SECONDS = 0.05
 
 
 def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask), at least 1."""
+    """Cores this process may run on: its affinity mask, capped by a cgroup CPU quota
+    (containers often see every host core but may use only a few), at least 1."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as fh:
+            quota, period = fh.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
 
 
 def _cpu_times() -> tuple[int, int] | None:
