@@ -270,3 +270,127 @@ def test_progress_columns_line_up_whatever_the_names(tmp_path):
     assert len(progress) == 2
     starts = {ln.index(f" {name} ") for ln, name in zip(progress, names, strict=True)}
     assert len(starts) == 1  # the names start in the same column
+
+
+# -- found by reviewing the change ------------------------------------------------------------
+
+
+def _mm_model(nodes, inits, outputs=("y",)):
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, [1, 256]) for o in outputs],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _low_rank(rank=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((256, rank)) @ rng.standard_normal((rank, 256))
+
+
+def _rel_rms(a_model, b_model):
+    x = np.random.default_rng(1).standard_normal((1, 256)).astype(np.float32)
+    a, b = session(a_model).run(None, {"x": x})[0], session(b_model).run(None, {"x": x})[0]
+    return float(np.sqrt(np.mean((a - b) ** 2)) / np.sqrt(np.mean(a**2)))
+
+
+def test_a_broken_rewrite_is_a_bug_also_for_a_path_input(tmp_path, monkeypatch):
+    """The passes rewrite a loaded model in place: the strict check of the input must be
+    judged before they run, or a broken output passes as 'the input fails it too'."""
+    from wnc_onnx.passes.lowrank import LowRankPass
+
+    real = LowRankPass.__call__
+
+    def breaking(self, model, report, *, in_place=False):
+        result = real(self, model, report, in_place=in_place)
+        g = result.model.graph
+        g.initializer.append(numpy_helper.from_array(np.ones((5, 3), np.float32), "bad"))
+        g.node.append(helper.make_node("MatMul", [g.node[0].output[0], "bad"], ["bad_out"], name="bad_mm"))
+        return result
+
+    monkeypatch.setattr(LowRankPass, "__call__", breaking)
+    onnx.save(demo_cnn(), tmp_path / "d.onnx")
+    for source in (demo_cnn(), str(tmp_path / "d.onnx")):
+        with pytest.raises(RuntimeError, match="fails the ONNX checker"):
+            wnc_onnx.compress(source, skip_passes=("cleanup",))
+
+
+def test_integer_weights_behind_a_cast_are_factored_in_float():
+    w = np.clip(np.round(_low_rank(4) * 10), -127, 127).astype(np.int8)
+    nodes = [
+        helper.make_node("Cast", ["W"], ["Wf"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["x", "Wf"], ["y"], name="mm"),
+    ]
+    model = _mm_model(nodes, [numpy_helper.from_array(w, "W")])
+    small, report = wnc_onnx.compress(model, require_savings=False)
+    assert report.layer("mm").status == "decomposed"
+    assert all(t.data_type == TensorProto.FLOAT for t in small.graph.initializer if "/wnc/" in t.name)
+    assert _rel_rms(model, small) < 2 * report.layer("mm").rel_error + 1e-3  # not truncated to int8
+
+
+def test_a_weight_computed_through_a_transpose_is_folded():
+    """W -> Transpose -> Mul(s) -> MatMul: the Transpose must be folded with the Mul."""
+    nodes = [
+        helper.make_node("Transpose", ["W"], ["Wt"], name="tr", perm=[1, 0]),
+        helper.make_node("Mul", ["Wt", "s"], ["Ws"], name="scale"),
+        helper.make_node("MatMul", ["x", "Ws"], ["y"], name="mm"),
+    ]
+    inits = [
+        numpy_helper.from_array(_low_rank().astype(np.float32), "W"),
+        numpy_helper.from_array(np.float32(0.5), "s"),
+    ]
+    model = _mm_model(nodes, inits)
+    small, report = wnc_onnx.compress(model)
+    entry = next(p for p in report.passes if p["name"] == "fold_constants")
+    assert entry["status"] == "folded" and report.layer("mm").status == "decomposed"
+    assert _rel_rms(model, small) < 1e-3
+
+
+def test_a_weight_shared_through_a_transpose_is_not_rewritten():
+    nodes = [
+        helper.make_node("Transpose", ["W"], ["Wt"], name="tr", perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "Wt"], ["y1"], name="mm1"),
+        helper.make_node("MatMul", ["x", "W"], ["y2"], name="mm2"),
+    ]
+    model = _mm_model(nodes, [numpy_helper.from_array(_low_rank().astype(np.float32), "W")], ("y1", "y2"))
+    small, report = wnc_onnx.compress(model)
+    assert report.totals.decomposed == 0 and all("shared by 2 nodes" in r.reason for r in report.layers)
+    assert report.totals.params_after == report.totals.params_before  # the model did not grow
+
+
+def test_an_input_rewritten_in_place_is_not_copied_from(tmp_path):
+    """The copying writer must notice a changed input even with its mtime put back."""
+    import os
+
+    from tests.test_wire import big_model
+    from wnc_onnx.model_io import load_model_and_source, staged_model
+
+    path = tmp_path / "m.onnx"
+    onnx.save(big_model(), path)
+    model, source = load_model_and_source(path)
+    st = os.stat(path)
+    span = source.spans["M"]
+    with open(path, "r+b") as fh:
+        fh.seek(span.start + span.length - 4096)
+        fh.write(b"\xff" * 4096)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with staged_model(model, tmp_path / "o.onnx", source=source):
+        pass
+    assert onnx.load(tmp_path / "o.onnx") == model
+
+
+def test_unknown_fields_survive_the_copying_writer(tmp_path):
+    from tests.test_wire import big_model
+    from wnc_onnx import wire
+    from wnc_onnx.model_io import load_model_and_source, staged_model
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(big_model().SerializeToString() + wire._key(99, 0) + wire._encode_varint(7))
+    model, source = load_model_and_source(path)
+    assert wire.has_unknown_fields(model)
+    with staged_model(model, tmp_path / "o.onnx", source=source):
+        pass
+    assert (tmp_path / "o.onnx").read_bytes() == model.SerializeToString()  # the plain path, which keeps them

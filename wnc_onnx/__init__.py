@@ -4,8 +4,8 @@ import wnc_onnx
 model, report = wnc_onnx.compress("model.onnx")
 print(report.to_table())
 
-The names below are imported on first use, so ``import wnc_onnx`` (and the command
-line's start) stays cheap until the library is needed.
+The names below are imported on first use, so ``import wnc_onnx`` (for its version, or
+one submodule) does not load numpy, scipy and onnx until the library is needed.
 """
 
 from __future__ import annotations

@@ -465,11 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("wnc-onnx: interrupted; nothing written", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader (head, less) went away: end quietly, as Unix tools do
-        _silence_stdout()
-        return 0
     except OSError as exc:
-        if exc.errno == errno.EPIPE:
+        if exc.errno == errno.EPIPE:  # the reader (head, less) went away: end quietly, as Unix tools do
             _silence_stdout()
             return 0
         return _internal(a, exc)

@@ -214,7 +214,7 @@ def infer_shapes(
     return shapes
 
 
-_FLOAT_TYPES = frozenset(
+FLOAT_TYPES = frozenset(
     {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
 )
 
@@ -230,7 +230,7 @@ def is_pass_through(node: onnx.NodeProto, constant: Callable[[str], bool]) -> bo
     if node.op_type in ("Identity", "Transpose"):
         return True
     if node.op_type == "Cast":
-        return _cast_to(node) in _FLOAT_TYPES
+        return _cast_to(node) in FLOAT_TYPES
     return node.op_type == "Reshape" and len(node.input) > 1 and constant(node.input[1])
 
 
@@ -315,8 +315,7 @@ class GraphContext:
         return names
 
     def _is_constant(self, name: str) -> bool:
-        ctx = self._owner(name)
-        return (name in ctx.initializers and name not in ctx.graph_inputs) or name in ctx.constants
+        return self.constant_reason(name) is None
 
     def _owner(self, name: str) -> GraphContext:
         """The graph (this one or an enclosing one) where ``name`` is defined."""

@@ -37,7 +37,7 @@ def load_model_and_source(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto
         raise WncError(f"input model is empty (0 bytes): {p}", REEXPORT)
     try:
         # Weights in external data stay on disk: the pass reads one layer at a time.
-        model, spans = _parse(p)
+        model, spans, file_stamp = _parse(p)
     except DecodeError as exc:
         raise WncError(f"{p} is not an ONNX model (protobuf parse failed: {one_line(exc)})", REEXPORT) from None
     except Exception as exc:  # onnx raises several types for damaged files
@@ -47,20 +47,21 @@ def load_model_and_source(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto
     check_input(model, str(p), spans)
     source = None
     if spans is not None:
-        st = p.stat()
-        source = wire.Source(str(p.resolve()), st.st_size, st.st_mtime_ns, spans)
+        source = wire.Source(str(p.resolve()), file_stamp, spans)
     return model, source
 
 
-def _parse(path: Path) -> tuple[onnx.ModelProto, dict[str, wire.Span] | None]:
+def _parse(path: Path) -> tuple[onnx.ModelProto, dict[str, wire.Span] | None, tuple[int, ...]]:
     """The model in ``path``, parsed straight from the file's pages (memory-mapped), and
-    the byte ranges of its main graph's initializers (``wnc_onnx.wire``).
+    the byte ranges of its main graph's initializers (``wnc_onnx.wire``), and the stamp of
+    the file it parsed (``wire.stamp``, from the same descriptor).
 
     onnx.load reads the file into a new buffer first: for a large model that is as much
     fresh memory again as the model, and first-touch page faults made up a good part of
     the load time. External data is not loaded (see ``external_data``)."""
     model = onnx.ModelProto()
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        file_stamp = wire.stamp(os.fstat(fh.fileno()))
         view = memoryview(mapped)
         try:
             try:
@@ -74,7 +75,7 @@ def _parse(path: Path) -> tuple[onnx.ModelProto, dict[str, wire.Span] | None]:
         for t in model.graph.initializer:
             if t.name in spans:
                 spans[t.name] = dataclasses.replace(spans[t.name], dims=tuple(t.dims), data_type=t.data_type)
-    return model, spans
+    return model, spans, file_stamp
 
 
 def check_input(model: onnx.ModelProto, label: str = "input model", spans: dict[str, wire.Span] | None = None) -> None:
@@ -94,7 +95,8 @@ def check_initializer_sizes(model: onnx.ModelProto, label: str, spans: dict[str,
 
     ``spans`` (from the file) give the main graph's byte counts without the copy of every
     tensor that reading ``raw_data`` makes."""
-    main = {id(t) for t in model.graph.initializer}
+    main_tensors = list(model.graph.initializer)  # kept alive: their ids stay theirs alone
+    main = {id(t) for t in main_tensors}
     for t in external_data.all_tensors(model):
         if not t.HasField("raw_data") or external_data.is_external(t):
             continue
@@ -214,7 +216,9 @@ def staged_model(
     in place, its tensors point there (as with onnx.save_model). ``source``: the file the
     model was loaded from (``load_model_and_source``); initializers still as parsed from
     it are copied from there byte for byte instead of serialized again. Only for a model
-    whose existing initializers nothing modified in place (the passes never do)."""
+    whose existing initializers nothing modified in place: the passes add new tensors
+    under new names and never rewrite an existing one (the command line's output is
+    compared with the library's in tests/test_wire.py)."""
     final = Path(path)
     to_external = wants_external(model, external)
     data_name = final.name + ".data"
@@ -278,6 +282,8 @@ def _reusable(model: onnx.ModelProto, source: wire.Source | None) -> list[str]:
     """Initializers of ``model`` that can be copied from ``source`` byte for byte: inline,
     named, shaped and typed as parsed there, and large enough for it to matter."""
     if source is None or not source.unchanged():
+        return []
+    if wire.has_unknown_fields(model) or wire.has_unknown_fields(model.graph):
         return []
     found, total = [], 0
     for t in model.graph.initializer:

@@ -74,8 +74,7 @@ def plot_report(report: Report, path: str | os.PathLike[str]) -> None:
     ax1.legend(fontsize=8, loc="lower right")
     ax1.set_yticks(y)
     ax1.set_yticklabels([_short(r.name) for r in rows], fontsize=7 if n > 40 else 8)
-    ax1.invert_yaxis()  # first layer on top
-    ax1.set_ylim(n - 0.5, -0.5)
+    ax1.set_ylim(n - 0.5, -0.5)  # first layer on top
     weights = [r.params_ratio for r in rows]
     macs = [r.macs_ratio for r in rows]
     ax2.barh(

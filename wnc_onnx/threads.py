@@ -73,11 +73,10 @@ def free_cores(cores: int | None = None) -> float:
 
 
 def _env_cap() -> int | None:
-    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        value = os.environ.get(name, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return None
+    """The smallest positive count set in the usual thread variables, if any."""
+    values = [os.environ.get(name, "") for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")]
+    counts = [int(v) for v in values if v.isdigit() and int(v) > 0]
+    return min(counts) if counts else None
 
 
 _CACHE_SECONDS = 10.0
@@ -113,7 +112,14 @@ def _automatic() -> tuple[int, str]:
 
 @contextlib.contextmanager
 def limited(threads: int) -> Iterator[None]:
-    """BLAS thread pools (numpy's and scipy's OpenBLAS, MKL, OpenMP) limited to ``threads``."""
+    """BLAS thread pools (numpy's and scipy's OpenBLAS, MKL, OpenMP) limited to ``threads``.
+
+    The limits are process-wide: compress() calls running in several threads of one
+    process share them (the last one to enter sets them until it leaves)."""
+    # Load every BLAS first: a library loaded inside the limits would keep them afterwards.
+    import numpy  # noqa: F401
+    import scipy.linalg  # noqa: F401
+
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # the dependency is declared; a broken install should not stop the run

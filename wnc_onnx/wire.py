@@ -124,21 +124,36 @@ def _encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
+def stamp(st: os.stat_result) -> tuple[int, ...]:
+    """What identifies a file's content without reading it: device, inode, size, and the
+    modification and change times (the change time cannot be set back by hand)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 @dataclass(frozen=True)
 class Source:
-    """The file a model was parsed from, and where its initializers sit in it."""
+    """The file a model was parsed from (``stamp`` taken from the descriptor it was parsed
+    through), and where its initializers sit in it."""
 
     path: str
-    size: int
-    mtime_ns: int
+    stamp: tuple[int, ...]
     spans: dict[str, Span]
 
     def unchanged(self) -> bool:
         try:
-            st = os.stat(self.path)
+            return stamp(os.stat(self.path)) == self.stamp
         except OSError:
             return False
-        return st.st_size == self.size and st.st_mtime_ns == self.mtime_ns
+
+
+def has_unknown_fields(message: onnx.ModelProto | onnx.GraphProto) -> bool:
+    """Whether ``message`` itself holds fields its schema does not know (a newer ONNX's):
+    the copying writer rebuilds these two messages field by field and would lose them."""
+    try:
+        from google.protobuf import unknown_fields
+    except ImportError:  # an old protobuf: assume there may be some
+        return True
+    return len(unknown_fields.UnknownFieldSet(message)) > 0
 
 
 def _is_repeated(field: object) -> bool:
@@ -164,8 +179,10 @@ def _copy_fields(src: onnx.ModelProto | onnx.GraphProto, dst: onnx.ModelProto | 
 def write_reusing(model: onnx.ModelProto, target: str, source: Source, reuse: list[str]) -> None:
     """Write ``model`` to ``target``: the initializers named in ``reuse`` are copied byte for
     byte from ``source`` (they must be the ones parsed from there, unchanged), everything
-    else is serialized. The file parses to the same model as ``onnx.save`` writes (the
-    graph's initializers come after its other fields, in their order)."""
+    else is serialized. The file parses to the same model as ``onnx.save`` writes; it is
+    not byte-identical (the graph comes last in the model, and the initializers last in
+    the graph, in their order). A model or graph with unknown fields must not come here
+    (``has_unknown_fields``)."""
     reused = set(reuse)
     head = onnx.ModelProto()
     _copy_fields(model, head, skip="graph")

@@ -120,13 +120,13 @@ def sym_spectrum(gram: np.ndarray, vectors: bool = False) -> Spectrum:
     return Spectrum(sym_eigvals(gram))
 
 
-def sym_eigvals(gram: np.ndarray, precise: bool = False) -> np.ndarray:
+def sym_eigvals(gram: np.ndarray) -> np.ndarray:
     """All eigenvalues of a symmetric PSD matrix, descending, clipped at zero.
 
-    Large matrices are solved in float32 unless ``precise`` (absolute error ~1e-7 of the
-    largest value, far below the noise level that EVBMF estimates on real weights).
+    Large matrices are solved in float32 (absolute error ~1e-7 of the largest value, far
+    below the noise level that EVBMF estimates on real weights; see ``resolution``).
     """
-    g = gram if precise or gram.shape[0] <= _FLOAT64_EIG_MAX else gram.astype(np.float32)
+    g = gram if gram.shape[0] <= _FLOAT64_EIG_MAX else gram.astype(np.float32)
     w = scipy.linalg.eigh(g, eigvals_only=True, driver="ev", check_finite=False)
     return np.clip(w[::-1].astype(np.float64), 0.0, None)
 

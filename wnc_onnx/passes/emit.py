@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from wnc_onnx.graph import GraphContext
+from wnc_onnx.graph import FLOAT_TYPES, GraphContext
 from wnc_onnx.passes.layer import Factors, Layer
 
 
@@ -29,7 +29,8 @@ class Emitter:
         self.onnx_dtype = dt
         # A weight stored in another type (fp16 behind a Cast) keeps it: factors are stored
         # that way too and cast back, so the file does not grow.
-        self.storage_dtype = ctx.storage_dtype(layer.weight)
+        stored = ctx.storage_dtype(layer.weight)
+        self.storage_dtype = stored if stored in FLOAT_TYPES else dt  # integers would truncate the factors
 
     def _prefix(self) -> str:
         return f"{self.layer.name}/wnc"

@@ -55,23 +55,31 @@ def foldable_nodes(model: onnx.ModelProto) -> list[str]:
     for g in all_graphs(model.graph):
         const = {t.name for t in g.initializer}
         computed: dict[str, onnx.NodeProto] = {}
+        through: dict[str, onnx.NodeProto] = {}  # Identity / Cast / Transpose / Reshape of constants
         for n in g.node:
             inputs = [i for i in n.input if i]
-            if n.op_type == "Constant" or (inputs and inputs[0] in const and is_pass_through(n, const.__contains__)):
+            if n.op_type == "Constant":
                 const.update(n.output)
+                continue
+            if inputs and inputs[0] in const and is_pass_through(n, const.__contains__):
+                const.update(n.output)
+                through.update((o, n) for o in n.output)
                 continue
             if inputs and all(i in const for i in inputs) and n.op_type not in QUANTIZATION_OPS and not subgraphs(n):
                 const.update(n.output)
                 computed.update((o, n) for o in n.output)
-        # keep the computed constants that reach a weight reader, walking back from each reader
+        # keep the computed constants that reach a weight reader, walking back from each reader;
+        # a pass-through node that feeds one of them is folded with it (graphsurgeon needs
+        # every input of a folded node to be constant to it)
+        producers = {**through, **computed}
         wanted: set[str] = set()
         stack = [i for n in g.node if n.op_type in WEIGHT_READERS for i in n.input if i in computed]
         while stack:
-            node = computed[stack.pop()]
+            node = producers[stack.pop()]
             if node.name in wanted:
                 continue
             wanted.add(node.name)
-            stack.extend(i for i in node.input if i in computed)
+            stack.extend(i for i in node.input if i in producers)
         found += [n.name for n in g.node if n.name in wanted]
     return found
 
@@ -111,9 +119,13 @@ class FoldConstantsPass:
             try:
                 out = self._fold(model, candidates)
                 entry["tool"] = f"onnx-graphsurgeon {gs_tools.version()}"
-                entry["status"] = "folded"
-                entry["modified"] = True
                 entry["nodes"] = [count_nodes(model), count_nodes(out)]
+                if count_nodes(out) == count_nodes(model):  # graphsurgeon could evaluate nothing
+                    entry["status"] = "nothing folded"
+                    out = model
+                else:
+                    entry["status"] = "folded"
+                    entry["modified"] = True
             except Exception as exc:  # never a single point of failure: go on unfolded
                 msg = one_line(exc, 80)
                 log.debug("fold_constants: onnx-graphsurgeon failed (%s); going on unfolded", msg)
@@ -145,7 +157,8 @@ class FoldConstantsPass:
         out = gs_tools.roundtrip(model, work)
         if out.ir_version < 4:  # before IR 4 every initializer is listed as a graph input too
             inits = {t.name for t in out.graph.initializer}
-            kept = [vi for vi in out.graph.input if vi.name in inits or vi.name not in _initializer_inputs(model)]
+            mirrored = _initializer_inputs(model)
+            kept = [vi for vi in out.graph.input if vi.name in inits or vi.name not in mirrored]
             listed = {vi.name for vi in kept}
             del out.graph.input[:]
             out.graph.input.extend(kept)

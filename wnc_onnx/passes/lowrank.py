@@ -285,10 +285,11 @@ class LowRankPass:
             return self._record(layer, "skipped", "weight holds NaN or Inf values"), None
         conv_like = layer.rule in _CONV_LIKE
         # Out-mode Gram (conv-like) or the small side's Gram (matrix): shared by VBMF and factoring.
-        grams_out = [mode_gram(k if conv_like or k.shape[0] <= k.shape[1] else k.T, 0) for k in kernels]
+        sources = [k if conv_like or k.shape[0] <= k.shape[1] else k.T for k in kernels]
+        grams_out = [mode_gram(k, 0) for k in sources]
         spectra: dict[str, list[Spectrum]] = {"out": [], "in": []}  # Gram spectra, reused to factor
         try:
-            plan, grams_in = self._plan(layer, kernels, grams_out, spectra)
+            plan, grams_in = self._plan(layer, kernels, sources, grams_out, spectra)
         except _Skip as skip:
             return self._record(layer, "skipped", str(skip)), None
         rec = self._record(layer, "planned")
@@ -336,10 +337,14 @@ class LowRankPass:
         self,
         layer: Layer,
         kernels: list[np.ndarray],
+        sources: list[np.ndarray],
         grams_out: list[np.ndarray],
         spectra: dict[str, list[Spectrum]],
     ) -> tuple[_Plan, list[np.ndarray] | None]:
-        """Method and ranks for one layer, and the in-mode Grams when Tucker-2 needs them."""
+        """Method and ranks for one layer, and the in-mode Grams when Tucker-2 needs them.
+
+        ``sources``: the tensors ``grams_out`` were computed from (matrices oriented small
+        side first)."""
         cfg = self.cfg
         spec = cfg.ranks.get(layer.name)
         s, t, p = layer.s, layer.t, layer.window
@@ -360,9 +365,7 @@ class LowRankPass:
                 )
             if spec is not None:
                 return plan("svd", None, _check_rank(layer.name, "R", spec, full)), None
-            # the tensors grams_out was computed from (see _analyze_timed)
-            mats = [k if layer.rule in _CONV_LIKE or k.shape[0] <= k.shape[1] else k.T for k in kernels]
-            vbmf["R"] = _vbmf_rank(mats, 0, grams_out, (t, s), spectra["out"], not self.plan_only)
+            vbmf["R"] = _vbmf_rank(sources, 0, grams_out, (t, s), spectra["out"], not self.plan_only)
             if vbmf["R"] == 0:
                 raise _Skip("VBMF rank 0: the weights look like noise to EVBMF; set a rank with --ranks")
             return plan("svd", None, policy_rank(vbmf["R"], full, cfg)), None

@@ -56,7 +56,8 @@ def layer_name(node: onnx.NodeProto, index: int) -> str:
 
 
 def shared_reason(ctx: GraphContext, weight: str) -> str | None:
-    users = max(ctx.uses(weight), len(ctx.consumers.get(weight, [])))
+    # a weight behind Identity / Cast / Transpose / Reshape is shared when its source is
+    users = max([len(ctx.consumers.get(weight, []))] + [ctx.uses(name) for name in ctx.chain(weight)])
     if users > 1:
         return f"weight '{weight}' is shared by {users} nodes"
     return None
