@@ -129,17 +129,17 @@ def _value_infos(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
     return infos
 
 
-def apply_input_shapes(
-    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], names: set[str] | None = None
-) -> None:
-    """Set the dims of graph inputs, in place (``model`` is a skeleton or a copy).
-
-    ``names``: the inputs that may be given (default: the inputs that are not
-    initializers). A name that is not one, or a rank that does not match, is a WncError."""
-    if not input_shapes:
-        return
+def data_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The graph inputs that are not initializers: what a caller feeds."""
     inits = {t.name for t in model.graph.initializer}
-    inputs = {vi.name: vi for vi in model.graph.input if vi.name not in inits and (names is None or vi.name in names)}
+    return [vi for vi in model.graph.input if vi.name not in inits]
+
+
+def _apply_input_shapes(light: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], names: set[str]) -> None:
+    """Set the dims of the inputs ``names`` of ``light`` (a skeleton), in place.
+
+    A name that is not one of them, or a rank that does not match, is a WncError."""
+    inputs = {vi.name: vi for vi in light.graph.input if vi.name in names}
     unknown = sorted(set(input_shapes) - set(inputs))
     if unknown:
         raise WncError(f"--input-shape names unknown input(s) {unknown}", f"the model's inputs are {sorted(inputs)}")
@@ -171,10 +171,9 @@ def shape_hint(vi: onnx.ValueInfoProto) -> str:
 
 def dynamic_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """Graph inputs (not initializers) with a dim that is not a fixed positive integer."""
-    inits = {t.name for t in model.graph.initializer}
     out = []
-    for vi in model.graph.input:
-        if vi.name in inits or not vi.type.HasField("tensor_type"):
+    for vi in data_inputs(model):
+        if not vi.type.HasField("tensor_type"):
             continue
         dims = vi.type.tensor_type.shape.dim
         if any(not (d.HasField("dim_value") and d.dim_value > 0) for d in dims):
@@ -189,8 +188,8 @@ def infer_shapes(
     ``input_shapes`` first, where given)."""
     shapes: dict[str, list[Dim]] = {}
     light = skeleton(model)  # its large initializers become inputs: only the model's own inputs may be sized
-    inits = {t.name for t in model.graph.initializer}
-    apply_input_shapes(light, input_shapes or {}, {vi.name for vi in model.graph.input if vi.name not in inits})
+    if input_shapes:
+        _apply_input_shapes(light, input_shapes, {vi.name for vi in data_inputs(model)})
     try:
         inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
     except Exception as exc:  # inference is advisory: MACs become unknown
@@ -339,7 +338,7 @@ class GraphContext:
     def constant_reason(self, name: str) -> str | None:
         """None when ``name`` is a constant weight usable by a rewrite, else why not.
 
-        Initializers and Constant outputs, also behind Identity / Cast nodes or in an
+        Initializers and Constant outputs, also behind the nodes ``chain`` follows or in an
         enclosing graph, count as constants."""
         ctx, name = self._source(name)
         producer = ctx.producers.get(name)
@@ -355,7 +354,7 @@ class GraphContext:
         return NOT_CONSTANT
 
     def array(self, name: str) -> np.ndarray:
-        """The value of a constant tensor (initializer or Constant node, through Identity / Cast)."""
+        """The value of a constant tensor (initializer or Constant node, through ``chain``)."""
         names = self.chain(name)
         ctx, source = self._owner(names[-1]), names[-1]
         if source in ctx.initializers:

@@ -31,6 +31,7 @@ from onnx import helper
 
 from wnc_onnx import external_data
 from wnc_onnx.errors import RUNTIME_HINT, WncError, one_line
+from wnc_onnx.graph import data_inputs
 from wnc_onnx.model_io import load_model, read_npz, save_model
 
 log = logging.getLogger(__name__)
@@ -202,11 +203,6 @@ def _graph(model: ModelOrPath) -> onnx.ModelProto:
     return model if isinstance(model, onnx.ModelProto) else load_model(model)
 
 
-def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    inits = {t.name for t in model.graph.initializer}
-    return [vi for vi in model.graph.input if vi.name not in inits]
-
-
 @dataclass
 class _Drawn:
     """What a random draw had to guess: inputs with defaulted dims, integer / scalar inputs."""
@@ -227,7 +223,7 @@ def random_inputs(
     values = dict(values or {})
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
-    inputs = _graph_inputs(model)
+    inputs = data_inputs(model)
     names = [vi.name for vi in inputs]
     for flag, given in (("--input-shape", shapes), ("--input-value", values)):
         unknown = sorted(set(given) - set(names))
@@ -266,7 +262,7 @@ def random_inputs(
 def load_inputs(path: str | os.PathLike[str], model: onnx.ModelProto) -> dict[str, np.ndarray]:
     p = Path(path)
     feeds = read_npz(p, "inputs file", "with one array per model input", "numpy.savez(path, input_name=array)")
-    names = [vi.name for vi in _graph_inputs(model)]
+    names = [vi.name for vi in data_inputs(model)]
     missing = [n for n in names if n not in feeds]
     if missing:
         raise WncError(f"{p} lacks arrays for input(s) {missing}", f"store one array per input: {names}")

@@ -18,6 +18,7 @@ import time
 
 import onnx
 
+from wnc_onnx.graph import data_inputs
 from wnc_onnx.passes.base import PassResult, working_copy
 from wnc_onnx.report import Report
 
@@ -31,7 +32,7 @@ class InitializerInputsPass:
         doubled = [vi.name for vi in model.graph.input if vi.name in inits] if model.ir_version >= 4 else []
         if doubled:
             model = working_copy(model, in_place)
-            keep = [vi for vi in model.graph.input if vi.name not in inits]
+            keep = data_inputs(model)
             del model.graph.input[:]
             model.graph.input.extend(keep)
             report.warnings.append(
