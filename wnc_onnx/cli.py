@@ -14,14 +14,14 @@ from collections import Counter
 from pathlib import Path
 from typing import NoReturn
 
-from wnc_onnx import __version__, cli_finetune
+from wnc_onnx import __version__, cli_bench, cli_finetune
 from wnc_onnx.api import compress, inspect, load_ranks
 from wnc_onnx.config import PASS_NAMES, SUPPORTED_OPS, CompressConfig
 from wnc_onnx.errors import WncError, one_line
 from wnc_onnx.model_io import check_output_path, load_model, save_model, staged_model, write_text_atomic
 from wnc_onnx.report import Report
 
-SUBCOMMANDS = ("compress", "inspect", "finetune", "demo")
+SUBCOMMANDS = ("compress", "inspect", "finetune", "bench", "demo")
 EXIT_VERIFY_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
@@ -36,6 +36,7 @@ subcommands:
   wnc-onnx [compress] IN.onnx OUT.onnx [options]   compress a model (the default subcommand)
   wnc-onnx inspect IN.onnx [options]               print the plan (ranks, costs); write nothing
   wnc-onnx finetune IN.onnx OUT.onnx --train DATA  fine-tune a compressed model
+  wnc-onnx bench A.onnx B.onnx [options]           measure models side by side (latency, per layer)
   wnc-onnx demo [DIR]                              compress a small generated CNN into DIR
 
 'wnc-onnx SUBCOMMAND --help' lists a subcommand's options."""
@@ -209,6 +210,12 @@ def build_parser() -> dict[str, argparse.ArgumentParser]:
         **common,  # type: ignore[arg-type]
     )
     cli_finetune.add_arguments(tune)
+    bench = _Parser(
+        prog="wnc-onnx bench",
+        description="Measure models side by side with onnxruntime: latency, throughput, memory, energy, per layer.",
+        **common,  # type: ignore[arg-type]
+    )
+    cli_bench.add_arguments(bench)
     demo = _Parser(
         prog="wnc-onnx demo",
         description="Generate a small CNN with low-rank structure and compress it.",
@@ -223,7 +230,7 @@ def build_parser() -> dict[str, argparse.ArgumentParser]:
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     demo.add_argument("--plot", action="store_true", help="also write ranks.png")
     demo.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
-    return {"top": top, "compress": comp, "inspect": insp, "finetune": tune, "demo": demo}
+    return {"top": top, "compress": comp, "inspect": insp, "finetune": tune, "bench": bench, "demo": demo}
 
 
 def _input_shapes(a: argparse.Namespace) -> dict[str, tuple[int, ...]]:
@@ -455,7 +462,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("wnc_onnx").setLevel(logging.WARNING if quiet else logging.INFO)
     try:
-        runners = {"compress": run_compress, "inspect": run_inspect, "finetune": cli_finetune.run, "demo": run_demo}
+        runners = {
+            "compress": run_compress,
+            "inspect": run_inspect,
+            "finetune": cli_finetune.run,
+            "bench": cli_bench.run,
+            "demo": run_demo,
+        }
         code = runners[cmd](a)
         sys.stdout.flush()
         return code

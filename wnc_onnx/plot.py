@@ -138,3 +138,62 @@ def plot_history(history: History, path: str | os.PathLike[str]) -> None:
             ax.axvline(resumed + 0.5, color="#999999", ls=":", lw=1)
     fig.tight_layout()
     _save(fig, plt, path)
+
+
+def plot_layer_times(comparisons: list[Any], path: str | os.PathLike[str]) -> None:
+    """Per layer, one row: the baseline's time and the compressed model's (its parts stacked),
+    slower layers marked; one panel per compared model. Rows run down the page."""
+    plt = pyplot()
+    comps = [c for c in comparisons if c.layers]
+    if not comps:
+        raise WncError("nothing to plot: no layer was profiled", "pass two models to 'wnc-onnx bench --per-layer'")
+    n = max(len(c.layers) for c in comps)
+    height = min(max(3.5, 0.24 * n + 1.8), 300.0)
+    fig, axes = plt.subplots(1, len(comps), figsize=(7 * len(comps) + 2, height), squeeze=False)
+    palette = ["#fd8d3c", "#31a354", "#756bb1", "#e6550d", "#636363", "#fdae6b", "#a1d99b", "#bcbddc"]
+    for ax, c in zip(axes[0], comps, strict=True):
+        rows = c.layers
+        y = list(range(len(rows)))
+        ax.barh([i - 0.2 for i in y], [r.before_ms for r in rows], 0.4, color="#6baed6", label=c.baseline)
+        roles: list[str] = []
+        for r in rows:
+            for role, _ in r.parts:
+                if role not in roles:
+                    roles.append(role)
+        left = [0.0] * len(rows)
+        for k, role in enumerate(roles):
+            values = [dict((a, b) for a, b in r.parts).get(role, 0.0) for r in rows]
+            ax.barh(
+                [i + 0.2 for i in y],
+                values,
+                0.4,
+                left=left,
+                color=palette[k % len(palette)],
+                label=f"{c.model}: {role}" if k < 6 else None,
+            )
+            left = [a + b for a, b in zip(left, values, strict=True)]
+        for i, r in enumerate(rows):
+            sp = r.speedup
+            text = f"x{sp:.2f}" if sp else "-"
+            if r.macs_ratio:
+                text += f" (MACs x{r.macs_ratio:.2f})"
+            ax.text(
+                max(r.before_ms, r.after_ms) * 1.02,
+                i,
+                text,
+                va="center",
+                fontsize=7,
+                color="#cb181d" if sp is not None and sp < 1 else "#333333",
+            )
+        ax.set_yticks(y)
+        ax.set_yticklabels([_short(r.layer) for r in rows], fontsize=7 if len(rows) > 40 else 8)
+        for tick, r in zip(ax.get_yticklabels(), rows, strict=True):
+            if r.speedup is not None and r.speedup < 1:
+                tick.set_color("#cb181d")
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        ax.set_xlabel("kernel time per run (ms, median)")
+        ax.set_title(f"{c.model} vs {c.baseline}, {c.threads} thread(s); slower layers first, in red", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.margins(x=0.25)
+    fig.tight_layout()
+    _save(fig, plt, path)

@@ -1,0 +1,289 @@
+"""``wnc-onnx bench``: several models measured side by side on one execution provider."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from wnc_onnx.bench.energy import EnergyMeter
+from wnc_onnx.bench.memory import peak_memory
+from wnc_onnx.bench.result import BenchResult, ModelRun
+from wnc_onnx.bench.session import GRAPH_OPT_LEVELS, default_threads, ort, resolve_provider, session
+from wnc_onnx.bench.timing import load_average, ratio_range, time_interleaved
+from wnc_onnx.errors import WncError, one_line
+from wnc_onnx.graph import data_inputs
+
+log = logging.getLogger(__name__)
+
+BUSY_LOAD = 0.5  # load average above which the machine counts as busy (other work on the cores)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    provider: str = "cpu"
+    threads: tuple[int, ...] = (0,)  # intra-op threads per configuration; 0: every core of this process
+    batches: tuple[int, ...] = (1,)
+    rounds: int = 10
+    warmup: int = 5
+    min_round_seconds: float = 0.1  # each model's share of a round
+    session_options: Mapping[str, str] = field(default_factory=dict)
+    graph_opt: str = "all"
+    input_shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    input_values: Mapping[str, float] = field(default_factory=dict)
+    inputs: Mapping[str, np.ndarray] | None = None  # real inputs (--inputs); their batch is the batch
+    memory: bool = True
+    per_layer: bool = False
+    profile_runs: int = 20
+
+    def __post_init__(self) -> None:
+        if self.rounds < 2:
+            raise ValueError("rounds must be >= 2 (the spread between rounds is reported)")
+        if any(t < 0 for t in self.threads) or not self.threads:
+            raise ValueError("threads must be >= 0 (0: every core)")
+        if any(b < 1 for b in self.batches) or not self.batches:
+            raise ValueError("batch sizes must be >= 1")
+        if self.graph_opt not in GRAPH_OPT_LEVELS:
+            raise ValueError(f"graph_opt must be one of {GRAPH_OPT_LEVELS}")
+
+
+def _load(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    p = Path(path)
+    if not p.is_file():
+        raise WncError(f"model not found: {p}", "check the path")
+    try:
+        return onnx.load(str(p), load_external_data=False)
+    except Exception as exc:
+        raise WncError(f"cannot read {p} as an ONNX model: {one_line(exc, 150)}", "pass an .onnx file") from None
+
+
+def model_feeds(
+    model: onnx.ModelProto, cfg: BenchConfig, batch: int, label: str, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """The inputs of one run at ``batch``: --inputs as given, else random at --input-shape sizes."""
+    from wnc_onnx.verify import random_inputs
+
+    inputs = data_inputs(model)
+    if cfg.inputs is not None:
+        missing = [vi.name for vi in inputs if vi.name not in cfg.inputs]
+        if missing:
+            raise WncError(f"--inputs lacks arrays for input(s) {missing} of {label}", "store one array per input")
+        return {vi.name: cfg.inputs[vi.name] for vi in inputs}
+    shapes: dict[str, list[int]] = {k: list(v) for k, v in cfg.input_shapes.items()}
+    explicit = tuple(cfg.batches) != (1,)  # --batch given: it sets the first dim of every input
+    for vi in inputs:
+        dims = vi.type.tensor_type.shape.dim
+        if not dims or vi.name in cfg.input_values:
+            continue
+        first = dims[0].dim_value if dims[0].HasField("dim_value") else 0
+        if vi.name in shapes:
+            if explicit:
+                shapes[vi.name][0] = batch
+        elif first <= 0 or any(not (d.HasField("dim_value") and d.dim_value > 0) for d in dims):
+            rest = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in list(dims)[1:]]
+            shapes[vi.name] = [batch if first <= 0 or explicit else first, *rest]
+        elif explicit and first != batch:
+            raise WncError(
+                f"{label}: input '{vi.name}' has a fixed batch of {first}; cannot measure batch {batch}",
+                f"use --batch {first}, or export the model with a dynamic batch dimension",
+            )
+    unknown = {k: v for k, v in shapes.items() if any(d < 0 for d in v)}
+    if unknown:
+        name = next(iter(unknown))
+        vi = next(v for v in inputs if v.name == name)
+        from wnc_onnx.graph import shape_hint
+
+        raise WncError(
+            f"{label}: input '{name}' has dynamic dims that only you know",
+            f"give them, e.g. --input-shape {shape_hint(vi)}",
+        )
+    return random_inputs(model, shapes, seed=seed, values=cfg.input_values)
+
+
+def _sessions(paths: Sequence[str], cfg: BenchConfig, provider: str, threads: int) -> list[Any]:
+    out = []
+    for p in paths:
+        try:
+            out.append(session(p, provider, threads, cfg.session_options, cfg.graph_opt))
+        except WncError:
+            raise
+        except Exception as exc:
+            raise WncError(
+                f"onnxruntime cannot load {p}: {one_line(exc, 200)}",
+                "check the model with 'python -m onnx.checker' or run it in onnxruntime once",
+            ) from None
+    return out
+
+
+def _run_once(sess: Any, feeds: dict[str, np.ndarray], label: str, sized: bool) -> None:
+    try:
+        sess.run(None, feeds)
+    except Exception as exc:
+        fix = (
+            "check the --input-shape / --inputs sizes"
+            if sized
+            else "give the sizes of dynamic inputs with --input-shape NAME=D1,D2,..."
+        )
+        raise WncError(f"onnxruntime cannot run {label}: {one_line(exc, 200)}", fix) from None
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    rt = ort()
+    return {
+        "cpu": cpu,
+        "machine": platform.machine(),
+        "cores": default_threads(),
+        "onnxruntime": rt.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def measure(paths: Sequence[str | os.PathLike[str]], cfg: BenchConfig | None = None) -> BenchResult:
+    """Latency, throughput, memory and energy of ``paths`` (the first is the baseline)."""
+    cfg = cfg or BenchConfig()
+    names = [str(p) for p in paths]
+    if not names:
+        raise WncError("no model to measure", "wnc-onnx bench A.onnx [B.onnx ...]")
+    provider = resolve_provider(cfg.provider)
+    protos = [_load(p) for p in names]
+    labels = _labels(names)
+    meter = EnergyMeter(provider)
+    result = BenchResult(
+        config={
+            "provider": provider,
+            "threads": list(cfg.threads),
+            "batches": list(cfg.batches),
+            "rounds": cfg.rounds,
+            "warmup": cfg.warmup,
+            "session_options": dict(cfg.session_options),
+            "graph_optimization": cfg.graph_opt,
+            "input_shapes": {k: list(v) for k, v in cfg.input_shapes.items()},
+            "inputs": "given" if cfg.inputs is not None else "random",
+        },
+        machine=machine(),
+        energy_source=meter.source,
+        energy_note=meter.why,
+    )
+    load0 = load_average()
+    result.machine["load_before"] = load0
+    if load0 is not None and load0 > BUSY_LOAD:
+        result.warnings.append(
+            f"the machine is busy (load average {load0:.2f} on {default_threads()} cores): "
+            "timings may be noisy; measure on a quiet machine for figures to keep"
+        )
+    for threads in cfg.threads:
+        used = threads or default_threads()
+        for batch in cfg.batches if cfg.inputs is None else (0,):
+            feeds = [model_feeds(m, cfg, max(batch, 1), lab) for m, lab in zip(protos, labels, strict=True)]
+            real_batch = _batch_of(feeds[0]) if cfg.inputs is not None else batch
+            sessions = _sessions(names, cfg, provider, used)
+            sized = bool(cfg.input_shapes or cfg.inputs is not None)
+            for s, f, lab in zip(sessions, feeds, labels, strict=True):
+                _run_once(s, f, lab, sized)
+            log.info(
+                "timing %d model(s) at %d thread(s), batch %s: %d rounds", len(paths), used, real_batch, cfg.rounds
+            )
+            runners: list[Callable[[], object]] = [
+                functools.partial(s.run, None, f) for s, f in zip(sessions, feeds, strict=True)
+            ]
+            timings = time_interleaved(
+                runners,
+                rounds=cfg.rounds,
+                warmup=cfg.warmup,
+                min_round_seconds=cfg.min_round_seconds,
+                energy=meter.read if meter.available else None,
+                progress=lambda r, ts: log.info(
+                    "  round %d/%d: %s",
+                    r,
+                    cfg.rounds,
+                    "  ".join(f"{lab} {t.round_medians[-1] * 1e3:.2f} ms" for lab, t in zip(labels, ts, strict=True)),
+                ),
+            )
+            del sessions
+            for i, (p, lab, t) in enumerate(zip(names, labels, timings, strict=True)):
+                lo, hi = ratio_range(timings[0], t)
+                result.runs.append(
+                    ModelRun(
+                        model=lab,
+                        path=p,
+                        threads=used,
+                        batch=real_batch,
+                        median_ms=t.median * 1e3,
+                        p90_ms=t.p90 * 1e3,
+                        min_ms=t.min * 1e3,
+                        spread=t.spread,
+                        runs=t.runs,
+                        speedup=timings[0].median / t.median if i else 1.0,
+                        speedup_range=[lo, hi] if i else [1.0, 1.0],
+                        throughput=real_batch / t.median if real_batch else None,
+                        energy_mj=(t.energy_j / t.runs * 1e3) if t.energy_j is not None and t.runs else None,
+                        file_bytes=_file_bytes(p, protos[i]),
+                    )
+                )
+    if cfg.memory:
+        first = cfg.batches[-1] if cfg.inputs is None else 0
+        for p, m, lab in zip(names, protos, labels, strict=True):
+            log.info("peak memory of %s", lab)
+            got, why = peak_memory(
+                p,
+                model_feeds(m, cfg, max(first, 1), lab),
+                provider,
+                cfg.threads[0] or default_threads(),
+                cfg.session_options,
+                cfg.graph_opt,
+            )
+            result.memory[lab] = got
+            if why:
+                result.warnings.append(f"{lab}: {why}")
+    load1 = load_average()
+    result.machine["load_after"] = load1
+    if cfg.per_layer:
+        from wnc_onnx.bench.profile import profile_layers
+
+        result.per_layer = profile_layers(names, protos, labels, cfg, provider)
+    return result
+
+
+def _batch_of(feeds: Mapping[str, np.ndarray]) -> int:
+    arrays = [a for a in feeds.values() if a.ndim]
+    return int(arrays[0].shape[0]) if arrays else 1
+
+
+def _labels(paths: Sequence[str]) -> list[str]:
+    """Short unique names: file names, with parent folders where two are alike."""
+    names = [Path(p).name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    return [str(Path(p)) for p in paths]
+
+
+def _file_bytes(path: str, model: onnx.ModelProto) -> int:
+    from wnc_onnx import external_data
+
+    size = Path(path).stat().st_size
+    files = {
+        e.value
+        for t in external_data.all_tensors(model)
+        if external_data.is_external(t)
+        for e in t.external_data
+        if e.key == "location"
+    }
+    for f in files:
+        q = Path(path).parent / f
+        if q.is_file():
+            size += q.stat().st_size
+    return size
