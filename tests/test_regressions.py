@@ -178,7 +178,7 @@ def test_demo_into_a_file_and_debug_flag(tmp_path, capsys):
 def test_a_subcommand_typo_names_the_subcommands(typo, guess, capsys):
     rc, out, err = run_cli(capsys, typo, "a.onnx", "b.onnx")
     assert rc == 2 and out == "" and err.count("\n") == 1
-    assert "compress, inspect, finetune, demo" in err
+    assert "compress, inspect, finetune, bench, demo" in err
     assert (f"did you mean '{guess}'" in err) if guess else ("did you mean" not in err)
 
 

@@ -12,7 +12,7 @@ import sys
 import traceback
 from collections import Counter
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from wnc_onnx import __version__, cli_bench, cli_finetune
 from wnc_onnx.api import compress, inspect, load_ranks
@@ -154,6 +154,31 @@ def _add_sizes(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_latency(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "speed on the target (each layer's forms timed with onnxruntime; --threads names the target's threads)"
+    )
+    g.add_argument(
+        "--latency-aware",
+        action="store_true",
+        help="time each layer's forms (original, Tucker-2, Tucker-1, SVD, ranks rounded to 8/16) at its real input "
+        "size and keep the fastest that is as accurate as the chosen ranks; never a layer slower than the original",
+    )
+    g.add_argument(
+        "--target-speedup",
+        type=float,
+        metavar="S",
+        help="allocate ranks over the network so the model runs S times faster on the target (measured), with the "
+        "least kernel error; implies --latency-aware",
+    )
+    cli_bench.add_session_arguments(g, "")  # type: ignore[arg-type]
+    g.add_argument(
+        "--no-latency-cache",
+        action="store_true",
+        help="time every layer again instead of reusing timings of earlier runs on the same target",
+    )
+
+
 def _add_verify(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("verification (onnxruntime, original vs compressed)")
     g.add_argument("--verify", action="store_true", help="run both models and compare their outputs")
@@ -197,6 +222,7 @@ def build_parser() -> dict[str, argparse.ArgumentParser]:
     )
     _add_selection(comp)
     _add_sizes(comp)
+    _add_latency(comp)
     _add_verify(comp)
     _add_output(comp)
     insp = _Parser(prog="wnc-onnx inspect", description="Print the plan (ranks, costs); write nothing.", **common)  # type: ignore[arg-type]
@@ -274,9 +300,25 @@ def _config(a: argparse.Namespace) -> CompressConfig:
             hooi_tol=a.hooi_tol,
             input_shapes=_input_shapes(a),
             threads=a.threads,
+            **_latency_options(a),
         )
     except (ValueError, re.error) as exc:
         raise WncError(f"invalid option: {exc}", "see 'wnc-onnx --help'") from None
+
+
+def _latency_options(a: argparse.Namespace) -> dict[str, Any]:
+    if not hasattr(a, "latency_aware"):  # inspect: no timing
+        return {}
+    from wnc_onnx.bench.session import parse_session_options
+
+    return {
+        "latency_aware": a.latency_aware,
+        "target_speedup": a.target_speedup,
+        "provider": a.provider,
+        "session_options": parse_session_options(a.session_option),
+        "graph_opt": a.graph_opt,
+        "latency_cache": not a.no_latency_cache,
+    }
 
 
 def _emit(report: Report, a: argparse.Namespace) -> None:

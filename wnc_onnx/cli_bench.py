@@ -22,9 +22,9 @@ def _ints(text: str, flag: str, low: int) -> tuple[int, ...]:
     return values
 
 
-def add_session_arguments(p: argparse.ArgumentParser, threads_help: str) -> None:
+def add_session_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, threads_help: str) -> None:
     """--provider / --session-option / --graph-opt: the target a model is measured (and chosen) on."""
-    g = p.add_argument_group("target (onnxruntime)")
+    g = p.add_argument_group("target (onnxruntime)") if isinstance(p, argparse.ArgumentParser) else p
     g.add_argument(
         "--provider",
         default="cpu",

@@ -46,6 +46,15 @@ class CompressConfig:
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     # BLAS and onnxruntime threads; 0: the cores that are free when the run starts
     threads: int = 0
+    # Latency-aware choices (wnc_onnx.latency): each layer's forms are timed on the target
+    # (provider, threads, session options) and the fastest that keeps the policy's accuracy
+    # wins, the original included; target_speedup allocates ranks to reach a measured speed-up.
+    latency_aware: bool = False
+    target_speedup: float | None = None
+    provider: str = "cpu"
+    session_options: Mapping[str, str] = field(default_factory=dict)
+    graph_opt: str = "all"
+    latency_cache: bool = True  # reuse timings from earlier runs on the same target
 
     def __post_init__(self) -> None:
         # [R3, R4] lists (as in a JSON ranks file) are accepted from API callers too
@@ -72,8 +81,17 @@ class CompressConfig:
             raise ValueError(f"cannot skip passes {unknown}; skippable: {[p for p in PASS_NAMES if p != 'lowrank']}")
         if self.threads < 0:
             raise ValueError("threads must be >= 0 (0: automatic)")
+        if self.target_speedup is not None and not self.target_speedup > 0:
+            raise ValueError("target_speedup must be > 0 (e.g. 2 for twice as fast)")
+        if self.graph_opt not in ("all", "extended", "basic", "disable"):
+            raise ValueError("graph_opt must be one of all, extended, basic, disable")
         if self.hooi_max_iter < 0 or self.hooi_tol < 0:
             raise ValueError("hooi_max_iter and hooi_tol must be >= 0")
+
+    @property
+    def timed(self) -> bool:
+        """Whether layer forms are timed on the target (latency-aware or a speed-up target)."""
+        return self.latency_aware or self.target_speedup is not None
 
     def selects(self, name: str, op_type: str) -> str | None:
         """None when the layer is selected, else the reason it is not."""

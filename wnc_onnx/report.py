@@ -42,6 +42,8 @@ class LayerReport:
     # the layer's data input and output tensors (main graph only): --verify measures the error there
     input_tensor: str | None = None
     output_tensor: str | None = None
+    # --latency-aware / --target-speedup: the forms timed on the target, the choice and why
+    latency: dict[str, Any] | None = None
 
     @property
     def params_ratio(self) -> float | None:

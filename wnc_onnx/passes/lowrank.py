@@ -8,6 +8,7 @@ place of the old one. Layers are handled one at a time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -64,6 +65,17 @@ class _Plan:
     source: str
 
 
+@dataclass
+class _State:
+    """A planned layer, kept until it is factored (after the latency step, where there is one)."""
+
+    plan: _Plan
+    kernels: list[np.ndarray]
+    grams_in: list[np.ndarray] | None
+    grams_out: list[np.ndarray]
+    spectra: dict[str, list[Spectrum]]
+
+
 def _vbmf_rank(
     tensors: list[np.ndarray],
     mode: int,
@@ -114,6 +126,14 @@ class LowRankPass:
         self.rules = rules
         self.plan_only = plan_only
         self.threads = threads  # layers analyzed at a time (see _analyzed)
+        self.chooser = None
+        if cfg.timed and not plan_only:
+            from wnc_onnx.latency.choose import LatencyChooser
+            from wnc_onnx.latency.oracle import Oracle, Target
+
+            target = Target(cfg.provider, max(1, threads), dict(cfg.session_options), cfg.graph_opt)
+            self.chooser = LatencyChooser(target, cfg.target_speedup, Oracle(target, cache=cfg.latency_cache))
+        self.allocation: object | None = None  # the speed-up target's allocation (wnc_onnx.latency.allocate)
 
     # -- discovery -------------------------------------------------------------------
     def find_layers(self, ctx: GraphContext) -> list[tuple[Layer, Rule | None]]:
@@ -152,6 +172,8 @@ class LowRankPass:
                 "pass a CNN or MLP model with constant weights",
             )
         self._check_rank_names(all_layers)
+        if self.chooser is not None:
+            self._start_latency(model, report)
         total, done, modified = len(all_layers), 0, False
         # Subgraphs first: a parent's splice copies its nodes, subgraph bodies included.
         records: list[LayerReport] = []
@@ -170,7 +192,60 @@ class LowRankPass:
                 "graphs": len(contexts),
             }
         )
+        if self.chooser is not None:
+            self._finish_latency(report)
         return PassResult(model=model, report=report, modified=modified)
+
+    # -- latency-aware choices ---------------------------------------------------------
+    def _start_latency(self, model: onnx.ModelProto, report: Report) -> None:
+        assert self.chooser is not None
+        oracle, target = self.chooser.oracle, self.chooser.target
+        log.info(
+            "latency-aware: timing each layer's forms on %s, %d thread(s)%s",
+            target.provider,
+            target.threads,
+            f", options {dict(target.session_options)}" if target.session_options else "",
+        )
+        if oracle.busy:
+            report.warnings.append(
+                f"the machine was busy when the layers were timed (load average {oracle.load:.2f}): "
+                "the latency-aware choices may be noisy; rerun on a quiet machine"
+            )
+        if self.cfg.target_speedup is not None:
+            whole = self.chooser.time_whole(model, self.cfg.input_shapes)
+            log.info("latency-aware: the whole model takes %.3f ms on the target", whole)
+
+    def _finish_latency(self, report: Report) -> None:
+        assert self.chooser is not None
+        oracle = self.chooser.oracle
+        oracle.save()
+        info: dict[str, object] = {
+            "target": self.chooser.target.key(),
+            "timings_cached": oracle.hits,
+            "timings_measured": oracle.misses,
+            "cache": str(oracle.cache_path) if oracle.cache_path else None,
+        }
+        alloc = self.allocation
+        if alloc is not None:
+            from wnc_onnx.latency.allocate import Allocation
+
+            assert isinstance(alloc, Allocation)
+            info.update(
+                {
+                    "target_speedup": self.cfg.target_speedup,
+                    "original_ms": round(alloc.original_ms, 4),
+                    "predicted_ms": round(alloc.predicted_ms, 4),
+                    "predicted_speedup": round(alloc.predicted_speedup, 3),
+                    "reached": alloc.reached,
+                }
+            )
+            if not alloc.reached:
+                report.warnings.append(
+                    f"--target-speedup {self.cfg.target_speedup:g} cannot be reached by these layers: the fastest "
+                    f"forms measured give x{alloc.predicted_speedup:.2f} (predicted); the rest of the model "
+                    "(other nodes) bounds it"
+                )
+        report.extras["latency"] = info
 
     def _contexts(self, model: onnx.ModelProto) -> list[GraphContext]:
         """The main graph and every nested subgraph, parents before children."""
@@ -225,6 +300,15 @@ class LowRankPass:
         the cores far better than threaded BLAS on small matrices (eigen-solvers of order
         512 hardly scale). A layer whose Gram products are large runs alone with all
         threads. At most a few results wait for their turn, so memory stays per layer."""
+        if self.chooser is not None:  # plan all, time and choose (alone on the cores), then factor
+            planned = [self._planned_timed(layer, rule, ctx) for layer, rule in layers]
+            self._choose(ctx, layers, planned)
+            for (layer, _), (rec, state) in zip(layers, planned, strict=True):
+                t0 = time.perf_counter()
+                factors = None if state is None else self._factor(layer, state)
+                rec.seconds = round(rec.seconds + time.perf_counter() - t0, 4)
+                yield rec, factors
+            return
         workers = max(1, self.threads)
         if workers == 1 or len(layers) == 1:
             for layer, rule in layers:
@@ -269,11 +353,18 @@ class LowRankPass:
     def _analyze(self, layer: Layer, rule: Rule | None, ctx: GraphContext) -> tuple[LayerReport, Factors | None]:
         """Ranks and factors of one layer (numeric work only: safe to run beside other layers)."""
         t0 = time.perf_counter()
-        rec, factors = self._analyze_timed(layer, rule, ctx)
+        rec, state = self._planned(layer, rule, ctx)
+        factors = None if state is None or self.plan_only else self._factor(layer, state)
         rec.seconds = round(time.perf_counter() - t0, 4)
         return rec, factors
 
-    def _analyze_timed(self, layer: Layer, rule: Rule | None, ctx: GraphContext) -> tuple[LayerReport, Factors | None]:
+    def _planned_timed(self, layer: Layer, rule: Rule | None, ctx: GraphContext) -> tuple[LayerReport, _State | None]:
+        t0 = time.perf_counter()
+        rec, state = self._planned(layer, rule, ctx)
+        rec.seconds = round(time.perf_counter() - t0, 4)
+        return rec, state
+
+    def _planned(self, layer: Layer, rule: Rule | None, ctx: GraphContext) -> tuple[LayerReport, _State | None]:
         if layer.skip:
             return self._record(layer, "skipped", layer.skip), None
         reason = self.cfg.selects(layer.name, layer.op_type)
@@ -293,20 +384,105 @@ class LowRankPass:
         except _Skip as skip:
             return self._record(layer, "skipped", str(skip)), None
         rec = self._record(layer, "planned")
+        self._describe_plan(rec, plan)
+        return rec, _State(plan, kernels, grams_in, grams_out, spectra)
+
+    def _describe_plan(self, rec: LayerReport, plan: _Plan) -> None:
         rec.method, rec.rank_source = plan.method, plan.source
         rec.vbmf_ranks = {k: plan.vbmf[k] for k in ("R3", "R4", "R") if k in plan.vbmf}
-        rec.ranks = (
-            {"R3": plan.r3, "R4": plan.r4}
-            if plan.r3 is not None
-            else ({"R": plan.r4} if plan.method == "svd" else {"R4": plan.r4})
-        )
+        rec.ranks = _ranks(plan) if plan.r3 is not None or plan.method == "svd" else {"R4": plan.r4}
         rec.params_after = plan.after.total_params
         rec.macs_after = plan.after.total_macs
         rec.params_split = list(plan.after.params)
         rec.macs_split = list(plan.after.macs or [])
-        if self.plan_only:
-            return rec, None
-        return rec, self._factor(layer, plan, kernels, grams_in, grams_out, spectra)
+
+    def _choose(
+        self,
+        ctx: GraphContext,
+        layers: list[tuple[Layer, Rule | None]],
+        planned: list[tuple[LayerReport, _State | None]],
+    ) -> None:
+        """Time every planned layer's forms on the target; keep the fastest that is as accurate
+        (or, with a speed-up target, the allocation); a layer kept whole is skipped with the reason."""
+        from wnc_onnx.latency.allocate import Choice, allocate, never_slower
+        from wnc_onnx.latency.choose import describe, mode_spectra
+        from wnc_onnx.latency.forms import ORIGINAL, Form
+
+        assert self.chooser is not None
+        options = {}
+        todo = [(lr, ps) for lr, ps in zip(layers, planned, strict=True) if ps[1] is not None]
+        for k, ((layer, rule), (rec, state)) in enumerate(todo, 1):
+            assert state is not None
+            plan = state.plan
+            base = Form(plan.method, plan.r3, plan.r4)
+            spectra = mode_spectra(
+                [sp.values for sp in state.spectra["out"]] or [_eigvals(g) for g in state.grams_out],
+                ([sp.values for sp in state.spectra["in"]] or [_eigvals(g) for g in state.grams_in])
+                if state.grams_in is not None
+                else None,
+            )
+            found = self.chooser.options(
+                layer, rule, ctx, base, spectra, functools.partial(self._form_check, layer, base=plan)
+            )
+            if isinstance(found, str):
+                rec.latency = {"chosen": base.label, "why": f"not timed: {found}"}
+                log.info("  [%d/%d] %s: not timed (%s)", k, len(todo), layer.name, found)
+                continue
+            options[layer.name] = found
+            log.info(
+                "  [%d/%d] %s: %s",
+                k,
+                len(todo),
+                layer.name,
+                ", ".join(f"{f.label} {found.ms(f):.3f} ms" for f in list(found.times)[:4])
+                + (" ..." if len(found.times) > 4 else ""),
+            )
+        choices: dict[str, Choice] = {}
+        if self.cfg.target_speedup is not None and options and not ctx.prefix and self.chooser.whole_ms:
+            alloc = allocate(options, self.chooser.whole_ms, self.cfg.target_speedup)
+            self.allocation = alloc
+            for name, form in alloc.forms.items():
+                opt = options[name]
+                why = "speed-up target: " + (
+                    "the policy's ranks" if form == opt.base else "kept whole" if form == ORIGINAL else "ranks moved"
+                )
+                choices[name] = Choice(form, why, dict(opt.rejected))
+        else:
+            choices = {name: never_slower(opt) for name, opt in options.items()}
+        for (layer, _), (rec, state) in todo:
+            choice = choices.get(layer.name)
+            if choice is None or state is None:
+                continue
+            rec.latency = describe(options[layer.name], choice.form, choice.why, choice.rejected)
+            if choice.form == ORIGINAL:
+                rec.status, rec.reason = "skipped", f"latency-aware: kept whole ({choice.why})"
+                rec.method = None
+                rec.ranks, rec.params_after, rec.macs_after, rec.params_split, rec.macs_split = {}, None, None, [], []
+                for i, (lay, _) in enumerate(layers):
+                    if lay is layer:
+                        planned[i] = (rec, None)
+                continue
+            form = choice.form
+            if form != Form(state.plan.method, state.plan.r3, state.plan.r4):
+                state.plan = self._plan_for(layer, form, state.plan)
+                if form.method == "tucker2" and state.grams_in is None:
+                    state.grams_in = [mode_gram(k, 1) for k in state.kernels]
+                self._describe_plan(rec, state.plan)
+            rec.rank_source = "latency" if state.plan.source == "vbmf" else state.plan.source
+
+    def _plan_for(self, layer: Layer, form: object, base: _Plan) -> _Plan:
+        """``base`` with the method and ranks of ``form`` (a latency Form)."""
+        method, r3, r4 = form.method, form.r3, form.r4  # type: ignore[attr-defined]
+        after = lowrank_costs(layer.s, layer.t, layer.window, layer.groups, layer.in_pixels, layer.out_pixels, r3, r4)
+        return _Plan(method, r3, r4, base.before, after, base.vbmf, base.source)
+
+    def _form_check(self, layer: Layer, form: object, base: _Plan) -> str | None:
+        """None when ``form`` saves weights and MACs as the policy requires, else why not."""
+        try:
+            self._checked(layer, self._plan_for(layer, form, base))
+        except _Skip as skip:
+            return str(skip)
+        return None
 
     def _emit(
         self,
@@ -404,15 +580,14 @@ class LowRankPass:
         return plan
 
     # -- factorization ----------------------------------------------------------------
-    def _factor(
-        self,
-        layer: Layer,
-        plan: _Plan,
-        kernels: list[np.ndarray],
-        grams_in: list[np.ndarray] | None,
-        grams_out: list[np.ndarray],
-        spectra: dict[str, list[Spectrum]],
-    ) -> Factors:
+    def _factor(self, layer: Layer, state: _State) -> Factors:
+        plan, kernels, grams_in, grams_out, spectra = (
+            state.plan,
+            state.kernels,
+            state.grams_in,
+            state.grams_out,
+            state.spectra,
+        )
         groups: list[dict[str, np.ndarray]] = []
         err2 = norm2 = 0.0
         sweeps = 0
@@ -485,6 +660,12 @@ class LowRankPass:
 _CONV_LIKE = ("conv", "flatten_gemm")  # rules whose kernels are (T, S, *spatial); others give matrices
 # Multiply-adds of a layer's two Gram products above which it runs alone with all threads.
 _ALONE_WORK = 2e10
+
+
+def _eigvals(gram: np.ndarray) -> np.ndarray:
+    from wnc_onnx.numeric.gram import sym_eigvals
+
+    return sym_eigvals(gram)
 
 
 def _work(layer: Layer) -> float:
