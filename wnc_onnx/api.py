@@ -101,7 +101,48 @@ def _run(model: ModelLike, cfg: CompressConfig, plan_only: bool) -> tuple[onnx.M
     _totals(report, params_before, count_params(result_model), info["file_bytes"])
     if not plan_only:
         _finish(result_model, report, input_fails_strict)
+        if cfg.timed and report.totals.decomposed:
+            _measured_on_target(model, result_model, report, cfg, threads)
     return result_model, report
+
+
+def _measured_on_target(
+    source: ModelLike,
+    result: onnx.ModelProto,
+    report: Report,
+    cfg: CompressConfig,
+    threads: int,
+) -> None:
+    """--latency-aware / --target-speedup: the whole models timed on the target, side by side."""
+    from wnc_onnx.latency.choose import measure_pair
+    from wnc_onnx.latency.oracle import Target
+
+    # the caller's ModelProto is never modified; a path is read again (the passes rewrote the loaded copy)
+    original = source if isinstance(source, onnx.ModelProto) else load_model_and_source(Path(source))[0]
+    if external_data.has_external(original) or external_data.has_external(result):
+        report.warnings.append("the whole models were not timed (external data); use 'wnc-onnx bench'")
+        return
+    log.info("timing the original and the compressed model on the target")
+    target = Target(cfg.provider, max(1, threads), dict(cfg.session_options), cfg.graph_opt)
+    try:
+        found = measure_pair(target, original, result, cfg.input_shapes)
+    except WncError:
+        raise
+    except Exception as exc:
+        report.warnings.append(f"the whole models could not be timed ({one_line(exc, 150)})")
+        return
+    info = report.extras.setdefault("latency", {})
+    info["measured"] = found
+    noise = max(0.03, found["spread"])
+    if cfg.target_speedup is not None and found["speedup"] < cfg.target_speedup * (1 - noise):
+        report.warnings.append(
+            f"measured x{found['speedup']:.2f} on the target, short of --target-speedup {cfg.target_speedup:g} "
+            "(layers timed alone do not see the layout changes between them); ask for a little more"
+        )
+    elif found["speedup"] < 1 - noise:
+        report.warnings.append(
+            f"the compressed model measured slower than the original (x{found['speedup']:.2f}) on the target"
+        )
 
 
 def _config_dict(cfg: CompressConfig) -> dict[str, Any]:

@@ -152,27 +152,47 @@ def _x(r: float | None) -> str:
 
 
 def format_table(report: Report) -> str:
-    head = ("layer", "op", "method", "S/R3", "T/R4", "weights", "MACs", "err", "status")
+    timed = any(r.latency for r in report.layers)
+    head: tuple[str, ...] = ("layer", "op", "method", "S/R3", "T/R4", "weights", "MACs", "err", "status")
+    if timed:
+        head = (*head[:-1], "alone", "status")
     rows: list[tuple[str, ...]] = []
     for r in report.layers:
-        g = f"x{r.groups}" if r.groups > 1 else ""
-        s = f"{r.S}{g}" if r.S is not None else ""
-        t = f"{r.T}{g}" if r.T is not None else ""
-        if r.status == "skipped":
-            rows.append(
-                (r.name, r.op_type, "-", s, t, human(r.params_before), human(r.macs_before), "", f"skipped: {r.reason}")
-            )
-            continue
-        r3 = r.ranks.get("R3")
-        r4 = r.ranks.get("R4", r.ranks.get("R"))
-        s += f"/{r3}{g}" if r3 is not None else ""
-        t += f"/{r4}{g}" if r4 is not None else ""
-        split = "+".join(human(m) for m in r.macs_split)
-        weights = f"{human(r.params_before)}->{human(r.params_after)} {_x(r.params_ratio)}"
-        macs = f"{human(r.macs_before)}->{human(r.macs_after)}"
-        macs += f" (={split}) {_x(r.macs_ratio)}" if r.macs_split else ""
-        err = f"{r.rel_error:.3f}" if r.rel_error is not None else ""
-        rows.append((r.name, r.op_type, r.method or "", s, t, weights, macs, err, r.status))
+        row = _layer_row(r)
+        if timed:
+            row = (*row[:-1], _alone(r), row[-1])
+        rows.append(row)
+    return _layout(report, head, rows)
+
+
+def _alone(r: LayerReport) -> str:
+    """The chosen form's speed-up over the original layer, both timed alone on the target."""
+    lat = r.latency or {}
+    ms = lat.get("measured_ms") or {}
+    if "original" not in ms or lat.get("chosen") not in ms or not ms[lat["chosen"]]:
+        return "-"
+    return f"x{ms['original'] / ms[lat['chosen']]:.2f}"
+
+
+def _layer_row(r: LayerReport) -> tuple[str, ...]:
+    g = f"x{r.groups}" if r.groups > 1 else ""
+    s = f"{r.S}{g}" if r.S is not None else ""
+    t = f"{r.T}{g}" if r.T is not None else ""
+    if r.status == "skipped":
+        return (r.name, r.op_type, "-", s, t, human(r.params_before), human(r.macs_before), "", f"skipped: {r.reason}")
+    r3 = r.ranks.get("R3")
+    r4 = r.ranks.get("R4", r.ranks.get("R"))
+    s += f"/{r3}{g}" if r3 is not None else ""
+    t += f"/{r4}{g}" if r4 is not None else ""
+    split = "+".join(human(m) for m in r.macs_split)
+    weights = f"{human(r.params_before)}->{human(r.params_after)} {_x(r.params_ratio)}"
+    macs = f"{human(r.macs_before)}->{human(r.macs_after)}"
+    macs += f" (={split}) {_x(r.macs_ratio)}" if r.macs_split else ""
+    err = f"{r.rel_error:.3f}" if r.rel_error is not None else ""
+    return (r.name, r.op_type, r.method or "", s, t, weights, macs, err, r.status)
+
+
+def _layout(report: Report, head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
@@ -196,8 +216,35 @@ def format_table(report: Report) -> str:
         + _macs_summary(report)
         + file
     )
+    lines += _latency_lines(report)
     lines += [f"note: {w}" for w in report.warnings]
     return "\n".join(lines)
+
+
+def _latency_lines(report: Report) -> list[str]:
+    lat = report.extras.get("latency")
+    if not lat:
+        return []
+    t = lat.get("target", {})
+    where = f"{t.get('provider', '?')}, {t.get('threads', '?')} thread(s)"
+    if t.get("options"):
+        where += f", {t['options']}"
+    out = [
+        f"latency-aware on {where}: 'alone' is each chosen form's speed-up over the original layer, both timed "
+        f"alone ({lat.get('timings_measured', 0)} timed, {lat.get('timings_cached', 0)} from the cache)"
+    ]
+    if lat.get("target_speedup") is not None:
+        out.append(
+            f"speed-up target x{lat['target_speedup']:g}: predicted x{lat['predicted_speedup']:.2f} "
+            f"({'reached' if lat['reached'] else 'NOT reachable'})"
+        )
+    m = lat.get("measured")
+    if m:
+        out.append(
+            f"measured on the target: original {m['original_ms']:.3f} ms, compressed {m['compressed_ms']:.3f} ms, "
+            f"x{m['speedup']:.2f} (spread {m['spread']:.0%})"
+        )
+    return out
 
 
 def _macs_summary(report: Report) -> str:

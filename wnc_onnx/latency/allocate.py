@@ -84,48 +84,53 @@ class Allocation:
 
 
 def allocate(options: Mapping[str, LayerOptions], whole_ms: float, target: float) -> Allocation:
-    """Forms per layer so that the predicted model time reaches ``whole_ms / target`` with the
-    least added kernel error (sum over layers of the squared relative error).
+    """Forms per layer so that the predicted model time reaches ``whole_ms / target`` with
+    the least kernel error: first the smallest error bound that every layer may use (each
+    layer takes its fastest form within the bound, so no single layer is wrecked to spare
+    the others), then, while the goal still holds, forms with less error where they cost
+    the least time (the most squared error removed per millisecond).
 
-    Start from the policy forms (the original where that is faster); while the prediction
-    misses the goal, take the move that saves the most time per unit of error added; then,
-    while the goal holds, take back the moves that remove the most error per unit of time.
-    The prediction is the whole model's measured time less what each layer saves alone."""
+    The prediction is the whole model's measured time less what each layer saves alone.
+    The policy's own forms are among the options, so the bound starts from EVBMF's ranks."""
     goal = whole_ms / target
-    cur: dict[str, Form] = {}
-    for name, opt in options.items():
-        base_ok = opt.base in opt.times and opt.times[opt.base].median < opt.times[ORIGINAL].median
-        cur[name] = opt.base if base_ok else ORIGINAL
 
     def saved(name: str, f: Form) -> float:
         o = options[name]
         return o.ms(ORIGINAL) - o.ms(f)
 
-    def err2(name: str, f: Form) -> float:
-        return options[name].errors.get(f, 0.0) ** 2
+    def err(name: str, f: Form) -> float:
+        return options[name].errors.get(f, 0.0)
 
-    predicted = whole_ms - sum(saved(n, f) for n, f in cur.items())
-    while predicted > goal:
+    def pick(bound: float) -> dict[str, Form]:
+        out = {}
+        for n, o in options.items():
+            allowed = [f for f in o.times if err(n, f) <= bound + 1e-12]
+            out[n] = min(allowed, key=lambda f: (o.ms(f), err(n, f)))  # noqa: B023 (used at once)
+        return out
+
+    def predict(sel: Mapping[str, Form]) -> float:
+        return whole_ms - sum(saved(n, f) for n, f in sel.items())
+
+    bounds = sorted({err(n, f) for n, o in options.items() for f in o.times})
+    if not bounds:
+        return Allocation({}, whole_ms, whole_ms, goal, whole_ms <= goal)
+    lo, hi = 0, len(bounds) - 1
+    if predict(pick(bounds[hi])) > goal:
+        cur = pick(bounds[hi])
+        return Allocation(cur, predict(cur), whole_ms, goal, False)
+    while lo < hi:  # the time predicted falls as the bound grows
+        mid = (lo + hi) // 2
+        if predict(pick(bounds[mid])) <= goal:
+            hi = mid
+        else:
+            lo = mid + 1
+    cur = pick(bounds[lo])
+    predicted = predict(cur)
+    while True:
         best, score = None, -1.0
         for n, o in options.items():
             for f in o.times:
-                gain = saved(n, f) - saved(n, cur[n])
-                if gain <= 0:
-                    continue
-                cost = err2(n, f) - err2(n, cur[n])
-                s = gain / cost if cost > 1e-15 else float("inf")
-                if s > score:
-                    best, score = (n, f), s
-        if best is None:
-            break
-        predicted -= saved(best[0], best[1]) - saved(best[0], cur[best[0]])
-        cur[best[0]] = best[1]
-    reached = predicted <= goal
-    while reached:
-        best, score = None, -1.0
-        for n, o in options.items():
-            for f in o.times:
-                better = err2(n, cur[n]) - err2(n, f)
+                better = err(n, cur[n]) ** 2 - err(n, f) ** 2
                 if better <= 1e-15:
                     continue
                 extra = saved(n, cur[n]) - saved(n, f)
@@ -138,4 +143,4 @@ def allocate(options: Mapping[str, LayerOptions], whole_ms: float, target: float
             break
         predicted += saved(best[0], cur[best[0]]) - saved(best[0], best[1])
         cur[best[0]] = best[1]
-    return Allocation(cur, predicted, whole_ms, goal, reached)
+    return Allocation(cur, predicted, whole_ms, goal, True)

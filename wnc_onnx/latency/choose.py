@@ -109,3 +109,25 @@ def describe(opt: LayerOptions, chosen: Form, why: str, rejected: Mapping[Form, 
         "rejected": {f.label: r for f, r in rejected.items() if f != chosen},
         "cached": all(m.cached for m in opt.times.values()),
     }
+
+
+def measure_pair(
+    target: Target, original: onnx.ModelProto, compressed: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]
+) -> dict[str, Any]:
+    """The whole original and compressed models timed side by side on the target (interleaved)."""
+    from wnc_onnx.verify import random_inputs
+
+    feeds = random_inputs(original, input_shapes)
+    provider = resolve_provider(target.provider)
+    sessions = [
+        session(m, provider, target.threads, target.session_options, target.graph_opt) for m in (original, compressed)
+    ]
+    a, b = time_interleaved(
+        [functools.partial(s.run, None, feeds) for s in sessions], rounds=max(5, target.rounds), warmup=3
+    )
+    return {
+        "original_ms": round(a.median * 1e3, 4),
+        "compressed_ms": round(b.median * 1e3, 4),
+        "speedup": round(a.median / b.median, 3),
+        "spread": round(max(a.spread, b.spread), 3),
+    }

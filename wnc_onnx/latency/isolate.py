@@ -75,7 +75,12 @@ def isolated(
             sizes = [int(d) for d in dims if isinstance(d, int)]
             feeds[name] = rng.standard_normal(sizes).astype(dtype)
             inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), sizes))
-    outputs = [helper.make_tensor_value_info(nodes[-1].output[0], ctx.dtype(layer.weight), None)]
+    out = nodes[-1].output[0]
+    known = ctx.shape(out) or []
+    dims = [
+        1 if i == 0 and not isinstance(d, int) else d if isinstance(d, int) else f"d{i}" for i, d in enumerate(known)
+    ]
+    outputs = [helper.make_tensor_value_info(out, ctx.dtype(layer.weight), dims if known else None)]
     for n in nodes:  # names onnxruntime does not need; metadata stays (it documents the form)
         n.doc_string = ""
     graph = helper.make_graph(nodes, f"isolated_{form.method}", inputs, outputs, inits)

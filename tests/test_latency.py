@@ -1,0 +1,259 @@
+"""Latency-aware compression: forms, isolation, the never-slower rule, the speed-up allocation, the cache.
+
+The rules are checked against stubbed timers (timings are never asserted); one run times
+real forms in onnxruntime to check that every form it builds runs and gives the layer's
+output shape."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.helpers import rel_diff
+from wnc_onnx import compress
+from wnc_onnx.cli import main
+from wnc_onnx.graph import GraphContext
+from wnc_onnx.latency import oracle as oracle_mod
+from wnc_onnx.latency.allocate import LayerOptions, allocate, never_slower
+from wnc_onnx.latency.forms import ORIGINAL, Form, ModeSpectra, at_least_as_accurate, ladder
+from wnc_onnx.latency.isolate import isolated
+from wnc_onnx.latency.oracle import Measured
+from wnc_onnx.passes.rules import DEFAULT_RULES
+from wnc_onnx.zoo import demo_cnn
+
+
+def m(ms, spread=0.01):
+    return Measured(ms / 1e3, spread)
+
+
+def options(name, base, times, errors):
+    return LayerOptions(name, base, {f: m(t) for f, t in times.items()}, errors)
+
+
+T2 = Form("tucker2", 8, 8)
+T2R = Form("tucker2", 16, 16)
+T1 = Form("tucker1", None, 8)
+
+
+def test_the_fastest_form_as_accurate_as_the_policy_wins():
+    opt = options("c", T2, {ORIGINAL: 1.0, T2: 0.6, T2R: 0.4}, {ORIGINAL: 0, T2: 0.2, T2R: 0.1})
+    c = never_slower(opt)
+    assert c.form == T2R and "x2.50" in c.why
+    assert "slower than" in c.rejected[T2] and "slower" in c.rejected[ORIGINAL]
+
+
+def test_a_layer_is_never_kept_slower_than_the_original():
+    opt = options("c", T2, {ORIGINAL: 1.0, T2: 1.3, T1: 1.1}, {ORIGINAL: 0, T2: 0.2, T1: 0.1})
+    c = never_slower(opt)
+    assert c.form == ORIGINAL and "not faster than the original" in c.rejected[T1]
+
+
+def test_a_gain_inside_the_noise_keeps_the_original():
+    opt = LayerOptions("c", T2, {ORIGINAL: m(1.0, 0.10), T2: m(0.95, 0.10)}, {ORIGINAL: 0, T2: 0.2})
+    assert never_slower(opt).form == ORIGINAL
+    opt = LayerOptions("c", T2, {ORIGINAL: m(1.0, 0.01), T2: m(0.95, 0.01)}, {ORIGINAL: 0, T2: 0.2})
+    assert never_slower(opt).form == T2
+
+
+def test_a_faster_but_less_accurate_form_is_rejected():
+    lower = Form("tucker2", 4, 4)
+    opt = options("c", T2, {ORIGINAL: 1.0, T2: 0.6, lower: 0.2}, {ORIGINAL: 0, T2: 0.2, lower: 0.5})
+    c = never_slower(opt)
+    assert c.form == T2 and "above the policy's" in c.rejected[lower]
+
+
+def _spectra(rng, n=32):
+    out = [np.sort(rng.random(n) ** 4)[::-1]]
+    inp = [np.sort(rng.random(n) ** 4)[::-1]]
+    return ModeSpectra(out, inp)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_forms_offered_as_accurate_cannot_cost_more_error(seed):
+    rng = np.random.default_rng(seed)
+    sp = _spectra(rng)
+    base = Form("tucker2", int(rng.integers(1, 30)), int(rng.integers(1, 30)))
+    for f in at_least_as_accurate(base, 32, 32, True):
+        assert sp.rel_error(f) <= sp.rel_error(base) + 1e-12, f
+    lad = ladder(base, 32, 32)
+    assert base in lad and len(lad) > 3
+    assert all(1 <= f.r4 <= 32 and 1 <= (f.r3 or 1) <= 32 for f in lad)
+
+
+def test_svd_and_tucker1_errors_are_exact_energy_fractions():
+    sp = ModeSpectra([np.array([9.0, 4.0, 1.0])])
+    assert sp.rel_error(Form("svd", None, 1)) == pytest.approx(np.sqrt(5 / 14))
+    assert sp.rel_error(Form("svd", None, 3)) == 0.0 and sp.rel_error(ORIGINAL) == 0.0
+
+
+def _ladder_options():
+    """Three layers: time falls and error grows as ranks shrink."""
+    out = {}
+    for name, scale in (("a", 1.0), ("b", 2.0), ("c", 0.5)):
+        forms = {ORIGINAL: 10.0 * scale}
+        errors = {ORIGINAL: 0.0}
+        for k, r in enumerate((64, 32, 16, 8)):
+            f = Form("svd", None, r)
+            forms[f] = scale * (8 - 2 * k)
+            errors[f] = 0.05 * (k + 1) * (1 + 0.1 * scale)
+        out[name] = options(name, Form("svd", None, 32), forms, errors)
+    return out
+
+
+def test_allocation_reaches_a_target_with_errors_spread_evenly():
+    opts = _ladder_options()
+    whole = 40.0  # 35 ms in the three layers, 5 elsewhere
+    alloc = allocate(opts, whole, 2.0)
+    assert alloc.reached and alloc.predicted_ms <= whole / 2 + 1e-9
+    errs = [opts[n].errors[f] for n, f in alloc.forms.items()]
+    # the smallest bound that reaches the goal: a looser one would not be needed
+    assert max(errs) <= 0.15 * 1.2 + 1e-9
+    # more error is never spent than the goal needs: giving any layer its next better form breaks it
+    for n, f in alloc.forms.items():
+        better = [g for g in opts[n].times if opts[n].errors[g] < opts[n].errors[f]]
+        for g in better:
+            assert alloc.predicted_ms + (opts[n].ms(g) - opts[n].ms(f)) > whole / 2 - 1e-9
+
+
+def test_an_unreachable_target_says_so():
+    alloc = allocate(_ladder_options(), 40.0, 100.0)
+    assert not alloc.reached and alloc.predicted_speedup < 100
+
+
+def test_a_modest_target_spends_no_error():
+    alloc = allocate(_ladder_options(), 40.0, 1.0)
+    assert alloc.reached and all(f == ORIGINAL for f in alloc.forms.values())
+    alloc = allocate(_ladder_options(), 40.0, 1.01)  # 0.4 ms to save: one layer, at its least error
+    changed = {n: f for n, f in alloc.forms.items() if f != ORIGINAL}
+    assert len(changed) == 1 and all(f.r4 == 64 for f in changed.values())
+
+
+def test_isolated_forms_run_and_give_the_layers_output_shape():
+    import onnxruntime as ort
+
+    model = demo_cnn()
+    ctx = GraphContext(model, shapes=None)
+    from wnc_onnx.config import CompressConfig
+
+    cfg = CompressConfig()
+    done = 0
+    for node in model.graph.node:
+        for rule in DEFAULT_RULES:
+            layer = rule.match(node, ctx, cfg)
+            if layer is None:
+                continue
+            layer.name = node.name
+            base = Form("tucker2", 4, 4) if layer.tucker_capable and layer.s > 4 else Form("svd", None, 4)
+            if layer.rule in ("conv", "flatten_gemm") and base.method == "svd":
+                base = Form("tucker1", None, 4)
+            shapes = set()
+            for f in [ORIGINAL, *at_least_as_accurate(base, layer.s, layer.t, layer.tucker_capable)]:
+                iso, feeds = isolated(layer, rule, ctx, f)
+                onnx.checker.check_model(iso)
+                out = ort.InferenceSession(iso.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+                shapes.add(out[0].shape)
+            assert len(shapes) == 1, (node.name, shapes)
+            done += 1
+            break
+    assert done == 6
+
+
+class StubTimer:
+    """Decomposed forms of ``slow`` take 3x the original; every other form takes less, by ranks."""
+
+    def __init__(self, slow=()):
+        self.slow = set(slow)
+        self.calls = 0
+
+    def __call__(self, oracle, cases):
+        self.calls += 1
+        out = []
+        for model, _ in cases:
+            layer = model.graph.node[0].name.split("/wnc/")[0]
+            if model.graph.name == "isolated_original":
+                out.append(Measured(1e-3, 0.01))
+                continue
+            weights = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+            t = 3e-3 if layer in self.slow else 1e-3 * min(0.9, 0.1 + weights / 1e5)
+            out.append(Measured(t, 0.01))
+        return out
+
+
+@pytest.fixture
+def stub(monkeypatch, tmp_path):
+    monkeypatch.setenv("WNC_ONNX_CACHE", str(tmp_path / "cache"))
+    timer = StubTimer(slow={"conv2"})
+    monkeypatch.setattr(oracle_mod.Oracle, "_time", lambda self, cases: timer(self, cases))
+    monkeypatch.setattr("wnc_onnx.latency.choose.LatencyChooser.time_whole", _whole)
+    monkeypatch.setattr("wnc_onnx.api._measured_on_target", lambda *a, **k: None)
+    return timer
+
+
+def _whole(self, model, shapes):
+    self.whole_ms = 8.0
+    return 8.0
+
+
+def test_latency_aware_keeps_a_slower_layer_whole(stub):
+    model = demo_cnn()
+    out, report = compress(model, latency_aware=True, threads=1)
+    recs = {r.name: r for r in report.layers}
+    assert recs["conv2"].status == "skipped" and "latency-aware: kept whole" in recs["conv2"].reason
+    assert recs["conv2"].latency["chosen"] == "original"
+    for name, r in recs.items():
+        if name != "conv2" and r.status == "decomposed":
+            assert r.rank_source == "latency" and r.latency["chosen"] != "original"
+            ms = r.latency["measured_ms"]
+            assert ms[r.latency["chosen"]] < ms["original"]
+    assert not any(n.name.startswith("conv2/wnc/") for n in out.graph.node)
+    assert rel_diff(model, out) < 0.5
+    info = report.extras["latency"]
+    assert info["timings_measured"] > 0 and info["timings_cached"] == 0
+    assert "alone" in report.to_table()
+    # a second run on the same target reads the cache and times nothing
+    calls = stub.calls
+    _, again = compress(model, latency_aware=True, threads=1)
+    assert stub.calls == calls and again.extras["latency"]["timings_cached"] == info["timings_measured"]
+    assert [r.ranks for r in again.layers] == [r.ranks for r in report.layers]
+
+
+def test_target_speedup_with_stubbed_times(stub):
+    _, report = compress(demo_cnn(), target_speedup=1.5, threads=1)
+    info = report.extras["latency"]
+    assert info["target_speedup"] == 1.5 and info["reached"] and info["predicted_speedup"] >= 1.5 - 1e-6
+    _, report = compress(demo_cnn(), target_speedup=1000, threads=1)
+    assert not report.extras["latency"]["reached"]
+    assert any("cannot be reached" in w for w in report.warnings)
+
+
+def test_latency_aware_for_real_on_the_demo(tmp_path, monkeypatch, capsys):
+    """Real onnxruntime timings (values not asserted): every layer is chosen and explained."""
+    monkeypatch.setenv("WNC_ONNX_CACHE", str(tmp_path / "cache"))
+    src, out, rep = tmp_path / "demo.onnx", tmp_path / "small.onnx", tmp_path / "r.json"
+    onnx.save(demo_cnn(), src)
+    rc = main([str(src), str(out), "--latency-aware", "--threads", "1", "--report", str(rep), "-q"])
+    assert rc == 0
+    d = json.loads(rep.read_text())
+    for r in d["layers"]:
+        assert r["latency"]["chosen"] in r["latency"]["measured_ms"]
+        assert (r["status"] == "skipped") == (r["latency"]["chosen"] == "original")
+    assert d["extras"]["latency"]["measured"]["speedup"] > 0
+    assert (tmp_path / "cache" / "latency.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--target-speedup", "0"], "target_speedup must be > 0"),
+        (["--latency-aware", "--provider", "nope"], "installed: CPUExecutionProvider"),
+        (["--latency-aware", "--session-option", "x"], "KEY=VALUE"),
+    ],
+)
+def test_bad_latency_options(tmp_path, args, needle, capsys):
+    src = tmp_path / "demo.onnx"
+    onnx.save(demo_cnn(), src)
+    rc = main([str(src), str(tmp_path / "o.onnx"), *args, "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o.onnx").exists()
