@@ -55,15 +55,27 @@ class TableLayer:
     pad: int
     in_hw: int
     out_hw: int
+    R3: int | None = None  # the paper's ranks: planted into the weights with table_model(planted=True)
+    R4: int | None = None
 
 
-def table_model(rows: Sequence[TableLayer], seed: int = 0) -> onnx.ModelProto:
+def table_model(rows: Sequence[TableLayer], seed: int = 0, planted: bool = False) -> onnx.ModelProto:
     """One independent branch per table row (own input and output), random weights.
 
     Conv rows become Conv nodes; FC rows with D > 1 become Flatten -> Gemm over an
-    S x D x D map (the paper's fc6); FC rows with D == 1 a plain Gemm.
+    S x D x D map (the paper's fc6); FC rows with D == 1 a plain Gemm. ``planted``: each
+    weight is a Tucker-2 / Tucker-1 / low-rank kernel at the row's R3, R4 plus noise, so
+    EVBMF has structure to find (i.i.d. weights look like pure noise to it).
     """
     rng = np.random.default_rng(seed)
+
+    def weight_of(row: TableLayer, t: int, scale: float) -> np.ndarray:
+        if not planted or row.R4 is None:
+            return rng.standard_normal((t, row.S, row.D, row.D)).astype(np.float32) * scale
+        per = t // row.groups
+        parts = [planted_kernel(rng, per, row.S, (row.D, row.D), row.R3, row.R4) for _ in range(row.groups)]
+        return np.concatenate(parts, axis=0)
+
     nodes, inits, inputs, outputs = [], [], [], []
     for row in rows:
         x, y = f"{row.name}_in", f"{row.name}_out"
@@ -77,7 +89,7 @@ def table_model(rows: Sequence[TableLayer], seed: int = 0) -> onnx.ModelProto:
             cin, cout = row.S * row.groups, row.T * row.groups
             inputs.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, cin, row.in_hw, row.in_hw]))
             outputs.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, cout, row.out_hw, row.out_hw]))
-            weight = rng.standard_normal((cout, row.S, row.D, row.D)).astype(np.float32) * 0.05
+            weight = weight_of(row, cout, 0.05)
             inits.append(numpy_helper.from_array(weight, w))
             nodes.append(
                 helper.make_node(
@@ -93,7 +105,7 @@ def table_model(rows: Sequence[TableLayer], seed: int = 0) -> onnx.ModelProto:
             )
         else:
             k = row.S * row.D * row.D
-            weight = (rng.standard_normal((row.T, k)) * 0.01).astype(np.float32)
+            weight = weight_of(row, row.T, 0.01).reshape(row.T, k)
             inits.append(numpy_helper.from_array(weight, w))
             outputs.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, row.T]))
             src = x
