@@ -101,13 +101,11 @@ def _run(model: ModelLike, cfg: CompressConfig, plan_only: bool) -> tuple[onnx.M
     _totals(report, params_before, count_params(result_model), info["file_bytes"])
     if not plan_only:
         _finish(result_model, report, input_fails_strict)
-        if cfg.timed and report.totals.decomposed:
-            _measured_on_target(model, result_model, report, cfg, threads)
     return result_model, report
 
 
 def _measured_on_target(
-    source: ModelLike,
+    original: onnx.ModelProto,
     result: onnx.ModelProto,
     report: Report,
     cfg: CompressConfig,
@@ -117,8 +115,6 @@ def _measured_on_target(
     from wnc_onnx.latency.choose import measure_pair
     from wnc_onnx.latency.oracle import Target
 
-    # the caller's ModelProto is never modified; a path is read again (the passes rewrote the loaded copy)
-    original = source if isinstance(source, onnx.ModelProto) else load_model_and_source(Path(source))[0]
     if external_data.has_external(original) or external_data.has_external(result):
         report.warnings.append("the whole models were not timed (external data); use 'wnc-onnx bench'")
         return
@@ -222,7 +218,71 @@ def compress(model: ModelLike, config: CompressConfig | None = None, **options: 
     the model holds no Conv/Gemm/MatMul.
     """
     cfg = _config(config, options)
-    return _run(model, cfg, plan_only=False)
+    result, report = _run(model, cfg, plan_only=False)
+    if not cfg.timed or not report.totals.decomposed:
+        return result, report
+    original = model if isinstance(model, onnx.ModelProto) else load_model_and_source(Path(model))[0]
+    threads = int(report.config.get("threads_used") or 1)
+    if cfg.latency_aware and cfg.target_speedup is None:
+        # Layers are chosen alone; in the model, layout changes between layers can make a
+        # chosen form slower there. Profile both models; keep such layers whole and redo.
+        kept: list[dict[str, Any]] = []
+        for _ in range(_CONTEXT_ROUNDS):
+            slower = _slower_in_context(original, result, report, cfg, threads)
+            if not slower:
+                break
+            log.info(
+                "latency-aware: %d layer(s) slower inside the model than alone; kept whole: %s",
+                len(slower),
+                ", ".join(x["layer"] for x in slower),
+            )
+            kept += slower
+            cfg = replace(cfg, keep_whole=cfg.keep_whole + tuple(x["layer"] for x in slower))
+            result, report = _run(model, cfg, plan_only=False)
+        if kept:
+            report.extras.setdefault("latency", {})["kept_whole_in_context"] = kept
+    _measured_on_target(original, result, report, cfg, threads)
+    return result, report
+
+
+_CONTEXT_ROUNDS = 2
+_CONTEXT_SLOWER = 0.05  # slower inside the model by more than this fraction ...
+_CONTEXT_SLOWER_MS = 0.002  # ... and this many milliseconds (profiled medians)
+
+
+def _slower_in_context(
+    original: onnx.ModelProto, result: onnx.ModelProto, report: Report, cfg: CompressConfig, threads: int
+) -> list[dict[str, Any]]:
+    """Decomposed layers that onnxruntime's profiler finds slower inside the compressed model."""
+    from wnc_onnx.bench.measure import BenchConfig
+    from wnc_onnx.bench.profile import profile_layers
+    from wnc_onnx.bench.session import resolve_provider
+
+    if external_data.has_external(original) or external_data.has_external(result):
+        return []
+    bc = BenchConfig(
+        threads=(threads,),
+        session_options=dict(cfg.session_options),
+        graph_opt=cfg.graph_opt,
+        input_shapes=dict(cfg.input_shapes),
+        profile_runs=20,
+    )
+    try:
+        comps = profile_layers(
+            [original, result], [original, result], ["original", "compressed"], bc, resolve_provider(cfg.provider)
+        )
+    except Exception as exc:  # the check is a refinement: the layer-alone choices stand
+        report.warnings.append(f"the layers were not profiled inside the model ({one_line(exc, 150)})")
+        return []
+    decomposed = {r.name for r in report.decomposed}
+    return [
+        {"layer": x.layer, "original_ms": round(x.before_ms, 4), "compressed_ms": round(x.after_ms, 4)}
+        for c in comps
+        for x in c.layers
+        if x.layer in decomposed
+        and x.after_ms > x.before_ms * (1 + _CONTEXT_SLOWER)
+        and x.after_ms - x.before_ms > _CONTEXT_SLOWER_MS
+    ]
 
 
 def inspect(model: ModelLike, config: CompressConfig | None = None, **options: Any) -> Report:

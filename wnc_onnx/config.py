@@ -55,6 +55,8 @@ class CompressConfig:
     session_options: Mapping[str, str] = field(default_factory=dict)
     graph_opt: str = "all"
     latency_cache: bool = True  # reuse timings from earlier runs on the same target
+    # layers left whole because they ran slower inside the model than alone (set by compress)
+    keep_whole: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # [R3, R4] lists (as in a JSON ranks file) are accepted from API callers too
@@ -95,6 +97,8 @@ class CompressConfig:
 
     def selects(self, name: str, op_type: str) -> str | None:
         """None when the layer is selected, else the reason it is not."""
+        if name in self.keep_whole:
+            return "latency-aware: kept whole (its chosen form ran slower inside the model, profiled)"
         if name in self.ranks:
             return None
         if op_type not in self.op_types:

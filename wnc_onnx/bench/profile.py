@@ -200,7 +200,7 @@ def _median_total(roles: dict[str, list[float]]) -> float:
 
 
 def profile_layers(
-    paths: Sequence[str],
+    paths: Sequence[str | onnx.ModelProto],
     protos: Sequence[onnx.ModelProto],
     labels: Sequence[str],
     cfg: Any,

@@ -76,11 +76,12 @@ def isolated(
             feeds[name] = rng.standard_normal(sizes).astype(dtype)
             inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), sizes))
     out = nodes[-1].output[0]
-    known = ctx.shape(out) or []
-    dims = [
-        1 if i == 0 and not isinstance(d, int) else d if isinstance(d, int) else f"d{i}" for i, d in enumerate(known)
+    out_shape = ctx.shape(out) or []
+    out_dims = [
+        1 if i == 0 and not isinstance(d, int) else d if isinstance(d, int) else f"d{i}"
+        for i, d in enumerate(out_shape)
     ]
-    outputs = [helper.make_tensor_value_info(out, ctx.dtype(layer.weight), dims if known else None)]
+    outputs = [helper.make_tensor_value_info(out, ctx.dtype(layer.weight), out_dims if out_shape else None)]
     for n in nodes:  # names onnxruntime does not need; metadata stays (it documents the form)
         n.doc_string = ""
     graph = helper.make_graph(nodes, f"isolated_{form.method}", inputs, outputs, inits)

@@ -1,0 +1,125 @@
+"""The real-model corpus compressed with the defaults and with --latency-aware, measured.
+
+    python benchmarks/corpus_latency.py [--threads 1] [--rounds 7] [--models a,b]
+        [--session-option KEY=VALUE]
+
+For every model of tests/corpus.py: compress with the defaults and with
+``--latency-aware`` for this target, then ``wnc_onnx.bench`` the three side by side
+(interleaved, per layer) at the corpus inputs. Per model: whole-model speed-ups and the
+layers that run slower than the original (profiled medians; slower by more than 10% and
+0.005 ms). Target (issue 10): with --latency-aware no model and no layer slower;
+geometric-mean speed-up reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.corpus import CORPUS, fetch, verify_inputs  # noqa: E402
+from wnc_onnx import compress  # noqa: E402
+from wnc_onnx.bench import BenchConfig, measure  # noqa: E402
+from wnc_onnx.bench.session import parse_session_options  # noqa: E402
+from wnc_onnx.model_io import load_model  # noqa: E402
+from wnc_onnx.verify import random_inputs  # noqa: E402
+
+# the sizes these models run at (their inputs are dynamic; 64 x 64 would measure little)
+SIZES = {
+    "ppocr_det": {"x": (1, 3, 640, 640)},
+    "ppocr_rec": {"x": (1, 3, 48, 320)},
+    "ppocr_cls": {"x": (1, 3, 48, 192)},
+    "yolov8n_nudenet": {"images": (1, 3, 320, 320)},
+    "slanet_table": {"x": (1, 3, 488, 488)},
+}
+SLOWER = 0.10  # a layer counts as slower beyond this fraction ...
+SLOWER_MS = 0.005  # ... and this many milliseconds
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--models", default=",".join(CORPUS))
+    ap.add_argument("--session-option", action="append", default=[])
+    a = ap.parse_args()
+    options = parse_session_options(a.session_option)
+    print(f"load before: {os.getloadavg()[0]:.2f}; threads {a.threads}; options {options or 'default'}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="wnc-corpus-lat-") as tmp:
+        for model_id in a.models.split(","):
+            path = fetch(model_id)
+            model = load_model(path)
+            feeds = verify_inputs(model_id) or random_inputs(model, SIZES.get(model_id), seed=0)
+            shapes = {k: tuple(v.shape) for k, v in feeds.items() if v.ndim and all(v.shape)}
+            out = {}
+            for name, extra in (("defaults", {}), ("latency", {"latency_aware": True})):
+                small, rep = compress(path, input_shapes=shapes, threads=a.threads, session_options=options, **extra)
+                p = Path(tmp) / f"{model_id}.{name}.onnx"
+                onnx.save(small, p)
+                out[name] = (p, rep)
+            res = measure(
+                [path, out["defaults"][0], out["latency"][0]],
+                BenchConfig(
+                    threads=(a.threads,),
+                    rounds=a.rounds,
+                    memory=False,
+                    inputs=feeds,
+                    per_layer=True,
+                    session_options=options,
+                ),
+            )
+            slower = {}
+            for comp in res.per_layer:
+                key = "defaults" if comp.model.endswith(".defaults.onnx") else "latency"
+                slower[key] = [
+                    f"{x.layer} ({x.before_ms:.3f}->{x.after_ms:.3f} ms)"
+                    for x in comp.layers
+                    if x.after_ms > x.before_ms * (1 + SLOWER) and x.after_ms - x.before_ms > SLOWER_MS
+                ]
+            row = {
+                "model": model_id,
+                "original_ms": res.runs[0].median_ms,
+                "defaults": res.runs[1].speedup,
+                "defaults_range": res.runs[1].speedup_range,
+                "latency": res.runs[2].speedup,
+                "latency_range": res.runs[2].speedup_range,
+                "decomposed": (out["defaults"][1].totals.decomposed, out["latency"][1].totals.decomposed),
+                "layers": out["defaults"][1].totals.layers,
+                "slower_defaults": slower.get("defaults", []),
+                "slower_latency": slower.get("latency", []),
+            }
+            rows.append(row)
+            print(
+                f"{model_id:16s} {row['original_ms']:8.2f} ms  defaults x{row['defaults']:.2f} "
+                f"({len(row['slower_defaults'])} layers slower)  latency-aware x{row['latency']:.2f} "
+                f"({len(row['slower_latency'])} slower: {'; '.join(row['slower_latency'][:3])})",
+                flush=True,
+            )
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+    print()
+    print("| model | original ms | defaults | layers slower | latency-aware | layers slower | decomposed (d / la) |")
+    print("|---|---:|---|---:|---|---:|---|")
+    for r in rows:
+        lo, hi = r["defaults_range"]
+        lo2, hi2 = r["latency_range"]
+        print(
+            f"| {r['model']} | {r['original_ms']:.2f} | x{r['defaults']:.2f} ({lo:.2f}-{hi:.2f}) "
+            f"| {len(r['slower_defaults'])} | x{r['latency']:.2f} ({lo2:.2f}-{hi2:.2f}) | {len(r['slower_latency'])} "
+            f"| {r['decomposed'][0]} / {r['decomposed'][1]} of {r['layers']} |"
+        )
+    geo = {k: math.exp(sum(math.log(r[k]) for r in rows) / len(rows)) for k in ("defaults", "latency")}
+    print(f"\ngeometric mean speed-up: defaults x{geo['defaults']:.3f}, latency-aware x{geo['latency']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
