@@ -187,6 +187,7 @@ def stub(monkeypatch, tmp_path):
     monkeypatch.setattr(oracle_mod.Oracle, "_time", lambda self, cases: timer(self, cases))
     monkeypatch.setattr("wnc_onnx.latency.choose.LatencyChooser.time_whole", _whole)
     monkeypatch.setattr("wnc_onnx.api._measured_on_target", lambda *a, **k: None)
+    monkeypatch.setattr("wnc_onnx.api._slower_in_context", lambda *a, **k: [])
     return timer
 
 
@@ -216,6 +217,23 @@ def test_latency_aware_keeps_a_slower_layer_whole(stub):
     _, again = compress(model, latency_aware=True, threads=1)
     assert stub.calls == calls and again.extras["latency"]["timings_cached"] == info["timings_measured"]
     assert [r.ranks for r in again.layers] == [r.ranks for r in report.layers]
+
+
+def test_layers_slower_inside_the_model_are_kept_whole(stub, monkeypatch):
+    """Alone a form may win and still lose inside the model (layout changes between layers)."""
+    seen = []
+
+    def profiled(original, result, report, cfg, threads):
+        seen.append(sorted(r.name for r in report.decomposed))
+        return [{"layer": "conv3", "original_ms": 1.0, "compressed_ms": 1.2}] if len(seen) == 1 else []
+
+    monkeypatch.setattr("wnc_onnx.api._slower_in_context", profiled)
+    out, report = compress(demo_cnn(), latency_aware=True, threads=1)
+    assert "conv3" in seen[0] and "conv3" not in seen[1] and len(seen) == 2
+    rec = next(r for r in report.layers if r.name == "conv3")
+    assert rec.status == "skipped" and "slower inside the model" in rec.reason
+    assert report.extras["latency"]["kept_whole_in_context"][0]["layer"] == "conv3"
+    assert not any(n.name.startswith("conv3/wnc/") for n in out.graph.node)
 
 
 def test_target_speedup_with_stubbed_times(stub):
