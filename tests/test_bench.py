@@ -46,6 +46,7 @@ def test_rounds_rotate_and_fill_the_round_time():
         rounds=4,
         warmup=2,
         min_round_seconds=0.02,
+        settle=0,
         clock=clock,
     )
     assert [len(r) for r in t[0].rounds] == [2] * 4  # 0.02 / 0.010
@@ -56,6 +57,12 @@ def test_rounds_rotate_and_fill_the_round_time():
     assert t[0].median == pytest.approx(0.010) and t[1].median == pytest.approx(0.002)
     assert t[0].spread == pytest.approx(0.0)
     assert ratio_range(t[0], t[1]) == pytest.approx((5.0, 5.0))
+
+
+def test_each_share_of_a_round_opens_with_untimed_settling_runs():
+    clock = StubClock()
+    t = time_interleaved([clock.runner("a", 0.01), clock.runner("b", 0.01)], rounds=2, warmup=1, settle=2, clock=clock)
+    assert clock.calls.count("a") == 1 + 2 * (2 + 10) and t[0].runs == 20
 
 
 def test_spread_and_percentiles():

@@ -61,13 +61,18 @@ def time_interleaved(
     warmup: int = 3,
     min_round_seconds: float = 0.1,
     max_iterations: int = 1000,
+    settle: int = 1,
     energy: Callable[[], float | None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
     progress: Callable[[int, list[Timing]], None] | None = None,
 ) -> list[Timing]:
     """Time each runner: ``warmup`` untimed calls, then ``rounds`` rounds in which every
     runner runs ``k`` times back to back (``k`` sized from the warm-up so a runner's share
-    of a round lasts about ``min_round_seconds``). The order rotates from round to round."""
+    of a round lasts about ``min_round_seconds``). The order rotates from round to round.
+
+    ``settle`` untimed runs open each runner's share of a round: after switching, the
+    previous session's worker threads may still spin on the cores while this one's wake
+    up; a deployed model runs alone, so that cost is not its own."""
     n = len(runners)
     iterations = []
     for run in runners:
@@ -82,6 +87,8 @@ def time_interleaved(
         for j in range(n):
             i = (j + r) % n
             run, times = runners[i], []
+            for _ in range(settle):
+                run()
             e0 = energy() if energy else None
             for _ in range(iterations[i]):
                 t0 = clock()

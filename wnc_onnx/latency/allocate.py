@@ -12,6 +12,7 @@ from wnc_onnx.latency.forms import ORIGINAL, Form
 from wnc_onnx.latency.oracle import Measured
 
 MIN_MARGIN = 0.03  # a form must beat the original by at least this fraction (and the noise) to be kept
+MAX_MARGIN = 0.10  # the noise counted at most: beyond that the timings say little, and the warning says so
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Choice:
 
 
 def margin(a: Measured, b: Measured) -> float:
-    return max(MIN_MARGIN, (a.spread + b.spread) / 2)
+    return min(MAX_MARGIN, max(MIN_MARGIN, (a.spread + b.spread) / 2))
 
 
 def never_slower(opt: LayerOptions) -> Choice:

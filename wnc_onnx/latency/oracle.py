@@ -36,7 +36,9 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class Measured:
-    """A form's time alone on the target (seconds): median and the spread between rounds."""
+    """A form's time alone on the target (seconds): the median of its fastest round (other
+    work on the machine only ever adds time, so the best round is the estimate least
+    disturbed by it) and the spread between rounds."""
 
     median: float
     spread: float
@@ -148,4 +150,4 @@ class Oracle:
         timings: list[Timing] = time_interleaved(
             runners, rounds=t.rounds, warmup=t.warmup, min_round_seconds=t.min_round_seconds
         )
-        return [Measured(x.median, x.spread) for x in timings]
+        return [Measured(min(x.round_medians), x.spread) for x in timings]
