@@ -279,9 +279,7 @@ def _slower_in_context(
         {"layer": x.layer, "original_ms": round(x.before_ms, 4), "compressed_ms": round(x.after_ms, 4)}
         for c in comps
         for x in c.layers
-        if x.layer in decomposed
-        and x.after_ms > x.before_ms * (1 + _CONTEXT_SLOWER)
-        and x.after_ms - x.before_ms > _CONTEXT_SLOWER_MS
+        if x.layer in decomposed and x.clearly_slower(_CONTEXT_SLOWER, _CONTEXT_SLOWER_MS)
     ]
 
 

@@ -199,6 +199,13 @@ def _median_total(roles: dict[str, list[float]]) -> float:
     return float(np.median(np.sum([np.array(v) for v in roles.values()], axis=0)))
 
 
+def _iqr(roles: dict[str, list[float]]) -> list[float]:
+    if not roles:
+        return []
+    totals = np.sum([np.array(v) for v in roles.values()], axis=0)
+    return [float(np.percentile(totals, 25)), float(np.percentile(totals, 75))]
+
+
 def profile_layers(
     paths: Sequence[str | onnx.ModelProto],
     protos: Sequence[onnx.ModelProto],
@@ -262,6 +269,8 @@ def profile_layers(
                     parts=parts,
                     macs_before=macs[0].get(key),
                     macs_after=macs[j].get(key),
+                    before_iqr=_iqr(base[key]),
+                    after_iqr=_iqr(after_roles),
                 )
             )
         comp.other_before_ms = _median_total(base["(other)"]) if "(other)" in base else 0.0

@@ -40,6 +40,14 @@ class LayerTime:
     parts: list[list[Any]]  # [role, ms] of the nodes that replaced it (one part when unchanged)
     macs_before: int | None
     macs_after: int | None
+    before_iqr: list[float] = field(default_factory=list)  # 25th and 75th percentile over the profiled runs
+    after_iqr: list[float] = field(default_factory=list)
+
+    def clearly_slower(self, fraction: float = 0.05, ms: float = 0.002) -> bool:
+        """Slower by more than ``fraction`` and ``ms`` (medians), with the middle halves of
+        the runs apart (the fastest quarter of after-runs slower than the slowest quarter before)."""
+        apart = not self.before_iqr or not self.after_iqr or self.after_iqr[0] > self.before_iqr[1]
+        return self.after_ms > self.before_ms * (1 + fraction) and self.after_ms - self.before_ms > ms and apart
 
     @property
     def speedup(self) -> float | None:
