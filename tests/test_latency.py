@@ -263,6 +263,24 @@ def test_latency_aware_for_real_on_the_demo(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "cache" / "latency.json").is_file()
 
 
+def test_a_missed_prediction_is_calibrated_once(stub, monkeypatch):
+    calls = []
+
+    def measured(original, result, report, cfg, threads):
+        lat = report.extras["latency"]
+        calls.append(cfg.target_calibration)
+        # the whole model runs 30% faster than the layers alone predicted, then on target
+        got = lat["predicted_speedup"] * 1.3 if len(calls) == 1 else cfg.target_speedup
+        lat["measured"] = {"original_ms": 8.0, "compressed_ms": 8.0 / got, "speedup": got, "spread": 0.01}
+
+    monkeypatch.setattr("wnc_onnx.api._measured_on_target", measured)
+    _, report = compress(demo_cnn(), target_speedup=1.5, threads=1)
+    lat = report.extras["latency"]
+    assert calls[0] == 1.0 and calls[1] == pytest.approx(1 / 1.3)
+    assert lat["calibration"] == pytest.approx(1 / 1.3) and lat["first_allocation"]["measured_speedup"] > 1.5
+    assert lat["measured"]["speedup"] == 1.5
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [

@@ -55,6 +55,8 @@ class CompressConfig:
     session_options: Mapping[str, str] = field(default_factory=dict)
     graph_opt: str = "all"
     latency_cache: bool = True  # reuse timings from earlier runs on the same target
+    # the speed-up target's prediction scaled by what the first run measured (set by compress)
+    target_calibration: float = 1.0
     # layers left whole because they ran slower inside the model than alone (set by compress)
     keep_whole: tuple[str, ...] = ()
 

@@ -233,13 +233,14 @@ class LowRankPass:
             info.update(
                 {
                     "target_speedup": self.cfg.target_speedup,
+                    "calibration": self.cfg.target_calibration,
                     "original_ms": round(alloc.original_ms, 4),
                     "predicted_ms": round(alloc.predicted_ms, 4),
                     "predicted_speedup": round(alloc.predicted_speedup, 3),
                     "reached": alloc.reached,
                 }
             )
-            if not alloc.reached:
+            if not alloc.reached and self.cfg.target_calibration <= 1.0:
                 report.warnings.append(
                     f"--target-speedup {self.cfg.target_speedup:g} cannot be reached by these layers: the fastest "
                     f"forms measured give x{alloc.predicted_speedup:.2f} (predicted); the rest of the model "
@@ -439,7 +440,7 @@ class LowRankPass:
             )
         choices: dict[str, Choice] = {}
         if self.cfg.target_speedup is not None and options and not ctx.prefix and self.chooser.whole_ms:
-            alloc = allocate(options, self.chooser.whole_ms, self.cfg.target_speedup)
+            alloc = allocate(options, self.chooser.whole_ms, self.cfg.target_speedup * self.cfg.target_calibration)
             self.allocation = alloc
             for name, form in alloc.forms.items():
                 opt = options[name]
