@@ -16,7 +16,11 @@ and measures every variant against the original with ``wnc_onnx.bench`` (interle
 rounds, in one run per thread count): weights, MACs, latency, measured and theoretical
 speed-up, and their ratio (efficiency).
 
-    python benchmarks/paper_suite.py [--nets vgg16,alexnet,vgg_s,googlenet] [--threads 1,2]
+``vgg16_chain`` is the whole VGG-16 as one chain at 224 x 224 (``wnc_onnx.zoo.vgg16``:
+13 convs, pools, 3 FC layers), where only the 12 convs of Table 5 are compressed
+(conv1_1 and the FC layers stay whole, as in the paper's Table 5).
+
+    python benchmarks/paper_suite.py [--nets vgg16,alexnet,vgg_s,googlenet,vgg16_chain] [--threads 1,2]
         [--rounds 7] [--session-option session.intra_op.allow_spinning=0] [--json out.json]
 """
 
@@ -37,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from wnc_onnx import compress  # noqa: E402
 from wnc_onnx.bench import BenchConfig, measure  # noqa: E402
 from wnc_onnx.bench.session import parse_session_options  # noqa: E402
-from wnc_onnx.zoo import TableLayer, table_model  # noqa: E402
+from wnc_onnx.zoo import TableLayer, table_model, vgg16  # noqa: E402
 
 TABLES = ROOT.parent / "shared" / "paper" / "kim2016_tables.json"
 FIELDS = ("name", "kind", "S", "T", "D", "groups", "stride", "pad", "in_hw", "out_hw", "R3", "R4")
@@ -73,8 +77,14 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="wnc-paper-") as tmp:
         for net in a.nets.split(","):
-            rows = tables["networks"][net]
-            model = table_model([TableLayer(**{k: r[k] for k in FIELDS}) for r in rows], planted=True)
+            chain = net == "vgg16_chain"
+            rows = tables["networks"]["vgg16" if chain else net]
+            if chain:  # only the convs of Table 5: conv1_1 and the FC layers stay whole
+                model = vgg16(image=224)
+                scope = {"op_types": ("Conv",), "exclude": "^conv1_1$"}
+            else:
+                model = table_model([TableLayer(**{k: r[k] for k in FIELDS}) for r in rows], planted=True)
+                scope = {}
             orig = Path(tmp) / f"{net}.onnx"
             onnx.save(model, orig)
             variants: dict[str, tuple[Path, object]] = {}
@@ -83,12 +93,12 @@ def main() -> int:
                 ("paper16", {"ranks": paper_ranks(rows, 16)}),
                 ("defaults", {}),
             ):
-                out, rep = compress(model, **kwargs)
+                out, rep = compress(model, **kwargs, **scope)
                 path = Path(tmp) / f"{net}.{name}.onnx"
                 onnx.save(out, path)
                 variants[name] = (path, rep)
             for t in threads:
-                out, rep = compress(model, latency_aware=True, threads=t, session_options=options)
+                out, rep = compress(model, latency_aware=True, threads=t, session_options=options, **scope)
                 path = Path(tmp) / f"{net}.latency{t}.onnx"
                 onnx.save(out, path)
                 variants[f"latency@{t}"] = (path, rep)
