@@ -301,10 +301,15 @@ def _slower_in_context(
 ) -> list[dict[str, Any]]:
     """Decomposed layers that onnxruntime's profiler finds slower inside the compressed model."""
     from wnc_onnx.bench.measure import BenchConfig
-    from wnc_onnx.bench.profile import profile_layers
+    from wnc_onnx.bench.profile import has_loops, profile_layers
     from wnc_onnx.bench.session import resolve_provider
 
     if external_data.has_external(original) or external_data.has_external(result):
+        return []
+    if has_loops(original):
+        note = "the layers were not profiled inside the model (a Loop / Scan makes the profile huge)"
+        if note not in report.warnings:
+            report.warnings.append(note)
         return []
     bc = BenchConfig(
         threads=(threads,),

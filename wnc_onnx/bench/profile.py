@@ -43,6 +43,7 @@ class NodeMap:
         self.nodes = {n.name: n for n in g.node if n.name}
         self.writer = {o: n for n in g.node for o in n.output if o}
         self.model = model
+        self._resolved: dict[tuple[str, str], tuple[tuple[str, str] | None, bool]] = {}
 
     def layer_of(self, node: onnx.NodeProto) -> tuple[str, str] | None:
         """(layer, role) of a model node, or None when it is not part of a layer."""
@@ -78,6 +79,13 @@ class NodeMap:
         if best is None:
             return None
         return self.nodes.get(best) or self.writer.get(best)
+
+    def lookup(self, profiled: str, op_name: str) -> tuple[tuple[str, str] | None, bool]:
+        """(layer and role or None, whether any model node matched): memoized, names repeat every run."""
+        key = (profiled, op_name)
+        if key not in self._resolved:
+            self._resolved[key] = (self.resolve(profiled, op_name), self.match(profiled) is not None)
+        return self._resolved[key]
 
     def resolve(self, profiled: str, op_name: str) -> tuple[str, str] | None:
         node = self.match(profiled)
@@ -177,8 +185,8 @@ def attribute(events: list[list[dict[str, Any]]], nm: NodeMap) -> tuple[dict[str
         for e in run:
             name = str(e["name"])[: -len("_kernel_time")]
             op = str(e.get("args", {}).get("op_name", ""))
-            found = nm.resolve(name, op)
-            if found is None and nm.match(name) is None:
+            found, matched = nm.lookup(name, op)
+            if found is None and not matched:
                 if name not in unmapped:
                     unmapped.append(name)
                 found = (previous[0], f"{op or 'inserted'} (added by onnxruntime)") if previous else None
@@ -218,7 +226,9 @@ def profile_layers(
 
     threads = cfg.threads[0] or default_threads()
     batch = cfg.batches[0]
-    warm = 3
+    warm, runs = 3, cfg.profile_runs
+    if any(has_loops(m) for m in protos):  # every iteration of a body is an event: keep the profile small
+        warm, runs = 1, min(runs, 3)
     with tempfile.TemporaryDirectory(prefix="wnc-onnx-profile-") as folder:
         sessions, feeds = [], []
         for i, (p, m, lab) in enumerate(zip(paths, protos, labels, strict=True)):
@@ -230,8 +240,8 @@ def profile_layers(
             except Exception as exc:
                 raise WncError(f"onnxruntime cannot load {p}: {one_line(exc, 200)}", "check the model") from None
             feeds.append(model_feeds(m, cfg, batch, lab))
-        log.info("profiling %d model(s): %d runs each", len(paths), cfg.profile_runs)
-        for _ in range(warm + cfg.profile_runs):
+        log.info("profiling %d model(s): %d runs each", len(paths), runs)
+        for _ in range(warm + runs):
             for s, f in zip(sessions, feeds, strict=True):
                 s.run(None, f)
         files = [s.end_profiling() for s in sessions]
@@ -253,7 +263,7 @@ def profile_layers(
             baseline=labels[0],
             model=labels[j],
             threads=threads,
-            runs=cfg.profile_runs,
+            runs=runs,
             unmapped=sorted(set(unmapped) | set(base_unmapped)),
         )
         for key in [k for k in base if k != "(other)"]:
@@ -282,6 +292,11 @@ def profile_layers(
         comp.layers.sort(key=lambda x: x.after_ms <= x.before_ms)
         out.append(comp)
     return out
+
+
+def has_loops(model: onnx.ModelProto) -> bool:
+    """Whether the main graph runs a Loop or Scan (their bodies' nodes are profiled per iteration)."""
+    return any(n.op_type in ("Loop", "Scan") for n in model.graph.node)
 
 
 def _safe_macs(model: onnx.ModelProto, sizes: dict[str, list[int]]) -> dict[str, int]:
