@@ -239,6 +239,22 @@ def test_layers_slower_inside_the_model_are_kept_whole(stub, monkeypatch):
     assert not any(n.name.startswith("conv3/wnc/") for n in out.graph.node)
 
 
+def test_a_layer_that_cannot_be_timed_stays_whole(stub):
+    from tests.helpers import conv_model
+
+    model = conv_model(16, 32, (3, 3), (12, 12))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].Clear()
+    dims[2].dim_param = "H"  # a size only the user knows
+    _, report = compress(model, latency_aware=True, threads=1, ranks={"conv": (4, 4)})
+    rec = report.layers[0]
+    assert rec.status == "skipped" and "not timed alone" in rec.reason and "--input-shape" in rec.reason
+    _, report = compress(
+        model, latency_aware=True, threads=1, ranks={"conv": (4, 4)}, input_shapes={"x": (1, 16, 12, 12)}
+    )
+    assert report.layers[0].latency["measured_ms"]
+
+
 def test_target_speedup_with_stubbed_times(stub):
     _, report = compress(demo_cnn(), target_speedup=1.5, threads=1)
     info = report.extras["latency"]
@@ -296,3 +312,13 @@ def test_bad_latency_options(tmp_path, args, needle, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_slower_layer_left_whole_blames_the_decomposed_layer_feeding_it():
+    from wnc_onnx.api import _decomposed_upstream
+
+    model = demo_cnn()  # conv1 -> relu -> conv2 -> relu -> pool -> conv3 ...
+    assert _decomposed_upstream(model, "conv3", {"conv2"}) == "conv2"
+    assert _decomposed_upstream(model, "conv3", {"conv1"}) is None  # conv2 stands between, whole
+    assert _decomposed_upstream(model, "conv3", {"conv1"}, depth=10) is None
+    assert _decomposed_upstream(model, "conv1", {"conv2"}) is None

@@ -326,12 +326,37 @@ def _slower_in_context(
         report.warnings.append(f"the layers were not profiled inside the model ({one_line(exc, 150)})")
         return []
     decomposed = {r.name for r in report.decomposed}
-    return [
-        {"layer": x.layer, "original_ms": round(x.before_ms, 4), "compressed_ms": round(x.after_ms, 4)}
-        for c in comps
-        for x in c.layers
-        if x.layer in decomposed and x.clearly_slower(_CONTEXT_SLOWER, _CONTEXT_SLOWER_MS)
-    ]
+    slower = [x for c in comps for x in c.layers if x.clearly_slower(_CONTEXT_SLOWER, _CONTEXT_SLOWER_MS)]
+    out = {}
+    for x in slower:
+        # a layer left whole that got slower pays for a neighbour's layout: blame the decomposed layer feeding it
+        name = x.layer if x.layer in decomposed else _decomposed_upstream(original, x.layer, decomposed)
+        if name is not None and name not in out:
+            out[name] = {"layer": name, "original_ms": round(x.before_ms, 4), "compressed_ms": round(x.after_ms, 4)}
+            if name != x.layer:
+                out[name]["slower_neighbour"] = x.layer
+    return list(out.values())
+
+
+def _decomposed_upstream(model: onnx.ModelProto, layer: str, decomposed: set[str], depth: int = 4) -> str | None:
+    """The decomposed layer whose output reaches ``layer``'s data input through at most
+    ``depth`` nodes that are not layers (activations, pools, adds)."""
+    nodes = {n.name: n for n in model.graph.node if n.name}
+    writer = {o: n for n in model.graph.node for o in n.output}
+    frontier = [nodes[layer]] if layer in nodes else []
+    for _ in range(depth):
+        nxt = []
+        for node in frontier:
+            for name in node.input[:1] if node.op_type in ("Conv", "Gemm", "MatMul") else node.input:
+                producer = writer.get(name)
+                if producer is None:
+                    continue
+                if producer.name in decomposed:
+                    return producer.name
+                if producer.op_type not in ("Conv", "Gemm", "MatMul"):  # another layer, whole: not this one's cause
+                    nxt.append(producer)
+        frontier = nxt
+    return None
 
 
 def inspect(model: ModelLike, config: CompressConfig | None = None, **options: Any) -> Report:

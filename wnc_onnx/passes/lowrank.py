@@ -426,8 +426,16 @@ class LowRankPass:
                 layer, rule, ctx, base, spectra, functools.partial(self._form_check, layer, base=plan)
             )
             if isinstance(found, str):
-                rec.latency = {"chosen": base.label, "why": f"not timed: {found}"}
                 log.info("  [%d/%d] %s: not timed (%s)", k, len(todo), layer.name, found)
+                if self.cfg.target_speedup is not None:  # the allocation leaves it as the policy chose
+                    rec.latency = {"chosen": base.label, "why": f"not timed: {found}"}
+                    continue
+                # never slower: what cannot be measured stays as it was
+                rec.latency = {"chosen": "original", "why": f"not timed: {found}"}
+                self._keep_whole(rec, f"latency-aware: kept whole (not timed alone: {found})")
+                for i, (lay, _) in enumerate(layers):
+                    if lay is layer:
+                        planned[i] = (rec, None)
                 continue
             options[layer.name] = found
             log.info(
@@ -456,9 +464,7 @@ class LowRankPass:
                 continue
             rec.latency = describe(options[layer.name], choice.form, choice.why, choice.rejected)
             if choice.form == ORIGINAL:
-                rec.status, rec.reason = "skipped", f"latency-aware: kept whole ({choice.why})"
-                rec.method = None
-                rec.ranks, rec.params_after, rec.macs_after, rec.params_split, rec.macs_split = {}, None, None, [], []
+                self._keep_whole(rec, f"latency-aware: kept whole ({choice.why})")
                 for i, (lay, _) in enumerate(layers):
                     if lay is layer:
                         planned[i] = (rec, None)
@@ -470,6 +476,11 @@ class LowRankPass:
                     state.grams_in = [mode_gram(k, 1) for k in state.kernels]
                 self._describe_plan(rec, state.plan)
             rec.rank_source = "latency" if state.plan.source == "vbmf" else state.plan.source
+
+    @staticmethod
+    def _keep_whole(rec: LayerReport, reason: str) -> None:
+        rec.status, rec.reason, rec.method = "skipped", reason, None
+        rec.ranks, rec.params_after, rec.macs_after, rec.params_split, rec.macs_split = {}, None, None, [], []
 
     def _plan_for(self, layer: Layer, form: object, base: _Plan) -> _Plan:
         """``base`` with the method and ranks of ``form`` (a latency Form)."""
