@@ -147,9 +147,8 @@ def test_isolated_forms_run_and_give_the_layers_output_shape():
             if layer is None:
                 continue
             layer.name = node.name
+            # the methods the planner gives: Tucker-2 for spatial kernels, SVD otherwise (1x1 convs too)
             base = Form("tucker2", 4, 4) if layer.tucker_capable and layer.s > 4 else Form("svd", None, 4)
-            if layer.rule in ("conv", "flatten_gemm") and base.method == "svd":
-                base = Form("tucker1", None, 4)
             shapes = set()
             for f in [ORIGINAL, *at_least_as_accurate(base, layer.s, layer.t, layer.tucker_capable)]:
                 iso, feeds = isolated(layer, rule, ctx, f)
@@ -160,6 +159,20 @@ def test_isolated_forms_run_and_give_the_layers_output_shape():
             done += 1
             break
     assert done == 6
+
+
+def test_a_pointwise_conv_is_timed_in_its_svd_form(monkeypatch, tmp_path):
+    """1x1 convs plan as SVD; their forms must build and run (they once failed and, being
+    untimeable, were all kept whole)."""
+    from tests.helpers import conv_model
+
+    monkeypatch.setenv("WNC_ONNX_CACHE", str(tmp_path))
+    monkeypatch.setattr("wnc_onnx.api._slower_in_context", lambda *a, **k: [])
+    model = conv_model(64, 64, (1, 1), (8, 8))
+    _, report = compress(model, latency_aware=True, threads=1, ranks={"conv": 8})
+    lat = report.layers[0].latency
+    assert report.layers[0].method in (None, "svd") and "not timed" not in lat["why"], lat
+    assert len(lat["measured_ms"]) >= 3
 
 
 class StubTimer:

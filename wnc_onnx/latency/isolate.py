@@ -33,7 +33,8 @@ def _factors(layer: Layer, form: Form, rng: np.random.Generator) -> Factors:
                 "u_in": rng.standard_normal((s, r3)),
                 "u_out": rng.standard_normal((t, form.r4)),
             }
-        elif form.method == "tucker1":
+        elif form.method == "tucker1" or layer.rule in ("conv", "flatten_gemm"):
+            # conv rules write SVD (a 1x1 conv) as Tucker-1 too: a core over all input channels, then u_out
             g = {"core": rng.standard_normal((form.r4, s, *sp)), "u_out": rng.standard_normal((t, form.r4))}
         else:
             g = {"left": rng.standard_normal((t, form.r4)), "right": rng.standard_normal((form.r4, s))}
