@@ -259,3 +259,21 @@ def test_measure_api_takes_real_inputs(pair):
     name = onnx.load(str(a)).graph.input[0].name
     res = measure([a, b], BenchConfig(inputs={name: x}, rounds=2, memory=False, min_round_seconds=0.005))
     assert res.config["inputs"] == "given" and [r.batch for r in res.runs] == [1, 1]
+
+
+def test_per_layer_plot_stays_readable_for_many_layers(tmp_path):
+    from PIL import Image
+
+    from wnc_onnx.bench.result import LayerComparison, LayerTime
+    from wnc_onnx.plot import plot_layer_times
+
+    comp = LayerComparison(baseline="a.onnx", model="b.onnx", threads=1, runs=5)
+    for i in range(120):
+        after = [["in_1x1", 0.1], ["core_3x3", 0.2 + (0.5 if i % 7 == 0 else 0)], ["out_1x1", 0.1]]
+        comp.layers.append(LayerTime(f"layer_{i}", "Conv", 0.6, sum(p[1] for p in after), after, 1000, 400))
+    small = LayerComparison(baseline="a.onnx", model="b.onnx", threads=1, runs=5, layers=comp.layers[:10])
+    big_png, small_png = tmp_path / "big.png", tmp_path / "small.png"
+    plot_layer_times([comp], big_png)
+    plot_layer_times([small], small_png)
+    big, little = Image.open(big_png).size, Image.open(small_png).size
+    assert big[0] == little[0] and big[1] > 5 * little[1]  # fixed width, one row per layer

@@ -335,3 +335,7 @@ def test_a_slower_layer_left_whole_blames_the_decomposed_layer_feeding_it():
     assert _decomposed_upstream(model, "conv3", {"conv1"}) is None  # conv2 stands between, whole
     assert _decomposed_upstream(model, "conv3", {"conv1"}, depth=10) is None
     assert _decomposed_upstream(model, "conv1", {"conv2"}) is None
+    from wnc_onnx.api import _decomposed_neighbour
+
+    assert _decomposed_neighbour(model, "conv1", {"conv2"}) == "conv2"  # the reorder before conv2 runs after conv1
+    assert _decomposed_neighbour(model, "conv2", {"conv1", "conv3"}) == "conv1"

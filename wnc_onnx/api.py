@@ -330,12 +330,39 @@ def _slower_in_context(
     out = {}
     for x in slower:
         # a layer left whole that got slower pays for a neighbour's layout: blame the decomposed layer feeding it
-        name = x.layer if x.layer in decomposed else _decomposed_upstream(original, x.layer, decomposed)
+        name = x.layer if x.layer in decomposed else _decomposed_neighbour(original, x.layer, decomposed)
         if name is not None and name not in out:
             out[name] = {"layer": name, "original_ms": round(x.before_ms, 4), "compressed_ms": round(x.after_ms, 4)}
             if name != x.layer:
                 out[name]["slower_neighbour"] = x.layer
     return list(out.values())
+
+
+def _decomposed_neighbour(model: onnx.ModelProto, layer: str, decomposed: set[str]) -> str | None:
+    """The decomposed layer next to ``layer`` (feeding it, else fed by it): a reorder that
+    onnxruntime inserts between two layers runs, and is counted, with the one before."""
+    return _decomposed_upstream(model, layer, decomposed) or _decomposed_downstream(model, layer, decomposed)
+
+
+def _decomposed_downstream(model: onnx.ModelProto, layer: str, decomposed: set[str], depth: int = 4) -> str | None:
+    """The decomposed layer that ``layer``'s output reaches through at most ``depth`` nodes that are not layers."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+    start = [n for n in model.graph.node if n.name == layer]
+    frontier = start
+    for _ in range(depth):
+        nxt = []
+        for node in frontier:
+            for out in node.output:
+                for reader in readers.get(out, []):
+                    if reader.name in decomposed:
+                        return reader.name
+                    if reader.op_type not in ("Conv", "Gemm", "MatMul"):
+                        nxt.append(reader)
+        frontier = nxt
+    return None
 
 
 def _decomposed_upstream(model: onnx.ModelProto, layer: str, decomposed: set[str], depth: int = 4) -> str | None:
