@@ -137,45 +137,14 @@ def sysroot(ort_version: str) -> Path:
             for p in ("manylinux2014_aarch64", "manylinux_2_27_aarch64", "manylinux_2_28_aarch64")
             for a in ("--platform", p)
         ]
+        pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(wheels)]
+        aarch64 = [*platforms, "--python-version", "311", "--implementation", "cp"]
         _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "-q",
-                "--no-deps",
-                "--only-binary=:all:",
-                *platforms,
-                "--python-version",
-                "311",
-                "--implementation",
-                "cp",
-                "-d",
-                str(wheels),
-                f"onnxruntime=={ort_version}",
-                f"numpy=={NUMPY}",
-            ],
+            [*pip, *aarch64, f"onnxruntime=={ort_version}", f"numpy=={NUMPY}"],
             "pip download of the aarch64 wheels",
             f"check that onnxruntime {ort_version} has an aarch64 wheel on PyPI",
         )
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "-q",
-                "--no-deps",
-                "--only-binary=:all:",
-                "-d",
-                str(wheels),
-                "flatbuffers",
-                "packaging",
-            ],
-            "pip download",
-            "check the network to PyPI",
-        )
+        _run([*pip, "flatbuffers", "packaging"], "pip download", "check the network to PyPI")
         site = stage / "site"
         site.mkdir()
         import zipfile
