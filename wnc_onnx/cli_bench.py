@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from wnc_onnx.config import GRAPH_OPT_LEVELS
 from wnc_onnx.errors import WncError
 from wnc_onnx.model_io import check_output_path, write_text_atomic
 
@@ -40,7 +41,7 @@ def add_session_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, 
     )
     g.add_argument(
         "--graph-opt",
-        choices=("all", "extended", "basic", "disable"),
+        choices=GRAPH_OPT_LEVELS,
         default="all",
         help="onnxruntime graph optimization level",
     )

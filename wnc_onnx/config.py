@@ -19,6 +19,9 @@ PASS_NAMES: tuple[str, ...] = (
 
 RankSpec = int | tuple[int, int]
 
+# onnxruntime graph optimization levels, as --graph-opt spells them
+GRAPH_OPT_LEVELS = ("all", "extended", "basic", "disable")
+
 
 @dataclass(frozen=True)
 class CompressConfig:
@@ -87,8 +90,8 @@ class CompressConfig:
             raise ValueError("threads must be >= 0 (0: automatic)")
         if self.target_speedup is not None and not self.target_speedup > 0:
             raise ValueError("target_speedup must be > 0 (e.g. 2 for twice as fast)")
-        if self.graph_opt not in ("all", "extended", "basic", "disable"):
-            raise ValueError("graph_opt must be one of all, extended, basic, disable")
+        if self.graph_opt not in GRAPH_OPT_LEVELS:
+            raise ValueError(f"graph_opt must be one of {', '.join(GRAPH_OPT_LEVELS)}")
         if self.hooi_max_iter < 0 or self.hooi_tol < 0:
             raise ValueError("hooi_max_iter and hooi_tol must be >= 0")
 

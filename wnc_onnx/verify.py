@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,10 +28,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from wnc_onnx import external_data
 from wnc_onnx.errors import RUNTIME_HINT, WncError, one_line
 from wnc_onnx.graph import data_inputs
-from wnc_onnx.model_io import load_model, read_npz, save_model
+from wnc_onnx.model_io import load_model, read_npz
 
 log = logging.getLogger(__name__)
 
@@ -177,26 +175,14 @@ ModelOrPath = onnx.ModelProto | str | os.PathLike[str]
 
 
 def _session(model: ModelOrPath, threads: int = 0):  # type: ignore[no-untyped-def]
-    """An onnxruntime CPU session; a path lets it find external data beside the model."""
+    """An onnxruntime CPU session (wnc_onnx.bench.session builds it, external data included)."""
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
     except ImportError:
         raise WncError("checking outputs needs onnxruntime, which is not installed", RUNTIME_HINT) from None
+    from wnc_onnx.bench.session import session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4  # errors reach the user as one line, not as ORT's log
-    if threads > 0:
-        opts.intra_op_num_threads = threads
-    if not isinstance(model, onnx.ModelProto):
-        return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-    if external_data.has_external(model):  # its data paths are absolute: write it out first
-        with tempfile.TemporaryDirectory(prefix="wnc-onnx-verify-") as folder:
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
-            path = Path(folder) / "model.onnx"
-            save_model(copy, path, external=True)
-            return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return session(model if isinstance(model, onnx.ModelProto) else str(model), threads=threads)
 
 
 def _graph(model: ModelOrPath) -> onnx.ModelProto:

@@ -17,14 +17,13 @@ import onnx
 from wnc_onnx.bench.energy import EnergyMeter
 from wnc_onnx.bench.memory import peak_memory
 from wnc_onnx.bench.result import BenchResult, ModelRun
-from wnc_onnx.bench.session import GRAPH_OPT_LEVELS, default_threads, ort, resolve_provider, session
-from wnc_onnx.bench.timing import load_average, ratio_range, time_interleaved
+from wnc_onnx.bench.session import default_threads, ort, resolve_provider, session
+from wnc_onnx.bench.timing import BUSY_LOAD, load_average, ratio_range, time_interleaved
+from wnc_onnx.config import GRAPH_OPT_LEVELS
 from wnc_onnx.errors import WncError, one_line
 from wnc_onnx.graph import data_inputs
 
 log = logging.getLogger(__name__)
-
-BUSY_LOAD = 0.5  # load average above which the machine counts as busy (other work on the cores)
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class BenchConfig:
         if any(b < 1 for b in self.batches) or not self.batches:
             raise ValueError("batch sizes must be >= 1")
         if self.graph_opt not in GRAPH_OPT_LEVELS:
-            raise ValueError(f"graph_opt must be one of {GRAPH_OPT_LEVELS}")
+            raise ValueError(f"graph_opt must be one of {', '.join(GRAPH_OPT_LEVELS)}")
 
 
 def _load(path: str | os.PathLike[str]) -> onnx.ModelProto:

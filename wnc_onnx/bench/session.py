@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import onnx
 
-from wnc_onnx.errors import WncError
-
-RUNTIME_HINT = "pip install 'wnc-onnx[runtime]' (or onnxruntime-gpu, or the package of your execution provider)"
+from wnc_onnx import external_data
+from wnc_onnx.errors import RUNTIME_HINT, WncError
 
 # Short names users type -> onnxruntime's provider names
 PROVIDER_ALIASES = {
@@ -31,8 +32,6 @@ PROVIDER_ALIASES = {
     "armnn": "ArmNNExecutionProvider",
     "webgpu": "WebGpuExecutionProvider",
 }
-
-GRAPH_OPT_LEVELS = ("all", "extended", "basic", "disable")
 
 
 def ort() -> Any:
@@ -89,7 +88,10 @@ def session(
     graph_opt: str = "all",
     profile_prefix: str | None = None,
 ) -> Any:
-    """An InferenceSession; ``threads`` 0: onnxruntime's default; ``options``: config entries."""
+    """An InferenceSession; ``threads`` 0: onnxruntime's default; ``options``: config entries.
+
+    A path lets onnxruntime find external data beside the model; a ModelProto whose weights
+    are in external data (absolute paths) is written out first."""
     rt = ort()
     so = rt.SessionOptions()
     so.log_severity_level = 4  # failures reach the user as one line, not as onnxruntime's log
@@ -110,6 +112,15 @@ def session(
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix
     providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    if isinstance(model, onnx.ModelProto) and external_data.has_external(model):
+        from wnc_onnx.model_io import save_model
+
+        with tempfile.TemporaryDirectory(prefix="wnc-onnx-session-") as folder:
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            path = Path(folder) / "model.onnx"
+            save_model(copy, path, external=True)
+            return rt.InferenceSession(str(path), so, providers=providers)
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     if not isinstance(source, bytes):
         source = str(source)

@@ -104,6 +104,9 @@ def time_interleaved(
     return out
 
 
+BUSY_LOAD = 0.5  # 1-minute load average above which other work shares the cores: timings get noisy
+
+
 def load_average() -> float | None:
     try:
         return os.getloadavg()[0]

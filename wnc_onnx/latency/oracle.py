@@ -21,12 +21,11 @@ import numpy as np
 import onnx
 
 from wnc_onnx.bench.session import ort, resolve_provider, session
-from wnc_onnx.bench.timing import Timing, load_average, time_interleaved
+from wnc_onnx.bench.timing import BUSY_LOAD, Timing, load_average, time_interleaved
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "WNC_ONNX_CACHE"
-BUSY_LOAD = 0.5  # load average above which other work shares the cores: timings get noisy
 
 
 def cache_dir() -> Path:
