@@ -50,10 +50,7 @@ def _open(model: ModelLike) -> tuple[onnx.ModelProto, bool, dict[str, Any]]:
         return model, False, {"path": None, "file_bytes": None, "source": None}
     path = Path(model)
     loaded, source = load_model_and_source(path)
-    size = path.stat().st_size + sum(
-        external_data.nbytes(t) for t in external_data.all_tensors(loaded) if external_data.is_external(t)
-    )
-    return loaded, True, {"path": str(path), "file_bytes": size, "source": source}
+    return loaded, True, {"path": str(path), "file_bytes": external_data.stored_bytes(path, loaded), "source": source}
 
 
 def _describe(model: onnx.ModelProto, info: dict[str, Any], cfg: CompressConfig) -> dict[str, Any]:

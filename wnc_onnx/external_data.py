@@ -66,6 +66,11 @@ def has_external(model: onnx.ModelProto) -> bool:
     return any(is_external(t) for t in all_tensors(model))
 
 
+def stored_bytes(path: str | os.PathLike[str], model: onnx.ModelProto) -> int:
+    """What a model takes on disk: its file plus the bytes of its tensors in external data."""
+    return Path(path).stat().st_size + sum(nbytes(t) for t in all_tensors(model) if is_external(t))
+
+
 def nbytes(t: onnx.TensorProto) -> int:
     """Bytes of a tensor's data, stored inline or not, without reading them (in Python,
     reading ``raw_data`` copies it). Sub-byte types count a byte per element, unknown

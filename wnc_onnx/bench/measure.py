@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from wnc_onnx import external_data
 from wnc_onnx.bench.energy import EnergyMeter
 from wnc_onnx.bench.memory import peak_memory
 from wnc_onnx.bench.result import BenchResult, ModelRun
@@ -230,7 +231,7 @@ def measure(paths: Sequence[str | os.PathLike[str]], cfg: BenchConfig | None = N
                         speedup_range=[lo, hi] if i else [1.0, 1.0],
                         throughput=real_batch / t.median if real_batch else None,
                         energy_mj=(t.energy_j / t.runs * 1e3) if t.energy_j is not None and t.runs else None,
-                        file_bytes=_file_bytes(p, protos[i]),
+                        file_bytes=external_data.stored_bytes(p, protos[i]),
                     )
                 )
     if cfg.memory:
@@ -268,21 +269,3 @@ def _labels(paths: Sequence[str]) -> list[str]:
     if len(set(names)) == len(names):
         return names
     return [str(Path(p)) for p in paths]
-
-
-def _file_bytes(path: str, model: onnx.ModelProto) -> int:
-    from wnc_onnx import external_data
-
-    size = Path(path).stat().st_size
-    files = {
-        e.value
-        for t in external_data.all_tensors(model)
-        if external_data.is_external(t)
-        for e in t.external_data
-        if e.key == "location"
-    }
-    for f in files:
-        q = Path(path).parent / f
-        if q.is_file():
-            size += q.stat().st_size
-    return size
