@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -50,6 +51,10 @@ from wnc_onnx.passes.rules import DEFAULT_RULES, Rule
 from wnc_onnx.ranks import policy_rank
 from wnc_onnx.report import LayerReport, Report
 from wnc_onnx.threads import limited
+
+if TYPE_CHECKING:
+    from wnc_onnx.latency.allocate import Allocation
+    from wnc_onnx.latency.forms import Form
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +138,7 @@ class LowRankPass:
 
             target = Target(cfg.provider, max(1, threads), dict(cfg.session_options), cfg.graph_opt)
             self.chooser = LatencyChooser(target, cfg.target_speedup, Oracle(target, cache=cfg.latency_cache))
-        self.allocation: object | None = None  # the speed-up target's allocation (wnc_onnx.latency.allocate)
+        self.allocation: Allocation | None = None  # the speed-up target's allocation
 
     # -- discovery -------------------------------------------------------------------
     def find_layers(self, ctx: GraphContext) -> list[tuple[Layer, Rule | None]]:
@@ -227,9 +232,6 @@ class LowRankPass:
         }
         alloc = self.allocation
         if alloc is not None:
-            from wnc_onnx.latency.allocate import Allocation
-
-            assert isinstance(alloc, Allocation)
             info.update(
                 {
                     "target_speedup": self.cfg.target_speedup,
@@ -411,8 +413,16 @@ class LowRankPass:
 
         assert self.chooser is not None
         options = {}
-        todo = [(lr, ps) for lr, ps in zip(layers, planned, strict=True) if ps[1] is not None]
-        for k, ((layer, rule), (rec, state)) in enumerate(todo, 1):
+        todo = [(i, layer, rule) for i, (layer, rule) in enumerate(layers) if planned[i][1] is not None]
+
+        def keep_whole(i: int, reason: str) -> None:
+            rec = planned[i][0]
+            rec.status, rec.reason, rec.method = "skipped", reason, None
+            rec.ranks, rec.params_after, rec.macs_after, rec.params_split, rec.macs_split = {}, None, None, [], []
+            planned[i] = (rec, None)
+
+        for k, (i, layer, rule) in enumerate(todo, 1):
+            rec, state = planned[i]
             assert state is not None
             plan = state.plan
             base = Form(plan.method, plan.r3, plan.r4)
@@ -432,10 +442,7 @@ class LowRankPass:
                     continue
                 # never slower: what cannot be measured stays as it was
                 rec.latency = {"chosen": "original", "why": f"not timed: {found}"}
-                self._keep_whole(rec, f"latency-aware: kept whole (not timed alone: {found})")
-                for i, (lay, _) in enumerate(layers):
-                    if lay is layer:
-                        planned[i] = (rec, None)
+                keep_whole(i, f"latency-aware: kept whole (not timed alone: {found})")
                 continue
             options[layer.name] = found
             log.info(
@@ -458,16 +465,14 @@ class LowRankPass:
                 choices[name] = Choice(form, why, dict(opt.rejected))
         else:
             choices = {name: never_slower(opt) for name, opt in options.items()}
-        for (layer, _), (rec, state) in todo:
+        for i, layer, _ in todo:
+            rec, state = planned[i]
             choice = choices.get(layer.name)
             if choice is None or state is None:
                 continue
             rec.latency = describe(options[layer.name], choice.form, choice.why, choice.rejected)
             if choice.form == ORIGINAL:
-                self._keep_whole(rec, f"latency-aware: kept whole ({choice.why})")
-                for i, (lay, _) in enumerate(layers):
-                    if lay is layer:
-                        planned[i] = (rec, None)
+                keep_whole(i, f"latency-aware: kept whole ({choice.why})")
                 continue
             form = choice.form
             if form != Form(state.plan.method, state.plan.r3, state.plan.r4):
@@ -477,18 +482,13 @@ class LowRankPass:
                 self._describe_plan(rec, state.plan)
             rec.rank_source = "latency" if state.plan.source == "vbmf" else state.plan.source
 
-    @staticmethod
-    def _keep_whole(rec: LayerReport, reason: str) -> None:
-        rec.status, rec.reason, rec.method = "skipped", reason, None
-        rec.ranks, rec.params_after, rec.macs_after, rec.params_split, rec.macs_split = {}, None, None, [], []
-
-    def _plan_for(self, layer: Layer, form: object, base: _Plan) -> _Plan:
-        """``base`` with the method and ranks of ``form`` (a latency Form)."""
-        method, r3, r4 = form.method, form.r3, form.r4  # type: ignore[attr-defined]
+    def _plan_for(self, layer: Layer, form: Form, base: _Plan) -> _Plan:
+        """``base`` with the method and ranks of ``form``."""
+        r3, r4 = form.r3, form.r4
         after = lowrank_costs(layer.s, layer.t, layer.window, layer.groups, layer.in_pixels, layer.out_pixels, r3, r4)
-        return _Plan(method, r3, r4, base.before, after, base.vbmf, base.source)
+        return _Plan(form.method, r3, r4, base.before, after, base.vbmf, base.source)
 
-    def _form_check(self, layer: Layer, form: object, base: _Plan) -> str | None:
+    def _form_check(self, layer: Layer, form: Form, base: _Plan) -> str | None:
         """None when ``form`` saves weights and MACs as the policy requires, else why not."""
         try:
             self._checked(layer, self._plan_for(layer, form, base))
