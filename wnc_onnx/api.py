@@ -15,7 +15,7 @@ import onnx
 from onnx import numpy_helper
 
 from wnc_onnx import external_data
-from wnc_onnx.config import CompressConfig
+from wnc_onnx.config import SUPPORTED_OPS, CompressConfig
 from wnc_onnx.errors import WncError, one_line
 from wnc_onnx.graph import dynamic_inputs, shape_hint, skeleton, subgraphs
 from wnc_onnx.model_io import check_input, load_model_and_source
@@ -343,42 +343,42 @@ def _decomposed_neighbour(model: onnx.ModelProto, layer: str, decomposed: set[st
 
 def _decomposed_downstream(model: onnx.ModelProto, layer: str, decomposed: set[str], depth: int = 4) -> str | None:
     """The decomposed layer that ``layer``'s output reaches through at most ``depth`` nodes that are not layers."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for name in n.input:
-            readers.setdefault(name, []).append(n)
-    start = [n for n in model.graph.node if n.name == layer]
-    frontier = start
-    for _ in range(depth):
-        nxt = []
-        for node in frontier:
-            for out in node.output:
-                for reader in readers.get(out, []):
-                    if reader.name in decomposed:
-                        return reader.name
-                    if reader.op_type not in ("Conv", "Gemm", "MatMul"):
-                        nxt.append(reader)
-        frontier = nxt
-    return None
+    return _nearest_decomposed(model, layer, decomposed, upstream=False, depth=depth)
 
 
 def _decomposed_upstream(model: onnx.ModelProto, layer: str, decomposed: set[str], depth: int = 4) -> str | None:
     """The decomposed layer whose output reaches ``layer``'s data input through at most
     ``depth`` nodes that are not layers (activations, pools, adds)."""
-    nodes = {n.name: n for n in model.graph.node if n.name}
-    writer = {o: n for n in model.graph.node for o in n.output}
-    frontier = [nodes[layer]] if layer in nodes else []
+    return _nearest_decomposed(model, layer, decomposed, upstream=True, depth=depth)
+
+
+def _nearest_decomposed(
+    model: onnx.ModelProto, layer: str, decomposed: set[str], upstream: bool, depth: int
+) -> str | None:
+    """Breadth-first from ``layer`` against or along the data flow; the walk passes through
+    nodes that are not layers and stops at a layer left whole (it is not the cause)."""
+    nodes = list(model.graph.node)
+    writer = {o: n for n in nodes for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+
+    def step(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        if not upstream:
+            return [r for out in node.output for r in readers.get(out, [])]
+        data = node.input[:1] if node.op_type in SUPPORTED_OPS else node.input  # not a layer's weights
+        return [writer[name] for name in data if name in writer]
+
+    frontier = [n for n in nodes if n.name == layer]
     for _ in range(depth):
         nxt = []
         for node in frontier:
-            for name in node.input[:1] if node.op_type in ("Conv", "Gemm", "MatMul") else node.input:
-                producer = writer.get(name)
-                if producer is None:
-                    continue
-                if producer.name in decomposed:
-                    return producer.name
-                if producer.op_type not in ("Conv", "Gemm", "MatMul"):  # another layer, whole: not this one's cause
-                    nxt.append(producer)
+            for near in step(node):
+                if near.name in decomposed:
+                    return near.name
+                if near.op_type not in SUPPORTED_OPS:
+                    nxt.append(near)
         frontier = nxt
     return None
 
