@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -10,8 +9,6 @@ from typing import Any
 import numpy as np
 import onnx
 
-from wnc_onnx.bench.session import resolve_provider, session
-from wnc_onnx.bench.timing import time_interleaved
 from wnc_onnx.errors import WncError, one_line
 from wnc_onnx.graph import GraphContext
 from wnc_onnx.latency.allocate import LayerOptions
@@ -78,7 +75,7 @@ class LatencyChooser:
         t = self.target
         try:
             feeds = random_inputs(model, input_shapes)
-            sess = session(model, resolve_provider(t.provider), t.threads, t.session_options, t.graph_opt)
+            sess = t.open(model)
             sess.run(None, feeds)
         except WncError:
             raise
@@ -87,9 +84,7 @@ class LatencyChooser:
                 f"--target-speedup needs the whole model to run in onnxruntime: {one_line(exc, 150)}",
                 "give the sizes of dynamic inputs with --input-shape NAME=D1,D2,...",
             ) from None
-        timing = time_interleaved(
-            [functools.partial(sess.run, None, feeds)], rounds=t.rounds, warmup=t.warmup, min_round_seconds=0.1
-        )[0]
+        timing = t.time([(sess, feeds)], min_round_seconds=0.1)[0]
         self.whole_ms = timing.median * 1e3
         return self.whole_ms
 
@@ -118,12 +113,11 @@ def measure_pair(
     from wnc_onnx.verify import random_inputs
 
     feeds = random_inputs(original, input_shapes)
-    provider = resolve_provider(target.provider)
-    sessions = [
-        session(m, provider, target.threads, target.session_options, target.graph_opt) for m in (original, compressed)
-    ]
-    a, b = time_interleaved(
-        [functools.partial(s.run, None, feeds) for s in sessions], rounds=max(5, target.rounds), warmup=3
+    a, b = target.time(
+        [(target.open(m), feeds) for m in (original, compressed)],
+        rounds=max(5, target.rounds),
+        warmup=3,
+        min_round_seconds=0.1,
     )
     return {
         "original_ms": round(a.median * 1e3, 4),

@@ -65,6 +65,26 @@ class Target:
             "onnxruntime": ort().__version__,
         }
 
+    def open(self, model: onnx.ModelProto) -> Any:
+        """An onnxruntime session for ``model`` on this target."""
+        return session(model, resolve_provider(self.provider), self.threads, self.session_options, self.graph_opt)
+
+    def time(
+        self,
+        cases: Sequence[tuple[Any, Mapping[str, np.ndarray]]],
+        rounds: int | None = None,
+        warmup: int | None = None,
+        min_round_seconds: float | None = None,
+    ) -> list[Timing]:
+        """(session, feeds) pairs timed interleaved; the target's round settings unless given."""
+        runners = [functools.partial(s.run, None, dict(f)) for s, f in cases]
+        return time_interleaved(
+            runners,
+            rounds=self.rounds if rounds is None else rounds,
+            warmup=self.warmup if warmup is None else warmup,
+            min_round_seconds=self.min_round_seconds if min_round_seconds is None else min_round_seconds,
+        )
+
 
 def structure_key(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> str:
     """A digest of what decides speed: nodes and attributes, initializer shapes and types, input sizes."""
@@ -142,11 +162,5 @@ class Oracle:
         return found
 
     def _time(self, cases: Sequence[tuple[onnx.ModelProto, dict[str, np.ndarray]]]) -> list[Measured]:
-        t = self.target
-        provider = resolve_provider(t.provider)
-        sessions = [session(m, provider, t.threads, t.session_options, t.graph_opt) for m, _ in cases]
-        runners = [functools.partial(s.run, None, f) for s, (_, f) in zip(sessions, cases, strict=True)]
-        timings: list[Timing] = time_interleaved(
-            runners, rounds=t.rounds, warmup=t.warmup, min_round_seconds=t.min_round_seconds
-        )
+        timings = self.target.time([(self.target.open(m), f) for m, f in cases])
         return [Measured(min(x.round_medians), x.spread) for x in timings]
