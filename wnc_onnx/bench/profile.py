@@ -84,13 +84,11 @@ class NodeMap:
         """(layer and role or None, whether any model node matched): memoized, names repeat every run."""
         key = (profiled, op_name)
         if key not in self._resolved:
-            self._resolved[key] = (self.resolve(profiled, op_name), self.match(profiled) is not None)
+            node = self.match(profiled)
+            self._resolved[key] = (None if node is None else self._layer_for(node, op_name), node is not None)
         return self._resolved[key]
 
-    def resolve(self, profiled: str, op_name: str) -> tuple[str, str] | None:
-        node = self.match(profiled)
-        if node is None:
-            return None
+    def _layer_for(self, node: onnx.NodeProto, op_name: str) -> tuple[str, str] | None:
         found = self.layer_of(node)
         if found is None and op_name in KERNEL_OPS:  # e.g. Conv + Relu fused under the Relu's name
             walk = node
