@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from wnc_onnx.errors import WncError, one_line  # noqa: E402
-from wnc_onnx.verify import parse_input_shapes, parse_input_values, random_inputs  # noqa: E402
+from wnc_onnx.verify import compare_output, parse_input_shapes, parse_input_values, random_inputs  # noqa: E402
 
 RUNNER = Path(__file__).with_name("on_arm_runner.py")
 # What Python 3.11 from Debian 12 needs to run numpy and onnxruntime (no sqlite, curses, ...)
@@ -175,23 +175,16 @@ def arm_command(ort_version: str) -> tuple[list[str], dict[str, str]]:
 
 
 def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> list[dict[str, object]]:
-    rows = []
+    """Per output, the ARM result against x86 with --verify's float error (RMS of the
+    difference over RMS of the reference); a missing or reshaped output is an infinite error."""
+    rows: list[dict[str, object]] = []
     for name, a in ref.items():
         b = got.get(name)
         if b is None or b.shape != a.shape:
             rows.append({"output": name, "shape": list(a.shape), "error": float("inf"), "max_abs": float("inf")})
             continue
-        a64, b64 = a.astype(np.float64), b.astype(np.float64)
-        rms = float(np.sqrt(np.mean(a64**2))) if a64.size else 0.0
-        diff = float(np.sqrt(np.mean((a64 - b64) ** 2))) if a64.size else 0.0
-        rows.append(
-            {
-                "output": name,
-                "shape": list(a.shape),
-                "error": diff / rms if rms > 0 else diff,
-                "max_abs": float(np.max(np.abs(a64 - b64))) if a64.size else 0.0,
-            }
-        )
+        d = compare_output(name, "float", a, b)
+        rows.append({"output": name, "shape": d.shape, "error": d.error, "max_abs": d.max_abs})
     return rows
 
 
