@@ -95,7 +95,9 @@ def _run(model: ModelLike, cfg: CompressConfig, plan_only: bool) -> tuple[onnx.M
             result_model = result.model
             if p.name == "fold_constants" and result.modified:  # weights the model computed now count
                 params_before = count_params(result_model)
-    _totals(report, params_before, count_params(result_model), info["file_bytes"])
+    _totals(
+        report, params_before, count_params(result_model) + _pq_params_delta(result_model, report), info["file_bytes"]
+    )
     if not plan_only:
         _finish(result_model, report, input_fails_strict)
     return result_model, report
@@ -136,6 +138,19 @@ def _measured_on_target(
         report.warnings.append(
             f"the compressed model measured slower than the original (x{found['speedup']:.2f}) on the target"
         )
+
+
+def _pq_params_delta(model: onnx.ModelProto, report: Report) -> int:
+    """Product quantization keeps the number of weights (its codes are bytes, not weights):
+    the elements of codes and codebooks are swapped back for those of the weights they rebuild."""
+    from wnc_onnx.passes.pq import MARK
+
+    pq = report.extras.get("pq") or {}
+    done = [w for w in pq.get("weights", []) if w["status"] == "quantized"]
+    if not done:
+        return 0
+    written = sum(int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer if MARK in t.name)
+    return sum(int(np.prod(w["shape"], dtype=np.int64)) for w in done) - written
 
 
 def _config_dict(cfg: CompressConfig) -> dict[str, Any]:
@@ -179,12 +194,16 @@ def _strict_failure(model: onnx.ModelProto) -> str | None:
 
 
 def _finish(model: onnx.ModelProto, report: Report, input_fails_strict: str | None) -> None:
-    summary = {
+    summary: dict[str, Any] = {
         "decomposed": report.totals.decomposed,
         "layers": {r.name: r.ranks for r in report.decomposed},
         "params": [report.totals.params_before, report.totals.params_after],
         "macs": [report.totals.macs_before, report.totals.macs_after],
     }
+    quantized = pq_quantized(report)
+    if quantized:
+        pq = report.extras["pq"]
+        summary["pq"] = {**pq["settings"], "weights": quantized}
     from wnc_onnx import __version__
 
     entries = [e for e in model.metadata_props if e.key != "wnc_onnx"]
@@ -193,7 +212,7 @@ def _finish(model: onnx.ModelProto, report: Report, input_fails_strict: str | No
     onnx.helper.set_model_props(
         model, {**{e.key: e.value for e in entries}, "wnc_onnx": json.dumps({"version": __version__, **summary})}
     )
-    if report.totals.decomposed:
+    if report.totals.decomposed or quantized:
         try:
             onnx.checker.check_model(skeleton(model), full_check=True)
         except Exception as exc:
@@ -205,6 +224,12 @@ def _finish(model: onnx.ModelProto, report: Report, input_fails_strict: str | No
                 f"the input fails ONNX's strict checks too (shape inference: {input_fails_strict}); "
                 "the output passes the plain checker"
             )
+
+
+def pq_quantized(report: Report) -> list[str]:
+    """The weights the product-quantization pass replaced (none when it did not run)."""
+    pq = report.extras.get("pq") or {}
+    return [w["weight"] for w in pq.get("weights", []) if w["status"] == "quantized"]
 
 
 def compress(model: ModelLike, config: CompressConfig | None = None, **options: Any) -> tuple[onnx.ModelProto, Report]:

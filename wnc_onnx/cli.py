@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from wnc_onnx import __version__, cli_bench, cli_finetune
-from wnc_onnx.api import compress, inspect, load_ranks
-from wnc_onnx.config import PASS_NAMES, SUPPORTED_OPS, CompressConfig
+from wnc_onnx.api import compress, inspect, load_ranks, pq_quantized
+from wnc_onnx.config import SKIPPABLE_PASSES, SUPPORTED_OPS, CompressConfig
 from wnc_onnx.errors import WncError, one_line
 from wnc_onnx.model_io import check_output_path, load_model, save_model, staged_model, write_text_atomic
 from wnc_onnx.report import Report
@@ -79,7 +79,7 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help=f"leave a graph pass out (repeatable): one of {', '.join(p for p in PASS_NAMES if p != 'lowrank')}",
+        help=f"leave a graph pass out (repeatable): one of {', '.join(SKIPPABLE_PASSES)}",
     )
     g.add_argument(
         "--no-fc-tucker",
@@ -179,6 +179,65 @@ def _add_latency(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_pq_arguments(p: argparse.ArgumentParser, finetune: bool = False) -> None:
+    """Product quantization flags, shared by compress and finetune (--pq-lambda)."""
+    title = (
+        "product quantization of the weights with the penalty (--pq-lambda); the result is the quantized model"
+        if finetune
+        else "product quantization (weights stored as uint8 codes + a codebook; docs/pq.md)"
+    )
+    g = p.add_argument_group(title)
+    if finetune:
+        g.add_argument(
+            "--pq-lambda",
+            type=float,
+            metavar="L",
+            help="pull each weight sub-vector toward its nearest centroid with strength L during training "
+            "(centroids refreshed every epoch), then product-quantize and write the quantized model",
+        )
+    else:
+        g.add_argument("--pq", action="store_true", help="product-quantize the weights after the low-rank pass")
+        g.add_argument(
+            "--no-lowrank", action="store_true", help="skip the low-rank pass (with --pq: quantization alone)"
+        )
+    g.add_argument("--pq-dim", type=int, default=CompressConfig.pq_dim, metavar="D", help="sub-vector length")
+    g.add_argument(
+        "--pq-k", type=int, default=CompressConfig.pq_k, metavar="K", help="centroids per codebook (at most 256)"
+    )
+    g.add_argument(
+        "--pq-codebook",
+        choices=("layer", "subspace"),
+        default=CompressConfig.pq_layout,
+        help="one codebook per weight (Stock et al.; smaller files) or per column block of sub-vectors (Gong et al.)",
+    )
+    g.add_argument(
+        "--pq-op-types",
+        default=",".join(CompressConfig.pq_op_types),
+        help="comma-separated op types whose weights are quantized (add Conv for convolutions and Tucker factors)",
+    )
+    g.add_argument("--pq-include", metavar="REGEX", help="only weights of nodes whose name matches")
+    g.add_argument("--pq-exclude", metavar="REGEX", help="skip weights of nodes whose name matches")
+    g.add_argument(
+        "--pq-kmeans",
+        choices=("sklearn", "faiss"),
+        default=CompressConfig.pq_kmeans,
+        help="k-means implementation (faiss: pip install faiss-cpu; about 4x faster)",
+    )
+
+
+def pq_options(a: argparse.Namespace) -> dict[str, Any]:
+    """CompressConfig fields from the product quantization flags."""
+    return {
+        "pq_dim": a.pq_dim,
+        "pq_k": a.pq_k,
+        "pq_layout": a.pq_codebook,
+        "pq_op_types": tuple(o.strip() for o in a.pq_op_types.split(",") if o.strip()),
+        "pq_include": a.pq_include,
+        "pq_exclude": a.pq_exclude,
+        "pq_kmeans": a.pq_kmeans,
+    }
+
+
 def _add_verify(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("verification (onnxruntime, original vs compressed)")
     g.add_argument("--verify", action="store_true", help="run both models and compare their outputs")
@@ -223,6 +282,7 @@ def build_parser() -> dict[str, argparse.ArgumentParser]:
     _add_selection(comp)
     _add_sizes(comp)
     _add_latency(comp)
+    add_pq_arguments(comp)
     _add_verify(comp)
     _add_output(comp)
     insp = _Parser(prog="wnc-onnx inspect", description="Print the plan (ranks, costs); write nothing.", **common)  # type: ignore[arg-type]
@@ -301,9 +361,16 @@ def _config(a: argparse.Namespace) -> CompressConfig:
             input_shapes=_input_shapes(a),
             threads=a.threads,
             **_latency_options(a),
+            **_pq_flags(a),
         )
     except (ValueError, re.error) as exc:
         raise WncError(f"invalid option: {exc}", "see 'wnc-onnx --help'") from None
+
+
+def _pq_flags(a: argparse.Namespace) -> dict[str, Any]:
+    if not hasattr(a, "pq"):  # inspect: the plan of the low-rank pass only
+        return {}
+    return {"pq": a.pq, "lowrank": not a.no_lowrank, **pq_options(a)}
 
 
 def _latency_options(a: argparse.Namespace) -> dict[str, Any]:
@@ -369,12 +436,49 @@ def _nothing_compressed(report: Report, quiet: bool) -> WncError:
     )
 
 
+def _require_faiss() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("faiss") is None:
+        raise WncError("--pq-kmeans faiss needs faiss, which is not installed", "pip install faiss-cpu")
+
+
+def _nothing_quantized(report: Report, quiet: bool) -> WncError:
+    """The refusal when --pq found no weight worth quantizing: the reasons and their fix."""
+    pq = report.extras.get("pq") or {"weights": []}
+    reasons = [w["reason"] for w in pq["weights"]]
+    if not reasons:
+        return WncError(
+            "nothing to quantize: the model has no Gemm / MatMul / Conv weight",
+            "product quantization applies to the weights of those layers",
+        )
+    if not quiet:
+        print(report.to_table())
+    if all(r == "already product-quantized" for r in reasons):
+        return WncError("the model is already product-quantized", "quantize the float model instead")
+    common = Counter(r.split(";")[0].split(":")[0] for r in reasons).most_common(2)
+    why = "; ".join(f"{n} x {text}" if n > 1 else text for text, n in common)
+    fixes = []
+    if any("sub-vectors" in r or "no saving" in r for r in reasons):
+        fixes.append("lower --pq-k or --pq-dim")
+    if any("not selected" in r for r in reasons):
+        fixes.append("add the op type to --pq-op-types (e.g. Gemm,MatMul,Conv)")
+    if not fixes:
+        fixes.append("see the reasons per weight above")
+    return WncError(f"nothing to quantize: all {len(reasons)} weights were skipped ({why})", "; ".join(fixes))
+
+
 def run_compress(a: argparse.Namespace) -> int:
     out = check_output_path(a.input, a.output)
     _check_side_outputs(a)
     cfg = _config(a)
+    if cfg.pq and cfg.pq_kmeans == "faiss":
+        _require_faiss()
     model, report = compress(a.input, cfg)
-    if report.totals.decomposed == 0:
+    quantized = pq_quantized(report)
+    if cfg.pq and not quantized and (not cfg.lowrank or report.totals.decomposed == 0):
+        raise _nothing_quantized(report, a.quiet)
+    if report.totals.decomposed == 0 and not quantized:
         raise _nothing_compressed(report, a.quiet)
     checking = bool(a.verify or a.inputs or a.input_value or a.tolerance is not None)
     with staged_model(model, out, a.external_data, source=report.source) as stage:

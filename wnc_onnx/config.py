@@ -14,8 +14,11 @@ PASS_NAMES: tuple[str, ...] = (
     "fold_constants",
     "fold_batchnorm",
     "lowrank",
+    "pq",
     "cleanup",
 )
+
+SKIPPABLE_PASSES = tuple(p for p in PASS_NAMES if p not in ("lowrank", "pq"))  # those two have their flags
 
 RankSpec = int | tuple[int, int]
 
@@ -62,6 +65,19 @@ class CompressConfig:
     target_calibration: float = 1.0
     # layers left whole because they ran slower inside the model than alone (set by compress)
     keep_whole: tuple[str, ...] = ()
+    # The low-rank pass (off: product quantization alone, --no-lowrank).
+    lowrank: bool = True
+    # Product quantization (wnc_onnx.passes.pq, docs/pq.md): weights of pq_op_types cut into
+    # sub-vectors of pq_dim, each stored as the uint8 index of one of pq_k centroids.
+    pq: bool = False
+    pq_dim: int = 8
+    pq_k: int = 256
+    pq_layout: str = "layer"  # one codebook per weight ("layer") or per column block ("subspace")
+    pq_op_types: tuple[str, ...] = ("Gemm", "MatMul")
+    pq_include: str | None = None
+    pq_exclude: str | None = None
+    pq_kmeans: str = "sklearn"  # or "faiss" (pip install faiss-cpu)
+    pq_seed: int = 0
 
     def __post_init__(self) -> None:
         # [R3, R4] lists (as in a JSON ranks file) are accepted from API callers too
@@ -83,17 +99,38 @@ class CompressConfig:
             raise ValueError("rank_multiple must be >= 1")
         if not 0.0 <= self.rank_boost <= 1.0:
             raise ValueError("rank_boost must be in [0, 1]")
-        unknown = [p for p in self.skip_passes if p not in PASS_NAMES or p == "lowrank"]
+        unknown = [p for p in self.skip_passes if p not in PASS_NAMES or p in ("lowrank", "pq")]
         if unknown:
-            raise ValueError(f"cannot skip passes {unknown}; skippable: {[p for p in PASS_NAMES if p != 'lowrank']}")
+            raise ValueError(f"cannot skip passes {unknown}; skippable: {list(SKIPPABLE_PASSES)}")
         if self.threads < 0:
             raise ValueError("threads must be >= 0 (0: automatic)")
         if self.target_speedup is not None and not self.target_speedup > 0:
             raise ValueError("target_speedup must be > 0 (e.g. 2 for twice as fast)")
         if self.graph_opt not in GRAPH_OPT_LEVELS:
             raise ValueError(f"graph_opt must be one of {', '.join(GRAPH_OPT_LEVELS)}")
+        self._check_pq()
         if self.hooi_max_iter < 0 or self.hooi_tol < 0:
             raise ValueError("hooi_max_iter and hooi_tol must be >= 0")
+
+    def _check_pq(self) -> None:
+        from wnc_onnx.numeric.pq import BACKENDS, LAYOUTS, MAX_K
+
+        if not 1 <= self.pq_k <= MAX_K:
+            raise ValueError(f"pq_k (--pq-k) must be in 1..{MAX_K} (codes are one byte), got {self.pq_k}")
+        if self.pq_dim < 1:
+            raise ValueError(f"pq_dim (--pq-dim) must be >= 1, got {self.pq_dim}")
+        if self.pq_layout not in LAYOUTS:
+            raise ValueError(f"pq_layout (--pq-codebook) must be one of {', '.join(LAYOUTS)}")
+        if self.pq_kmeans not in BACKENDS:
+            raise ValueError(f"pq_kmeans (--pq-kmeans) must be one of {', '.join(BACKENDS)}")
+        bad = [op for op in self.pq_op_types if op not in SUPPORTED_OPS]
+        if bad:
+            raise ValueError(f"unsupported --pq-op-types {bad}; choose from {list(SUPPORTED_OPS)}")
+        for pat in (self.pq_include, self.pq_exclude):
+            if pat is not None:
+                re.compile(pat)
+        if not self.lowrank and not self.pq:
+            raise ValueError("with the low-rank pass off (--no-lowrank) there is nothing to do; add --pq")
 
     @property
     def timed(self) -> bool:

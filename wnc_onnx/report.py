@@ -152,6 +152,16 @@ def _x(r: float | None) -> str:
 
 
 def format_table(report: Report) -> str:
+    pq = report.extras.get("pq")
+    if pq and not report.layers:  # product quantization alone (--no-lowrank): its table is the story
+        tot = report.totals
+        lines = pq_table(pq)
+        if tot.file_bytes_before and tot.file_bytes_after:
+            lines.append(
+                f"file {human(tot.file_bytes_before)}B -> {human(tot.file_bytes_after)}B "
+                f"{_x(_ratio(tot.file_bytes_before, tot.file_bytes_after))}"
+            )
+        return "\n".join(lines + [f"note: {w}" for w in report.warnings])
     timed = any(r.latency for r in report.layers)
     head: tuple[str, ...] = ("layer", "op", "method", "S/R3", "T/R4", "weights", "MACs", "err", "status")
     if timed:
@@ -217,8 +227,50 @@ def _layout(report: Report, head: tuple[str, ...], rows: list[tuple[str, ...]]) 
         + file
     )
     lines += _latency_lines(report)
+    pq = report.extras.get("pq")
+    if pq:
+        lines += ["", *pq_table(pq)]
     lines += [f"note: {w}" for w in report.warnings]
     return "\n".join(lines)
+
+
+def pq_table(pq: dict[str, Any]) -> list[str]:
+    """The product-quantization rows: bits per weight (codebook counted), error, bytes."""
+    st = pq["settings"]
+    head = ("weight", "layer", "shape", "bits/w", "err", "bytes", "status")
+    rows = []
+    for e in pq["weights"]:
+        shape = "x".join(map(str, e["shape"]))
+        if e["status"] == "quantized":
+            b0, b1 = e["bytes_before"], e["bytes_after"]
+            size = f"{human(b0)}B->{human(b1)}B {_x(_ratio(b0, b1))}"
+            extra = " (4-bit codes)" if e["packed4"] else ""
+            extra += " (padded)" if e["padded"] else ""
+            rows.append(
+                (
+                    e["weight"],
+                    e["layer"],
+                    shape,
+                    f"{e['bits_per_weight']:.2f}",
+                    f"{e['rel_error']:.3f}",
+                    size,
+                    "quantized" + extra,
+                )
+            )
+        else:
+            rows.append((e["weight"], e["layer"], shape, "", "", "", f"skipped: {e['reason']}"))
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    out = [f"product quantization: d={st['d']}, k={st['k']}, one codebook per {st['layout']}, k-means {st['kmeans']}"]
+    out.append("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip())
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    t = pq["totals"]
+    out.append(
+        f"{t['quantized']} of {t['quantized'] + t['skipped']} weights quantized: "
+        f"{human(t['bytes_before'])}B -> {human(t['bytes_after'])}B {_x(t['ratio'])} "
+        "(codes and codebooks; onnxruntime rebuilds the float weights at load)"
+    )
+    return out
 
 
 def _latency_lines(report: Report) -> list[str]:

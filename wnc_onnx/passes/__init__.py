@@ -1,7 +1,7 @@
 """The ordered list of graph passes.
 
-Later passes (latency-aware rank limits, product quantization of FC weights) slot
-into ``PASS_NAMES`` and ``build_passes``.
+The low-rank pass runs unless ``cfg.lowrank`` is off; product quantization (``pq``)
+runs after it when ``cfg.pq`` is on, so it quantizes the factors the low-rank pass wrote.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from wnc_onnx.passes.fold_constants import FoldConstantsPass
 from wnc_onnx.passes.initializer_inputs import InitializerInputsPass
 from wnc_onnx.passes.lowrank import LowRankPass
 from wnc_onnx.passes.name_nodes import NameNodesPass
+from wnc_onnx.passes.pq import PQPass
 
 
 def build_passes(cfg: CompressConfig, plan_only: bool = False, threads: int = 1) -> list[Pass]:
@@ -31,8 +32,10 @@ def build_passes(cfg: CompressConfig, plan_only: bool = False, threads: int = 1)
             passes.append(FoldConstantsPass())
         elif name == "fold_batchnorm":
             passes.append(FoldBatchNormPass())
-        elif name == "lowrank":
+        elif name == "lowrank" and cfg.lowrank:
             passes.append(LowRankPass(cfg, plan_only=plan_only, threads=threads))
+        elif name == "pq" and cfg.pq and not plan_only:
+            passes.append(PQPass(cfg))
         elif name == "cleanup" and not plan_only:
             passes.append(CleanupPass())
     return passes
@@ -46,6 +49,7 @@ __all__ = [
     "InitializerInputsPass",
     "LowRankPass",
     "NameNodesPass",
+    "PQPass",
     "Pass",
     "PassResult",
     "build_passes",
