@@ -436,7 +436,7 @@ def _nothing_compressed(report: Report, quiet: bool) -> WncError:
     )
 
 
-def _require_faiss() -> None:
+def require_faiss() -> None:
     import importlib.util
 
     if importlib.util.find_spec("faiss") is None:
@@ -473,7 +473,7 @@ def run_compress(a: argparse.Namespace) -> int:
     _check_side_outputs(a)
     cfg = _config(a)
     if cfg.pq and cfg.pq_kmeans == "faiss":
-        _require_faiss()
+        require_faiss()
     model, report = compress(a.input, cfg)
     quantized = pq_quantized(report)
     if cfg.pq and not quantized and (not cfg.lowrank or report.totals.decomposed == 0):

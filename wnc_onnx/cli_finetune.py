@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--threads", type=int, default=C.threads, help="onnxruntime intra-op threads (default: 0, all cores)"
     )
+    from wnc_onnx.cli import add_pq_arguments
+
+    add_pq_arguments(p, finetune=True)
     c = p.add_argument_group("checkpoints")
     c.add_argument(
         "--checkpoint-dir",
@@ -126,6 +129,18 @@ def _side_paths(a: argparse.Namespace, out: Path) -> tuple[Path, Path | None, Pa
     return history, plot, ckpt
 
 
+def _pq(a: argparse.Namespace) -> dict[str, Any]:
+    from wnc_onnx.cli import pq_options
+
+    if a.pq_lambda is None:
+        return {}
+    if a.pq_kmeans == "faiss":
+        from wnc_onnx.cli import require_faiss
+
+        require_faiss()
+    return pq_options(a)
+
+
 def run(a: argparse.Namespace) -> int:
     from wnc_onnx import external_data
     from wnc_onnx.finetune.evaluate import evaluate
@@ -149,6 +164,8 @@ def run(a: argparse.Namespace) -> int:
         lr_gamma=a.lr_gamma,
         seed=a.seed,
         threads=a.threads,
+        pq_lambda=a.pq_lambda,
+        pq=_pq(a),
     )
     require_training()
     if a.resume and not ckpt.is_dir():

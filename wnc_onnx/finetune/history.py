@@ -15,6 +15,11 @@ class EpochRecord:
     val_accuracy: float | None
     seconds: float  # training time of the epoch (validation not included)
     samples_per_s: float
+    # --pq-lambda: the penalty and relative distance ||W - Q(W)|| / ||W|| after the epoch,
+    # and the validation accuracy with the weights product-quantized (as they would be exported)
+    pq_penalty: float | None = None
+    pq_distance: float | None = None
+    pq_val_accuracy: float | None = None
 
 
 @dataclass
@@ -27,16 +32,23 @@ class History:
     config: dict[str, Any] = field(default_factory=dict)
     resumed_at: list[int] = field(default_factory=list)  # epochs (0-based) where a run was resumed
     final: dict[str, float] = field(default_factory=dict)  # the exported model scored by plain inference
+    initial_pq_val_accuracy: float | None = None  # --pq-lambda: the model quantized before training
+    pq: dict[str, Any] = field(default_factory=dict)  # --pq-lambda: settings, bytes, per weight
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "runtime": self.runtime,
             "config": self.config,
             "reference": {"val_accuracy": self.reference_val_accuracy},
-            "initial": {"val_loss": self.initial_val_loss, "val_accuracy": self.initial_val_accuracy},
+            "initial": {
+                "val_loss": self.initial_val_loss,
+                "val_accuracy": self.initial_val_accuracy,
+                "pq_val_accuracy": self.initial_pq_val_accuracy,
+            },
             "epochs": [asdict(e) for e in self.epochs],
             "resumed_at": self.resumed_at,
             "final": self.final,
+            "pq": self.pq,
         }
 
     @classmethod
@@ -51,6 +63,8 @@ class History:
             config=d.get("config", {}),
             resumed_at=list(d.get("resumed_at", [])),
             final=dict(d.get("final", {})),
+            initial_pq_val_accuracy=d.get("initial", {}).get("pq_val_accuracy"),
+            pq=dict(d.get("pq", {})),
         )
 
     def to_table(self) -> str:
@@ -60,14 +74,29 @@ class History:
         def num(v: float | None) -> str:
             return "-" if v is None else f"{v:.4f}"
 
+        pq = any(e.pq_distance is not None for e in self.epochs) or self.initial_pq_val_accuracy is not None
         rows = ["epoch  lr         train loss  val loss  val acc   seconds  samples/s"]
+        if pq:
+            rows[0] += "  PQ dist  PQ val acc"
         if self.reference_val_accuracy is not None:
             rows.append(f"{'orig':<6} {'':<10} {'':<11} {'':<9} {pct(self.reference_val_accuracy):<9}")
         if self.initial_val_loss is not None:
-            rows.append(f"{0:<6} {'':<10} {'':<11} {num(self.initial_val_loss):<9} {pct(self.initial_val_accuracy):<9}")
+            row = f"{0:<6} {'':<10} {'':<11} {num(self.initial_val_loss):<9} {pct(self.initial_val_accuracy):<9}"
+            if pq:
+                row = f"{row:<66}  {'':<7}  {pct(self.initial_pq_val_accuracy)}"
+            rows.append(row)
         for e in self.epochs:
-            rows.append(
+            row = (
                 f"{e.epoch:<6} {e.lr:<10.3g} {e.train_loss:<11.4f} {num(e.val_loss):<9} {pct(e.val_accuracy):<9} "
-                f"{e.seconds:<8.1f} {e.samples_per_s:.0f}"
+                f"{e.seconds:<8.1f} {e.samples_per_s:<9.0f}"
+            )
+            if pq:
+                row += f"  {num(e.pq_distance):<7}  {pct(e.pq_val_accuracy)}"
+            rows.append(row)
+        if self.pq.get("totals"):
+            t = self.pq["totals"]
+            rows.append(
+                f"product-quantized {t['quantized']} weight(s): {t['bytes_before']} -> {t['bytes_after']} bytes "
+                f"(x{t['ratio']:.1f}, codebooks counted)"
             )
         return "\n".join(rows)

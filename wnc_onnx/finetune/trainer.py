@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,11 @@ class FinetuneConfig:
     lr_gamma: float = 0.1  # factor of each decay (the paper: 1/10)
     seed: int = 0  # shuffling order of data sets (ArrayData, ImageFolder)
     threads: int = 0  # onnxruntime intra-op threads; 0: its default (all cores)
+    # Compression-aware training (docs/pq.md): pull the weights toward their product
+    # quantization with this strength, then export the product-quantized model; None: off,
+    # 0: quantize at the end without the pull. ``pq``: CompressConfig's pq_* fields.
+    pq_lambda: float | None = None
+    pq: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr_step < 1 or self.threads < 0:
@@ -59,6 +64,12 @@ class FinetuneConfig:
             raise WncError(f"unknown loss {self.loss!r}", f"choose one of {', '.join(LOSSES)}")
         if self.optimizer not in OPTIMIZERS:
             raise WncError(f"unknown optimizer {self.optimizer!r}", f"choose one of {', '.join(OPTIMIZERS)}")
+        if self.pq_lambda is not None and not (self.pq_lambda >= 0 and math.isfinite(self.pq_lambda)):
+            raise WncError(f"--pq-lambda must be >= 0, got {self.pq_lambda}", "e.g. --pq-lambda 20")
+        if self.pq_lambda is not None:
+            from wnc_onnx.finetune.pq_penalty import pq_config
+
+            pq_config(self.pq)
 
     def lr_at(self, epoch: int) -> float:
         return self.lr * self.lr_gamma ** (epoch // self.lr_step)
@@ -124,6 +135,10 @@ class _Session:
             self.state = CheckpointState.load_checkpoint(str(state_file))
             self.module = Module(str(paths["training"]), self.state, str(paths["eval"]), session_options=options)
             self.optimizer = Optimizer(str(paths["optimizer"]), self.module)
+
+    @property
+    def params(self) -> Any:
+        return self.state.parameters
 
     def step(self, x: np.ndarray, y: np.ndarray, where: str) -> float:
         with runtime_errors(f"training step failed at {where}", MISFIT):
@@ -201,16 +216,22 @@ def finetune(
         run = _Session(paths, state_file, cfg)
         history = History.from_dict(progress.history) if progress else History()
         history.runtime, history.config = f"onnxruntime-training {version}", asdict(cfg)
+        penalty = _penalty(model, cfg)
+        if penalty is not None:
+            penalty.refresh(run.params)
         if progress is None:
             history.reference_val_accuracy = reference_accuracy
             if val_src is not None:
                 history.initial_val_loss, history.initial_val_accuracy = run.evaluate(val_src, cfg.loss)
+                if penalty is not None:
+                    with penalty.quantized(run.params):
+                        history.initial_pq_val_accuracy = run.evaluate(val_src, cfg.loss)[1]
         else:
             history.resumed_at.append(progress.epochs_done)
             log.info("resuming after epoch %d, batch %d", progress.epochs_done, progress.batches_done)
         start = progress.epochs_done if progress else 0
         with _StopRequest().installed(folder is not None) as stop:
-            loop = _Loop(run, train_src, val_src, cfg, stop, folder, sha, history, quiet)
+            loop = _Loop(run, train_src, val_src, cfg, stop, folder, sha, history, quiet, penalty)
             for epoch in range(start, cfg.epochs):
                 resumed = progress if progress and epoch == start else None
                 record = loop.train_epoch(
@@ -228,7 +249,48 @@ def finetune(
         tuned = onnx.load(str(exported))
     frozen_bn.restore(tuned, frozen, model)
     _restore_interface(model, tuned, spec.input_name)
+    if penalty is not None:
+        tuned = _quantized_export(tuned, penalty, history)
     return tuned, history
+
+
+def _penalty(model: onnx.ModelProto, cfg: FinetuneConfig) -> Any:
+    if cfg.pq_lambda is None:
+        return None
+    from wnc_onnx.finetune.pq_penalty import PQPenalty, pq_config
+
+    penalty = PQPenalty(model, pq_config(cfg.pq), cfg.pq_lambda)
+    log.info("compression-aware training: %d weight(s) pulled toward their product quantization", len(penalty.names))
+    return penalty
+
+
+def _quantized_export(tuned: onnx.ModelProto, penalty: Any, history: History) -> onnx.ModelProto:
+    """The tuned model through the product-quantization pass, with the penalty's weights and settings."""
+    import re
+    from dataclasses import replace
+
+    from wnc_onnx.passes.pq import PQPass
+    from wnc_onnx.report import Report
+
+    only = "^(" + "|".join(re.escape(t.cand.entry.layer) for t in penalty.targets) + ")$"
+    cfg = replace(penalty.cfg, pq_include=only, pq_exclude=None)
+    report = Report()
+    result = PQPass(cfg)(tuned, report, in_place=False)
+    pq = report.extras["pq"]
+    history.pq = {
+        "lambda": penalty.lam,
+        "settings": pq["settings"],
+        "totals": pq["totals"],
+        "weights": [
+            {
+                k: w[k]
+                for k in ("weight", "layer", "shape", "bits_per_weight", "rel_error", "bytes_before", "bytes_after")
+            }
+            for w in pq["weights"]
+            if w["status"] == "quantized"
+        ],
+    }
+    return result.model
 
 
 @dataclass
@@ -242,6 +304,7 @@ class _Loop:
     sha: str
     history: History
     quiet: bool
+    penalty: Any = None  # PQPenalty, with --pq-lambda
 
     def save(self, epochs_done: int, batches_done: int = 0, partial: dict[str, float] | None = None) -> None:
         if self.folder is None:
@@ -275,6 +338,8 @@ class _Loop:
             if done <= skip:
                 continue
             loss = self.run.step(xb, yb, f"epoch {epoch + 1}, batch {done}")
+            if self.penalty is not None:
+                self.penalty.pull(self.run.params, lr)
             total += loss * len(xb)
             seen += len(xb)
             bar.update(seen, total / seen)
@@ -285,7 +350,14 @@ class _Loop:
         seconds = time.perf_counter() - t0
         bar.close()
         v_loss, v_acc = self.run.evaluate(self.val, cfg.loss) if self.val is not None else (None, None)
-        return EpochRecord(epoch + 1, lr, total / seen, v_loss, v_acc, round(seconds, 3), seen / max(seconds, 1e-9))
+        record = EpochRecord(epoch + 1, lr, total / seen, v_loss, v_acc, round(seconds, 3), seen / max(seconds, 1e-9))
+        if self.penalty is not None:  # new codebooks for the next epoch; the model as it would be exported now
+            found = self.penalty.refresh(self.run.params)
+            record.pq_penalty, record.pq_distance = found["pq_penalty"], found["pq_distance"]
+            if self.val is not None:
+                with self.penalty.quantized(self.run.params):
+                    record.pq_val_accuracy = self.run.evaluate(self.val, cfg.loss)[1]
+        return record
 
 
 def _log_epoch(record: EpochRecord, epochs: int) -> None:
@@ -294,6 +366,10 @@ def _log_epoch(record: EpochRecord, epochs: int) -> None:
         val = f", val loss {record.val_loss:.4f}"
         if record.val_accuracy is not None:
             val += f", val accuracy {record.val_accuracy:.2%}"
+    if record.pq_distance is not None:
+        val += f", distance to PQ {record.pq_distance:.4f}"
+        if record.pq_val_accuracy is not None:
+            val += f", quantized {record.pq_val_accuracy:.2%}"
     log.info(
         "epoch %d/%d: lr %.3g, train loss %.4f%s, %.0f samples/s",
         record.epoch,

@@ -63,7 +63,7 @@ class PQEntry:
 
 
 @dataclass
-class _Candidate:
+class Candidate:
     entry: PQEntry
     tensor: onnx.TensorProto | None = None
     orient: str = "rows"  # rows: W is (out, in); cols: W is (in, out); conv: W is (O, I, *k)
@@ -80,13 +80,13 @@ def _selected(cfg: CompressConfig, name: str, op: str) -> str | None:
     return None
 
 
-def find_weights(model: onnx.ModelProto, cfg: CompressConfig) -> list[_Candidate]:
+def find_weights(model: onnx.ModelProto, cfg: CompressConfig) -> list[Candidate]:
     """The weights of the main graph's Gemm / MatMul / Conv nodes, each with a verdict."""
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     producers = {o: n for n in g.node for o in n.output}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-    seen: dict[str, _Candidate] = {}
+    seen: dict[str, Candidate] = {}
     for n in g.node:
         if n.op_type not in PQ_OPS or len(n.input) < 2 or not n.input[1] or n.input[1] in seen:
             continue
@@ -94,7 +94,7 @@ def find_weights(model: onnx.ModelProto, cfg: CompressConfig) -> list[_Candidate
         t = inits.get(wname)
         shape = [int(x) for x in t.dims] if t is not None else []
         entry = PQEntry(wname, n.name, n.op_type, shape, "skipped")
-        cand = _Candidate(entry, t, opset=opset)
+        cand = Candidate(entry, t, opset=opset)
         seen[wname] = cand
         producer = producers.get(wname)
         if t is None:
@@ -127,12 +127,20 @@ def find_weights(model: onnx.ModelProto, cfg: CompressConfig) -> list[_Candidate
     return list(seen.values())
 
 
-def _matrix(c: _Candidate) -> np.ndarray:
+def to_matrix(orient: str, w: np.ndarray) -> np.ndarray:
+    """The weight as (output units, inputs): the rows that are cut into sub-vectors."""
+    w = np.asarray(w)
+    return w.T if orient == "cols" else w.reshape(w.shape[0], -1)
+
+
+def from_matrix(orient: str, shape: list[int] | tuple[int, ...], matrix: np.ndarray) -> np.ndarray:
+    """Back from ``to_matrix``'s view to the weight's own layout."""
+    return np.ascontiguousarray(matrix.T if orient == "cols" else matrix.reshape(shape))
+
+
+def _matrix(c: Candidate) -> np.ndarray:
     assert c.tensor is not None
-    w = external_data.read_array(c.tensor)
-    if c.orient == "cols":
-        return np.asarray(w).T
-    return np.asarray(w).reshape(w.shape[0], -1)
+    return to_matrix(c.orient, external_data.read_array(c.tensor))
 
 
 class PQPass:
@@ -147,7 +155,7 @@ class PQPass:
         cfg = self.cfg
         t0 = time.perf_counter()
         out = working_copy(model, in_place)
-        cands = find_weights(out, cfg)
+        cands = plan_weights(out, cfg)
         todo = [c for c in cands if not c.entry.reason]
         log.info("product quantization: %d weight(s) to quantize (d=%d, k=%d)", len(todo), cfg.pq_dim, cfg.pq_k)
         names = _all_names(out.graph)
@@ -155,9 +163,6 @@ class PQPass:
         new_inits: list[onnx.TensorProto] = []
         replaced: set[str] = set()
         for i, c in enumerate(todo, 1):
-            self._plan(c)
-            if c.entry.reason:
-                continue
             t1 = time.perf_counter()
             matrix = _matrix(c)
             res = product_quantize(matrix, cfg.pq_dim, cfg.pq_k, cfg.pq_layout, cfg.pq_seed, cfg.pq_kmeans)
@@ -196,34 +201,43 @@ class PQPass:
         _record(report, cfg, cands, time.perf_counter() - t0)
         return PassResult(out, report, bool(replaced))
 
-    def _plan(self, c: _Candidate) -> None:
-        """Sizes, and the reasons a weight is not worth quantizing."""
-        cfg, e = self.cfg, c.entry
-        assert c.tensor is not None
-        rows = e.shape[0] if c.orient != "cols" else e.shape[1]
-        cols = int(np.prod(e.shape)) // max(rows, 1)
-        m = -(-cols // cfg.pq_dim)
-        fb = _FLOATS[c.tensor.data_type]
-        e.d, e.k, e.layout, e.rows, e.subvectors = cfg.pq_dim, cfg.pq_k, cfg.pq_layout, rows, rows * m
-        e.padded = m * cfg.pq_dim != cols
-        e.bytes_before = rows * cols * fb
-        e.bytes_after = stored_bytes(rows, cols, cfg.pq_dim, cfg.pq_k, cfg.pq_layout, fb)
-        e.packed4 = packs4(rows * m, cfg.pq_k) and c.opset >= 10
-        if packs4(rows * m, cfg.pq_k) and not e.packed4:
-            e.bytes_after += rows * m // 2  # opset < 10: one byte per code
-        e.bits_per_weight = round(8 * e.bytes_after / (rows * cols), 4)
-        per_book = rows if cfg.pq_layout == "subspace" else rows * m
-        if cfg.pq_k > per_book:
-            where = "per sub-space (its rows)" if cfg.pq_layout == "subspace" else ""
-            e.reason = (
-                f"k={cfg.pq_k} is larger than its {per_book} sub-vectors {where}".rstrip()
-                + "; lower --pq-k or --pq-dim"
-            )
-        elif e.bytes_after * MIN_RATIO > e.bytes_before:
-            e.reason = (
-                f"saves too little: {e.bytes_after} bytes of codes and codebook for {e.bytes_before} of weights "
-                f"(under x{MIN_RATIO:g})"
-            )
+
+def plan_weights(model: onnx.ModelProto, cfg: CompressConfig) -> list[Candidate]:
+    """``find_weights``, with the sizes of each selected weight and the reason it is not worth it."""
+    cands = find_weights(model, cfg)
+    for c in cands:
+        if not c.entry.reason:
+            _plan(c, cfg)
+    return cands
+
+
+def _plan(c: Candidate, cfg: CompressConfig) -> None:
+    """Sizes, and the reasons a weight is not worth quantizing."""
+    e = c.entry
+    assert c.tensor is not None
+    rows = e.shape[0] if c.orient != "cols" else e.shape[1]
+    cols = int(np.prod(e.shape)) // max(rows, 1)
+    m = -(-cols // cfg.pq_dim)
+    fb = _FLOATS[c.tensor.data_type]
+    e.d, e.k, e.layout, e.rows, e.subvectors = cfg.pq_dim, cfg.pq_k, cfg.pq_layout, rows, rows * m
+    e.padded = m * cfg.pq_dim != cols
+    e.bytes_before = rows * cols * fb
+    e.bytes_after = stored_bytes(rows, cols, cfg.pq_dim, cfg.pq_k, cfg.pq_layout, fb)
+    e.packed4 = packs4(rows * m, cfg.pq_k) and c.opset >= 10
+    if packs4(rows * m, cfg.pq_k) and not e.packed4:
+        e.bytes_after += rows * m // 2  # opset < 10: one byte per code
+    e.bits_per_weight = round(8 * e.bytes_after / (rows * cols), 4)
+    per_book = rows if cfg.pq_layout == "subspace" else rows * m
+    if cfg.pq_k > per_book:
+        where = "per sub-space (its rows)" if cfg.pq_layout == "subspace" else ""
+        e.reason = (
+            f"k={cfg.pq_k} is larger than its {per_book} sub-vectors {where}".rstrip() + "; lower --pq-k or --pq-dim"
+        )
+    elif e.bytes_after * MIN_RATIO > e.bytes_before:
+        e.reason = (
+            f"saves too little: {e.bytes_after} bytes of codes and codebook for {e.bytes_before} of weights "
+            f"(under x{MIN_RATIO:g})"
+        )
 
 
 def _all_names(g: onnx.GraphProto) -> set[str]:
@@ -240,7 +254,7 @@ def _unique(base: str, used: set[str]) -> str:
 
 
 def _emit(
-    model: onnx.ModelProto, c: _Candidate, res: PQResult, used: set[str]
+    model: onnx.ModelProto, c: Candidate, res: PQResult, used: set[str]
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """The codes, the codebook and the nodes that rebuild the weight under its own name."""
     assert c.tensor is not None
@@ -301,7 +315,7 @@ def _emit(
     return nodes, inits
 
 
-def _record(report: Report, cfg: CompressConfig, cands: list[_Candidate], seconds: float) -> None:
+def _record(report: Report, cfg: CompressConfig, cands: list[Candidate], seconds: float) -> None:
     done = [c.entry for c in cands if c.entry.status == "quantized"]
     before = sum(e.bytes_before or 0 for e in done)
     after = sum(e.bytes_after or 0 for e in done)
