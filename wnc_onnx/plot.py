@@ -112,6 +112,10 @@ def plot_history(history: History, path: str | os.PathLike[str]) -> None:
     points = [(x, 100 * a) for x, a in acc if a is not None]
     if points:
         ax1.plot(*zip(*points, strict=True), "o-", color="#2171b5", label="fine-tuned (validation)")
+        pq = [(0, history.initial_pq_val_accuracy)] + [(e.epoch, e.pq_val_accuracy) for e in history.epochs]
+        pq_points = [(x, 100 * a) for x, a in pq if a is not None]
+        if pq_points:  # --pq-lambda: the model as it would be exported, product-quantized
+            ax1.plot(*zip(*pq_points, strict=True), "D--", color="#238b45", label="product-quantized (validation)")
         if history.reference_val_accuracy is not None:
             ax1.axhline(100 * history.reference_val_accuracy, color="k", ls="--", lw=1, label="original model")
         ax1.set_ylabel("validation accuracy (%)")
