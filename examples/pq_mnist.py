@@ -16,7 +16,8 @@ written (PQ rows: the PQ files themselves). Run in the training environment:
     .venv-train/bin/python examples/pq_mnist.py --out pq-run       # about 10 minutes on 2 cores
     .venv-train/bin/python examples/pq_mnist.py --quick            # a smoke run
 
-Writes ``results.json``, ``results.md`` and ``pq_mnist.png`` into ``--out``.
+Writes ``results.json``, ``results.md`` and ``pq_mnist.png`` into ``--out``, with the trained
+model (``mnist_cnn.onnx``) and its splits (``train.npz``, ``val.npz``, ``test.npz``).
 """
 
 from __future__ import annotations
@@ -86,6 +87,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mnist", data["train"], QUICK["torch_epochs"] if quick else digits_finetune.TORCH_EPOCHS["mnist"], args.seed
     )
     test = data["test"]
+    if args.out:  # the model and splits, to try the command line on (README, "Smaller files")
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        onnx.save(model, out / "mnist_cnn.onnx")
+        for name, part in data.items():
+            np.savez(out / f"{name}.npz", x=part.x, y=part.y)
     base = digits_finetune.accuracy(model, test)
     log(f"original: test accuracy {base:.2%} (trained in {time.perf_counter() - t0:.0f}s)")
     rows: list[dict[str, Any]] = []

@@ -111,3 +111,35 @@ def test_layer_cases_with_constant_weights_are_exact_at_full_rank(cases):
                 scale = max(float(np.abs(want).max()), 1.0)
                 np.testing.assert_allclose(have, want, rtol=1e-3, atol=1e-3 * scale, err_msg=case.name)
     assert decomposed >= 15  # the fuzz reached real rewrites (18 with onnx 1.23), not only refusals
+
+
+def test_product_quantization_on_every_layer_case(cases):
+    """--pq alone on the layer cases with constant weights (k=2, d=1: small weights qualify):
+    the run finishes or refuses in one line, and every quantized model runs in onnxruntime
+    and equals the same model with its dequantized weights written back."""
+    from wnc_onnx.passes.pq import dequantize_model
+
+    layer_cases = [c for c in cases if any(n.op_type in LAYER_OPS for n in c.model.graph.node) and c.data_sets]
+    quantized = 0
+    for case in layer_cases:
+        model, feeds, _ = _with_constant_weights(case) if len(case.model.graph.input) >= 2 else (case.model, {}, [])
+        try:
+            small, report = wnc_onnx.compress(
+                model, threads=1, pq=True, lowrank=False, pq_op_types=tuple(LAYER_OPS), pq_k=2, pq_dim=1
+            )
+        except wnc_onnx.WncError as exc:
+            assert "\n" not in str(exc), (case.name, str(exc))
+            continue
+        except Exception as exc:
+            pytest.fail(f"{case.name}: {type(exc).__name__}: {exc}")
+        if not any(w["status"] == "quantized" for w in report.extras["pq"]["weights"]) or not feeds:
+            continue
+        quantized += 1
+        try:
+            got = session(small).run(None, feeds)
+            want = session(dequantize_model(small)).run(None, feeds)
+        except Exception as exc:
+            pytest.fail(f"{case.name}: the quantized model does not run: {exc}")
+        for a, b in zip(want, got, strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=case.name)
+    assert quantized >= 15

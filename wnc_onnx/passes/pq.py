@@ -119,7 +119,7 @@ def find_weights(model: onnx.ModelProto, cfg: CompressConfig) -> list[Candidate]
             if len(shape) < 3:
                 entry.reason = "Conv weight with fewer than 3 dims"
         elif len(shape) != 2:
-            entry.reason = f"{len(shape)}-d weight (batched MatMul)"
+            entry.reason = f"{len(shape)}-d weight: only 2-d Gemm / MatMul weights are quantized"
         elif n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute):
             cand.orient = "rows"
         else:
