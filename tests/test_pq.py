@@ -241,6 +241,24 @@ def test_cli_pq_alone_report_and_verify(demo, tmp_path, capsys):
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
 
 
+def test_cli_after_lowrank_quantizes_the_factors_and_summarizes_the_unselected(demo, tmp_path, capsys):
+    out = tmp_path / "small.onnx"
+    rc, stdout, err = _cli(capsys, demo, out, "--pq", "-q")
+    assert rc == 0, err
+    rows = [ln for ln in stdout.splitlines() if ln.startswith("fc1/wnc/out_fc.weight")]
+    assert len(rows) == 1 and "quantized" in rows[0]
+    assert "(13 more weight(s) skipped: op type Conv not selected (--pq-op-types))" in stdout
+    assert not any(ln.startswith("conv2/wnc/") for ln in stdout.splitlines())
+
+
+def test_cli_error_advice_names_the_pq_knobs(demo, tmp_path, capsys):
+    out = tmp_path / "pq.onnx"
+    rc, _, err = _cli(capsys, demo, out, "--pq", "--no-lowrank", "--verify", "--tolerance", "1e-9", "-q")
+    assert rc == 1 and not out.exists()
+    last = err.strip().splitlines()[-1]
+    assert "lower --pq-dim (e.g. 4)" in last and "--pq-lambda" in last and "--rank-boost" not in last
+
+
 @pytest.mark.parametrize(
     "args,needle",
     [

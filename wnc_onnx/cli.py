@@ -221,7 +221,7 @@ def add_pq_arguments(p: argparse.ArgumentParser, finetune: bool = False) -> None
         "--pq-kmeans",
         choices=("sklearn", "faiss"),
         default=CompressConfig.pq_kmeans,
-        help="k-means implementation (faiss: pip install faiss-cpu; about 4x faster)",
+        help="k-means implementation (faiss: pip install faiss-cpu; about 10x faster on large weights)",
     )
 
 
@@ -443,6 +443,18 @@ def require_faiss() -> None:
         raise WncError("--pq-kmeans faiss needs faiss, which is not installed", "pip install faiss-cpu")
 
 
+def _error_fixes(report: Report) -> str | None:
+    """What lowers the output error, for the passes that made it: None = the low-rank knobs."""
+    if not pq_quantized(report):
+        return None
+    d = int(report.extras["pq"]["settings"]["d"])
+    lower = f"lower --pq-dim (e.g. {max(1, d // 2)})" if d > 1 else "raise --pq-k"
+    pq = f"{lower}, leave weights out with --pq-exclude, or train for it (wnc-onnx finetune --pq-lambda)"
+    if report.decomposed:
+        return f"fine-tune it (wnc-onnx finetune), raise --rank-boost (e.g. 0.3), {pq}"
+    return pq
+
+
 def _nothing_quantized(report: Report, quiet: bool) -> WncError:
     """The refusal when --pq found no weight worth quantizing: the reasons and their fix."""
     pq = report.extras.get("pq") or {"weights": []}
@@ -518,17 +530,19 @@ def _verified(a: argparse.Namespace, written: Path, report: Report, cfg: Compres
     )
     report.extras["verify"] = result.to_dict()
     print(result.to_table(), file=sys.stderr)
+    fix = _error_fixes(report)
     if result.passed:
-        advice = result.advice()
+        advice = result.advice(fix)
         if advice:
             report.extras["verify_advice"] = advice
         return True
     if not a.quiet:
         print(report.to_table())
+    knobs = fix or "raise --rank-boost or --min-rank, or exclude layers"
     print(
         f"wnc-onnx: verify failed: worst output error {result.worst_rel:.3g} exceeds "
-        f"--tolerance {a.tolerance:g}; nothing written; fix: raise --rank-boost or --min-rank, or exclude layers"
-        + (f" ({result.advice()})" if result.advice() and not a.quiet else ""),
+        f"--tolerance {a.tolerance:g}; nothing written; fix: {knobs}"
+        + (f" ({result.advice(fix)})" if result.advice(fix) and not a.quiet else ""),
         file=sys.stderr,
     )
     return False

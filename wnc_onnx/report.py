@@ -239,7 +239,11 @@ def pq_table(pq: dict[str, Any]) -> list[str]:
     st = pq["settings"]
     head = ("weight", "layer", "shape", "bits/w", "err", "bytes", "status")
     rows = []
+    unselected: dict[str, int] = {}  # weights left out by the selection options: one line per reason
     for e in pq["weights"]:
+        if e["status"] != "quantized" and _unselected(e["reason"]):
+            unselected[e["reason"]] = unselected.get(e["reason"], 0) + 1
+            continue
         shape = "x".join(map(str, e["shape"]))
         if e["status"] == "quantized":
             b0, b1 = e["bytes_before"], e["bytes_after"]
@@ -264,6 +268,7 @@ def pq_table(pq: dict[str, Any]) -> list[str]:
     out.append("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip())
     out.append("  ".join("-" * w for w in widths))
     out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    out += [f"({n} more weight(s) skipped: {reason})" for reason, n in unselected.items()]
     t = pq["totals"]
     out.append(
         f"{t['quantized']} of {t['quantized'] + t['skipped']} weights quantized: "
@@ -271,6 +276,10 @@ def pq_table(pq: dict[str, Any]) -> list[str]:
         "(codes and codebooks; onnxruntime rebuilds the float weights at load)"
     )
     return out
+
+
+def _unselected(reason: str) -> bool:
+    return reason.endswith("not selected (--pq-op-types)") or "--pq-include" in reason or "--pq-exclude" in reason
 
 
 def _latency_lines(report: Report) -> list[str]:

@@ -121,8 +121,9 @@ class VerifyResult:
             lines.append(f"  worst error {self.worst_rel:.3g} {verdict} tolerance {self.tolerance:g}")
         return "\n".join(lines)
 
-    def advice(self) -> str | None:
-        """One line for a large error: what it is and what to do, naming the worst layers."""
+    def advice(self, fix: str | None = None) -> str | None:
+        """One line for a large error: what it is and what to do (``fix``, by default the
+        low-rank knobs), naming the worst layers."""
         if not self.large:
             return None
         worst = self.worst
@@ -131,7 +132,7 @@ class VerifyResult:
         if top1 and min(top1) < 0.9:
             what += f", top-1 agreement {100 * min(top1):.0f}%"
         culprits = [r["name"] for r in sorted(self.layers, key=lambda r: -r["added"])[:3] if r["added"] > 0]
-        fix = "fine-tune it (wnc-onnx finetune), raise --rank-boost (e.g. 0.3)"
+        fix = fix or "fine-tune it (wnc-onnx finetune), raise --rank-boost (e.g. 0.3)"
         if culprits:
             pattern = "|".join(re.escape(n) for n in culprits)
             fix += f", or leave out the layers that add the most error: --exclude '^({pattern})$'"

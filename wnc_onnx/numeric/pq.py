@@ -129,8 +129,15 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, backend: str = "sklearn") -> np
     raise ValueError(f"unknown k-means backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def nearest(x: np.ndarray, centroids: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+def nearest(x: np.ndarray, centroids: np.ndarray, chunk: int = 1 << 16, backend: str = "sklearn") -> np.ndarray:
     """Index of the nearest centroid of each row of ``x`` (squared Euclidean), in chunks."""
+    if backend == "faiss":
+        import faiss
+
+        index = faiss.IndexFlatL2(centroids.shape[1])
+        index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+        _, found = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+        return found[:, 0].astype(np.int64)
     from sklearn.metrics import pairwise_distances_argmin
 
     out = np.empty(len(x), dtype=np.int64)
@@ -153,7 +160,7 @@ def product_quantize(
     if layout == "layer":
         flat = sub.reshape(-1, d)
         books = kmeans(flat, k, seed, backend)[None]
-        codes = nearest(flat, books[0]).reshape(rows, m)
+        codes = nearest(flat, books[0], backend=backend).reshape(rows, m)
     else:
         if k > rows:
             raise ValueError(f"k={k} is larger than the number of vectors per sub-space ({rows})")
@@ -161,7 +168,7 @@ def product_quantize(
         codes = np.empty((rows, m), dtype=np.int64)
         for j in range(m):
             books[j] = kmeans(sub[:, j], k, seed + j, backend)
-            codes[:, j] = nearest(sub[:, j], books[j])
+            codes[:, j] = nearest(sub[:, j], books[j], backend=backend)
     codes8 = codes.astype(np.uint8)
     approx = dequantize(codes8, books, w.shape[1])
     norm = float(np.linalg.norm(w))
