@@ -15,6 +15,10 @@ written (PQ rows: the PQ files themselves). Run in the training environment:
 
     .venv-train/bin/python examples/pq_mnist.py --out pq-run       # about 10 minutes on 2 cores
     .venv-train/bin/python examples/pq_mnist.py --quick            # a smoke run
+    .venv-train/bin/python examples/pq_mnist.py --out all --combine s0 s1 s2   # runs of several seeds
+
+``--combine`` reads the ``results.json`` of earlier runs (each ``--seed N --out sN``) and
+writes the mean, min and max over them per method and setting, and the plot of the means.
 
 Writes ``results.json``, ``results.md`` and ``pq_mnist.png`` into ``--out``, with the trained
 model (``mnist_cnn.onnx``) and its splits (``train.npz``, ``val.npz``, ``test.npz``).
@@ -162,18 +166,59 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def table(res: dict[str, Any]) -> str:
     base = res["original_test_accuracy"]
+    seeds = res.get("seeds")
+    head = f"original test accuracy {base:.2%}"
+    if seeds:
+        each = ", ".join(f"{a:.2%}" for a in res["original_test_accuracies"])
+        head += f" (mean over seeds {', '.join(map(str, seeds))}: {each})"
     lines = [
-        f"original test accuracy {base:.2%}; FC weights {res['fc_bytes'] / 1e6:.2f} MB",
+        f"{head}; FC weights {res['fc_bytes'] / 1e6:.2f} MB; lambda {res['lambda']}",
         "",
-        "| method | setting | FC compression | test accuracy | change (points) |",
-        "|---|---|---|---|---|",
+        "| method | setting | FC compression | test accuracy | change (points) |" + (" range |" if seeds else ""),
+        "|---|---|---|---|---|" + ("---|" if seeds else ""),
     ]
     for r in sorted(res["rows"], key=lambda r: (r["method"], r["fc_rate"])):
-        lines.append(
+        line = (
             f"| {r['method']} | {r['setting']} | x{r['fc_rate']:.1f} | {r['test_accuracy']:.2%} | "
             f"{100 * (r['test_accuracy'] - base):+.2f} |"
         )
+        if seeds:
+            line += f" {r['test_accuracy_min']:.2%} - {r['test_accuracy_max']:.2%} |"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several seeds' results as one: per (method, setting) the mean accuracy and its range."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for res in runs:
+        for r in res["rows"]:
+            groups.setdefault((r["method"], r["setting"]), []).append(r)
+    rows = []
+    for (method, setting), found in groups.items():
+        accs = [r["test_accuracy"] for r in found]
+        rows.append(
+            {
+                "method": method,
+                "setting": setting,
+                "fc_rate": float(np.mean([r["fc_rate"] for r in found])),
+                "test_accuracy": float(np.mean(accs)),
+                "test_accuracy_min": min(accs),
+                "test_accuracy_max": max(accs),
+                "runs": len(found),
+            }
+        )
+    lambdas = sorted({res["lambda"] for res in runs})
+    return {
+        "dataset": runs[0]["dataset"],
+        "seeds": [res["seed"] for res in runs],
+        "original_test_accuracy": float(np.mean([res["original_test_accuracy"] for res in runs])),
+        "original_test_accuracies": [res["original_test_accuracy"] for res in runs],
+        "fc_bytes": runs[0]["fc_bytes"],
+        "finetune": runs[0]["finetune"],
+        "lambda": lambdas[0] if len(lambdas) == 1 else lambdas,
+        "rows": rows,
+    }
 
 
 def plot(res: dict[str, Any], path: Path) -> None:
@@ -183,15 +228,24 @@ def plot(res: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     styles = {"pq": "o-", "pq+ft": "s--", "pq+penalty": "D-", "scalar": "^:", "svd": "v:"}
     for method, style in styles.items():
-        pts = sorted((r["fc_rate"], 100 * r["test_accuracy"]) for r in res["rows"] if r["method"] == method)
-        if pts:
-            ax.plot(*zip(*pts, strict=True), style, label=method)
+        found = sorted((r for r in res["rows"] if r["method"] == method), key=lambda r: r["fc_rate"])
+        if not found:
+            continue
+        x = [r["fc_rate"] for r in found]
+        y = [100 * r["test_accuracy"] for r in found]
+        if "test_accuracy_min" in found[0]:  # several seeds: the mean, bars from min to max
+            low = [yi - 100 * r["test_accuracy_min"] for yi, r in zip(y, found, strict=True)]
+            high = [100 * r["test_accuracy_max"] - yi for yi, r in zip(y, found, strict=True)]
+            ax.errorbar(x, y, yerr=[low, high], fmt=style, capsize=3, label=method)
+        else:
+            ax.plot(x, y, style, label=method)
     ax.axhline(100 * res["original_test_accuracy"], color="gray", lw=0.8, label="original")
     ax.axhline(100 * res["original_test_accuracy"] - 1, color="gray", lw=0.8, ls="--", label="original - 1 point")
     ax.set_xscale("log")
     ax.set_xlabel("compression of the fully-connected weights (codebooks counted)")
     ax.set_ylabel("MNIST test accuracy (%)")
-    ax.set_title(f"Product quantization of FC weights, lambda={res['lambda']:g}")
+    seeds = f", mean of seeds {', '.join(map(str, res['seeds']))} (bars: range)" if res.get("seeds") else ""
+    ax.set_title(f"Product quantization of FC weights, lambda={res['lambda']}{seeds}", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -208,11 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="pq-run", help="folder for results.json, results.md, pq_mnist.png")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a smoke run: subset, one epoch")
+    p.add_argument("--combine", nargs="+", metavar="RUN", help="folders of earlier runs to combine (nothing trained)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    res = run(args)
+    if args.combine:
+        res = combine([json.loads((Path(d) / "results.json").read_text()) for d in args.combine])
+    else:
+        res = run(args)
     (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
     (out / "results.md").write_text(table(res) + "\n")
     plot(res, out / "pq_mnist.png")

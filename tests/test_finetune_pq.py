@@ -85,3 +85,39 @@ def test_bad_pq_options_are_one_line_exit_2(work, capsys, extra, needle):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0] and "fix:" in err[0]
     assert not (work / "bad.onnx").exists()
+
+
+def test_example_combines_seeds_into_mean_and_range(tmp_path):
+    """examples/pq_mnist.py --combine: per method and setting the mean accuracy and its range
+    over the runs given, a table and the plot (the runs themselves take minutes: docs/pq.md)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def result(seed, accs):
+        rows = [
+            {"method": "pq", "setting": "d=8 k=256", "fc_rate": 27.1, "test_accuracy": accs[0]},
+            {"method": "pq+penalty", "setting": "d=8 k=256", "fc_rate": 27.1 + seed, "test_accuracy": accs[1]},
+        ]
+        return {"dataset": "mnist", "seed": seed, "original_test_accuracy": accs[2], "fc_bytes": 3_221_504,
+                "finetune": {}, "lambda": 5.0, "rows": rows}  # fmt: skip
+
+    for seed, accs in ((0, (0.95, 0.97, 0.96)), (1, (0.93, 0.98, 0.94))):
+        (tmp_path / f"s{seed}").mkdir()
+        (tmp_path / f"s{seed}" / "results.json").write_text(json.dumps(result(seed, accs)))
+    out = tmp_path / "all"
+    proc = subprocess.run(
+        [sys.executable, str(root / "examples" / "pq_mnist.py"), "--out", str(out), "--combine",
+         str(tmp_path / "s0"), str(tmp_path / "s1")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert res["seeds"] == [0, 1] and res["original_test_accuracy"] == pytest.approx(0.95)
+    pen = next(r for r in res["rows"] if r["method"] == "pq+penalty")
+    assert pen["test_accuracy"] == pytest.approx(0.975) and pen["fc_rate"] == pytest.approx(27.6)
+    assert (pen["test_accuracy_min"], pen["test_accuracy_max"], pen["runs"]) == (0.97, 0.98, 2)
+    assert "| pq+penalty | d=8 k=256 | x27.6 | 97.50% | +2.50 | 97.00% - 98.00% |" in (out / "results.md").read_text()
+    assert (out / "pq_mnist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
