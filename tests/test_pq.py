@@ -238,7 +238,11 @@ def test_cli_pq_alone_report_and_verify(demo, tmp_path, capsys):
     assert data["totals"]["file_bytes_after"] < data["totals"]["file_bytes_before"] / 5
     assert out.stat().st_size == data["totals"]["file_bytes_after"]
     assert data["layers"] == [] and "verify" in data["extras"]
-    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    written = onnx.load(str(out))
+    onnx.checker.check_model(written, full_check=True)
+    docs = {n.output[0]: n.doc_string for n in written.graph.node if MARK in n.name}
+    assert "product quantization of 'fc1.weight'" in docs["fc1.weight"] and "d=8, k=256" in docs["fc1.weight"]
+    assert sum(bool(d) for d in docs.values()) == data["extras"]["pq"]["totals"]["quantized"]  # one per chain
 
 
 def test_cli_after_lowrank_quantizes_the_factors_and_summarizes_the_unselected(demo, tmp_path, capsys):

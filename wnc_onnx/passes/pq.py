@@ -276,7 +276,6 @@ def _emit(
     def node(op: str, inputs: list[str], role: str, out: str | None = None, **attrs: Any) -> str:
         name = out or _unique(f"{w}{MARK}{role}", used)
         nodes.append(helper.make_node(op, inputs, [name], name=_unique(f"{w}{MARK}{role}_node", used), **attrs))
-        nodes[-1].doc_string = doc
         return name
 
     rows, m = res.rows, res.m
@@ -312,6 +311,7 @@ def _emit(
         nodes[-1].output[0] = w
         used.discard(matrix)
     used.add(w)
+    nodes[-1].doc_string = doc  # on the node that outputs the weight (once: small models feel every byte)
     return nodes, inits
 
 
