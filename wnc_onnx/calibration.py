@@ -1,0 +1,209 @@
+"""Calibration data: the second moments that data-aware factorization needs (issue 12).
+
+The original model runs in onnxruntime on the user's inputs, batch by batch, with the
+tapped layers' input and output tensors added to its outputs. For each tap the channel
+second moment E[x x^T] of the input (channels on axis 1 for a Conv, the last axis for
+Gemm / MatMul, every other axis a sample) and the first and second moments of the output
+are summed in float64, so memory is bounded by the statistics (d x d per tap), not by the
+data. ``wnc_onnx.numeric.calibrated`` turns them into factors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from wnc_onnx.errors import WncError
+from wnc_onnx.graph import data_inputs
+from wnc_onnx.model_io import read_npz
+
+log = logging.getLogger(__name__)
+
+Feeds = Mapping[str, np.ndarray]
+CalibrationSource = str | Path | Iterable[Feeds]
+BATCH = 16  # samples per onnxruntime run when the data come as whole arrays
+
+
+@dataclass(frozen=True)
+class Tap:
+    """A layer whose input and output moments are wanted: ``channel_axis`` 1 (Conv) or -1."""
+
+    layer: str
+    input_tensor: str
+    output_tensor: str
+    channel_axis: int
+
+
+@dataclass
+class Moments:
+    """Running sums of x x^T (and x) over samples, in float64."""
+
+    outer: np.ndarray
+    total: np.ndarray
+    count: int = 0
+
+    @classmethod
+    def of(cls, dim: int) -> Moments:
+        return cls(np.zeros((dim, dim)), np.zeros(dim))
+
+    def add(self, value: np.ndarray, channel_axis: int) -> None:
+        v = np.moveaxis(np.asarray(value, dtype=np.float64), channel_axis, -1)
+        flat = v.reshape(-1, v.shape[-1])
+        if flat.shape[1] != self.outer.shape[0]:
+            raise WncError(
+                f"a calibration batch gave {flat.shape[1]} channels where an earlier one gave {self.outer.shape[0]}",
+                "give inputs of one size",
+            )
+        self.outer += flat.T @ flat
+        self.total += flat.sum(axis=0)
+        self.count += len(flat)
+
+    @property
+    def second(self) -> np.ndarray:
+        """E[x x^T]."""
+        return self.outer / max(self.count, 1)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.total / max(self.count, 1)
+
+    def centered_at(self, shift: np.ndarray) -> np.ndarray:
+        """E[(x - b)(x - b)^T] for a constant b (an output less its bias)."""
+        m = self.mean
+        b = np.asarray(shift, dtype=np.float64)
+        return self.second - np.outer(m, b) - np.outer(b, m) + np.outer(b, b)
+
+
+@dataclass
+class LayerStats:
+    tap: Tap
+    inputs: Moments | None = None
+    outputs: Moments | None = None
+
+
+@dataclass
+class Calibration:
+    """The statistics of every tapped layer and how much data they came from."""
+
+    layers: dict[str, LayerStats] = field(default_factory=dict)
+    samples: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+    def needed(self) -> dict[str, int]:
+        """Layers whose input moment has fewer sample vectors than its order (rank-deficient):
+        layer -> how many vectors it needs."""
+        out = {}
+        for name, st in self.layers.items():
+            if st.inputs is not None and st.inputs.count < st.inputs.outer.shape[0]:
+                out[name] = st.inputs.outer.shape[0]
+        return out
+
+
+def _expected(model: onnx.ModelProto) -> dict[str, tuple[list[int | None], np.dtype[Any]]]:
+    out = {}
+    for vi in data_inputs(model):
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        out[vi.name] = (dims, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)))
+    return out
+
+
+def check_feeds(model: onnx.ModelProto, feeds: Feeds, where: str) -> dict[str, np.ndarray]:
+    """The feeds a model takes, cast where safe; one WncError naming the first misfit."""
+    expected = _expected(model)
+    missing = [n for n in expected if n not in feeds]
+    if missing:
+        raise WncError(f"{where} lacks input(s) {missing}", f"give one array per model input: {sorted(expected)}")
+    out = {}
+    for name, (dims, dtype) in expected.items():
+        a = np.asarray(feeds[name])
+        if a.ndim != len(dims) or any(d is not None and d != s for d, s in zip(dims, a.shape, strict=False)):
+            shown = ",".join("?" if d is None else str(d) for d in dims)
+            raise WncError(
+                f"{where}: input '{name}' has shape {list(a.shape)}, the model takes [{shown}]",
+                "give arrays of the model's input shape (batch first)",
+            )
+        if a.dtype != dtype:
+            kinds_fit = (a.dtype.kind in "fiu" and dtype.kind == "f") or (a.dtype.kind in "iu" and dtype.kind in "iu")
+            if not kinds_fit:
+                raise WncError(f"{where}: input '{name}' is {a.dtype}, the model takes {dtype}", f"store it as {dtype}")
+            a = a.astype(dtype)
+        out[name] = a
+    return out
+
+
+def batches_of(
+    source: CalibrationSource, model: onnx.ModelProto, batch: int = BATCH
+) -> Iterator[dict[str, np.ndarray]]:
+    """Checked feed dicts from an ``.npz`` (one array per input, batch first) or an iterable
+    of feed dicts (each a batch)."""
+    if isinstance(source, str | Path):
+        path = Path(source)
+        if path.is_dir():
+            raise WncError(
+                f"--calibration {path}: image folders are not read yet",
+                "store the inputs in an .npz, one array per input",
+            )
+        arrays = read_npz(
+            path, "calibration file", "with one array per model input", "numpy.savez(path, input_name=array)"
+        )
+        names = list(_expected(model))
+        if len(names) == 1 and names[0] not in arrays and len(arrays) == 1:
+            arrays = {names[0]: next(iter(arrays.values()))}  # a single array for a single-input model
+        full = check_feeds(model, arrays, f"--calibration {path.name}")
+        n = min(len(a) for a in full.values()) if full else 0
+        fixed = [name for name, (dims, _) in _expected(model).items() if dims and dims[0] is not None]
+        step = 1 if fixed and _expected(model)[fixed[0]][0][0] == 1 else batch
+        for i in range(0, n, step):
+            yield {k: v[i : i + step] for k, v in full.items()}
+        return
+    for i, feeds in enumerate(source):
+        yield check_feeds(model, feeds, f"calibration batch {i}")
+
+
+def gather(
+    model: onnx.ModelProto,
+    source: CalibrationSource,
+    taps: list[Tap],
+    *,
+    threads: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Calibration:
+    """Run ``model`` on the calibration data and sum each tap's moments."""
+    from wnc_onnx.verify import _session
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    wanted = sorted({t for tap in taps for t in (tap.input_tensor, tap.output_tensor)})
+    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in wanted if t not in have)
+    sess = _session(probe, threads)
+    names = [o.name for o in sess.get_outputs()]
+    cal = Calibration({tap.layer: LayerStats(tap) for tap in taps})
+    t0 = time.perf_counter()
+    for feeds in batches_of(source, model):
+        values = dict(zip(names, sess.run(None, feeds), strict=True))
+        for st in cal.layers.values():
+            x, y = values[st.tap.input_tensor], values[st.tap.output_tensor]
+            if st.inputs is None:
+                st.inputs = Moments.of(x.shape[st.tap.channel_axis])
+                st.outputs = Moments.of(y.shape[st.tap.channel_axis])
+            st.inputs.add(x, st.tap.channel_axis)
+            assert st.outputs is not None
+            st.outputs.add(y, st.tap.channel_axis)
+        cal.samples += len(next(iter(feeds.values()))) if feeds else 0
+        cal.batches += 1
+        if progress is not None:
+            progress(cal.batches, cal.samples)
+    cal.seconds = time.perf_counter() - t0
+    if cal.samples == 0:
+        raise WncError("the calibration data hold no samples", "give at least a few hundred model inputs")
+    return cal
