@@ -154,7 +154,9 @@ def _pq_params_delta(model: onnx.ModelProto, report: Report) -> int:
 
 
 def _config_dict(cfg: CompressConfig) -> dict[str, Any]:
-    d = asdict(cfg)
+    d = asdict(replace(cfg, calibration=None))  # the data themselves are not copied into the report
+    if cfg.calibration is not None:
+        d["calibration"] = str(cfg.calibration) if isinstance(cfg.calibration, str | os.PathLike) else "<iterable>"
     d["ranks"] = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.ranks.items()}
     d["op_types"] = list(cfg.op_types)
     d["input_shapes"] = {k: list(v) for k, v in cfg.input_shapes.items()}

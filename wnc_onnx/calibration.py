@@ -182,7 +182,7 @@ def gather(
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    have = {o.name for o in probe.graph.output}
+    have = {o.name for o in probe.graph.output} | {i.name for i in probe.graph.input}
     wanted = sorted({t for tap in taps for t in (tap.input_tensor, tap.output_tensor)})
     probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in wanted if t not in have)
     sess = _session(probe, threads)
@@ -190,7 +190,7 @@ def gather(
     cal = Calibration({tap.layer: LayerStats(tap) for tap in taps})
     t0 = time.perf_counter()
     for feeds in batches_of(source, model):
-        values = dict(zip(names, sess.run(None, feeds), strict=True))
+        values = {**feeds, **dict(zip(names, sess.run(None, feeds), strict=True))}
         for st in cal.layers.values():
             x, y = values[st.tap.input_tensor], values[st.tap.output_tensor]
             if st.inputs is None:

@@ -250,6 +250,12 @@ def _add_verify(p: argparse.ArgumentParser) -> None:
         help="fill a --verify input with the value V instead of random numbers, e.g. --input-value sr=16000",
     )
     g.add_argument(
+        "--calibration",
+        metavar="NPZ",
+        help="model inputs (an .npz, one array per input, batch first; a few hundred samples): each layer is "
+        "fitted to its response to them instead of its kernel alone, and the table shows its output error on them",
+    )
+    g.add_argument(
         "--tolerance",
         type=float,
         metavar="T",
@@ -360,6 +366,7 @@ def _config(a: argparse.Namespace) -> CompressConfig:
             hooi_tol=a.hooi_tol,
             input_shapes=_input_shapes(a),
             threads=a.threads,
+            calibration=getattr(a, "calibration", None),
             **_latency_options(a),
             **_pq_flags(a),
         )

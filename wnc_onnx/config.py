@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul")
 # The graph passes, in the order they run (wnc_onnx.passes.build_passes builds them).
@@ -65,6 +66,9 @@ class CompressConfig:
     target_calibration: float = 1.0
     # layers left whole because they ran slower inside the model than alone (set by compress)
     keep_whole: tuple[str, ...] = ()
+    # Calibration data (issue 12, wnc_onnx.calibration): an .npz of model inputs or an iterable
+    # of feed dicts. Each Conv / Gemm / MatMul is then fitted to its inputs' second moment.
+    calibration: Any = None
     # The low-rank pass (off: product quantization alone, --no-lowrank).
     lowrank: bool = True
     # Product quantization (wnc_onnx.passes.pq, docs/pq.md): weights of pq_op_types cut into

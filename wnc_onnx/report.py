@@ -37,6 +37,10 @@ class LayerReport:
     macs_split: list[int] = field(default_factory=list)
     rel_error: float | None = None
     hooi_iterations: int | None = None
+    # --calibration: the layer's output error on the calibration data (relative RMS), with
+    # the data-aware factors and with the data-free ones at the same ranks
+    data_error: float | None = None
+    data_error_free: float | None = None
     nodes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     # the layer's data input and output tensors (main graph only): --verify measures the error there
@@ -164,13 +168,19 @@ def format_table(report: Report) -> str:
         return "\n".join(lines + [f"note: {w}" for w in report.warnings])
     timed = any(r.latency for r in report.layers)
     head: tuple[str, ...] = ("layer", "op", "method", "S/R3", "T/R4", "weights", "MACs", "err", "status")
+    calibrated = any(r.data_error is not None for r in report.layers)
     if timed:
         head = (*head[:-1], "alone", "status")
+    if calibrated:  # the output error on the calibration data, data-aware (data-free at the same ranks)
+        head = (*head[:-1], "data err (free)", "status")
     rows: list[tuple[str, ...]] = []
     for r in report.layers:
         row = _layer_row(r)
         if timed:
             row = (*row[:-1], _alone(r), row[-1])
+        if calibrated:
+            data = f"{r.data_error:.3f} ({r.data_error_free:.3f})" if r.data_error is not None else ""
+            row = (*row[:-1], data, row[-1])
         rows.append(row)
     return _layout(report, head, rows)
 

@@ -8,14 +8,12 @@ of ``numeric``.
 * Matrices (Gemm, MatMul, 1x1 convs; y = W x): the best rank-r W' is P P^T W, P the top-r
   left singular vectors of W C^(1/2). Exact at full rank; equal to the truncated SVD when
   C is a multiple of the identity.
-* Tucker-2 kernels (T, S, *spatial): the input-side 1x1 conv is an oblique projection
-  B (R3 x S) with its back-map A (S x R3), the output side orthonormal U (T x R4), and the
-  core G_p = U^T K_p A for every tap p. The error model treats the taps' inputs as sharing
-  the channel moment C and ignores their cross-correlation:
-  sum_p ||(K_p - U U^T K_p A B) C^(1/2)||_F^2. Alternating sweeps as HOOI does: for fixed U
-  the input side is a reduced-rank regression (A = C^(1/2) V, B = V^T C^(-1/2), V the top
-  right singular vectors of the stacked U^T K_p C^(1/2)); for fixed A, B the output side is
-  the top eigenvectors of sum_p K_p A B C B^T A^T K_p^T. With C = I this is HOOI.
+* Tucker-2 kernels (T, S, *spatial): the error model treats every tap's input as having
+  the channel moment C and ignores the taps' cross-correlation:
+  sum_p ||(K_p - K'_p) C^(1/2)||_F^2. In the whitened kernel Kw_p = K_p C^(1/2) that is the
+  Frobenius error, so Tucker-2 (HOSVD + HOOI) of Kw is its optimum; mapped back, the input
+  1x1 conv is the oblique B = V^T C^(-1/2) (not orthonormal), the core G_p = U^T Kw_p V and
+  the output 1x1 conv U. With C = I this is the data-free Tucker-2.
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ import numpy as np
 
 from wnc_onnx.numeric.gram import sym_eig_top
 from wnc_onnx.numeric.svd import LowRankFactors
+from wnc_onnx.numeric.tucker import tucker2
 
 RIDGE = 1e-6  # eigenvalues of C below RIDGE * its largest count as zero (channels the data never excites)
 
@@ -87,8 +86,8 @@ class DataTucker2:
     u_in: np.ndarray  # (S, R3)
     u_out: np.ndarray  # (T, R4), orthonormal
     rel_error: float  # kernel error ||K - K'|| / ||K||
-    out_error: float  # output error under the model above
-    iterations: int
+    out_error: float  # output error under the model (tap_error)
+    iterations: int  # HOOI sweeps
 
     def reconstruct(self) -> np.ndarray:
         c = np.tensordot(self.u_out, self.core, axes=(1, 0))
@@ -112,64 +111,28 @@ def data_tucker2(
     r_out: int,
     c_in: np.ndarray,
     *,
-    c_out: np.ndarray | None = None,
     max_iter: int = 20,
     tol: float = 1e-5,
 ) -> DataTucker2:
     """Tucker-2 of a conv kernel fitted to its inputs' channel second moment ``c_in`` (S x S).
 
-    ``c_out`` (T x T), the measured second moment of the layer's output (less its bias),
-    seeds the output side when given (it holds the taps' cross-correlations the model
-    ignores); otherwise the model's output moment does.
+    In the whitened kernel Kw_p = K_p C^(1/2) the error model is the plain Frobenius
+    error, so HOOI of Kw (``tucker.tucker2``: orthonormal U, V) is its optimum; mapped back,
+    the input 1x1 conv is B = V^T C^(-1/2) and the core G_p = U^T Kw_p V.
     """
     k = np.asarray(kernel, dtype=np.float64)
     T, S = k.shape[:2]
-    spatial = k.shape[2:]
-    k3 = k.reshape(T, S, -1)  # (T, S, P)
-    r_in, r_out = int(min(max(r_in, 1), S)), int(min(max(r_out, 1), T))
-    c = np.asarray(c_in, dtype=np.float64)
-    half, inv_half = sqrt_psd(c)
-    den = float(np.einsum("tsp,su,tup->", k3, c, k3))
-
-    def out_side(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        if r_out == T:
-            return np.eye(T)
-        kq = np.einsum("tsp,sr,ru->tup", k3, a, b)  # K_p A B
-        return sym_eig_top(np.einsum("tsp,su,vup->tv", kq, c, kq), r_out)[1]
-
-    def in_side(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if r_in == S:
-            return np.eye(S), np.eye(S)
-        m = np.einsum("tr,tsp,su->rpu", u, k3, half).reshape(-1, S)  # stacked U^T K_p C^(1/2)
-        v = sym_eig_top(m.T @ m, r_in)[1]  # (S, R3)
-        return half @ v, v.T @ inv_half
-
-    def err2(u: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
-        approx = np.einsum("tr,vsp,vr,su,uw->twp", u, k3, u, a, b, optimize=True)
-        d = k3 - approx
-        return float(np.einsum("tsp,su,tup->", d, c, d))
-
-    if c_out is not None and r_out < T:
-        u = sym_eig_top(np.asarray(c_out, dtype=np.float64), r_out)[1]
-    else:
-        u = out_side(np.eye(S), np.eye(S))
-    a, b = in_side(u)
-    best = err2(u, a, b)
-    sweeps = 0
-    if r_in < S and r_out < T:
-        for sweeps in range(1, max_iter + 1):  # noqa: B007 - value used after the loop
-            u_new = out_side(a, b)
-            a_new, b_new = in_side(u_new)
-            e = err2(u_new, a_new, b_new)
-            gain = (best - e) / den if den > 0 else 0.0
-            if e < best:
-                u, a, b, best = u_new, a_new, b_new, e
-            if gain < tol:
-                break
-    core = np.einsum("tr,tsp,sq->rqp", u, k3, a).reshape((u.shape[1], a.shape[1]) + spatial)
-    result = DataTucker2(core=core, u_in=b.T, u_out=u, rel_error=0.0, out_error=0.0, iterations=sweeps)
-    approx = result.reconstruct()
+    half, inv_half = sqrt_psd(c_in)
+    kw = np.einsum("tup,us->tsp", k.reshape(T, S, -1), half).reshape(k.shape)
+    tw = tucker2(kw, r_in, r_out, max_iter=max_iter, tol=tol)
+    if r_in >= S:  # the input side whole: only U is fitted, core = U^T K (exact on every input at full rank)
+        core = np.tensordot(tw.u_out.T, k, axes=(1, 0))
+        result = DataTucker2(core, np.eye(S), tw.u_out, 0.0, 0.0, tw.iterations)
+        norm = float(np.linalg.norm(k))
+        kernel_err = float(np.linalg.norm(k - result.reconstruct())) / norm if norm > 0 else 0.0
+        return DataTucker2(core, np.eye(S), tw.u_out, kernel_err, tap_error(k, result.reconstruct(), c_in), 0)
+    u_in = inv_half @ tw.u_in  # B^T
+    result = DataTucker2(tw.core, u_in, tw.u_out, 0.0, tw.rel_error, tw.iterations)
     norm = float(np.linalg.norm(k))
-    kernel_err = float(np.linalg.norm(k - approx)) / norm if norm > 0 else 0.0
-    out_err = math.sqrt(max(best, 0.0) / den) if den > 0 else 0.0
-    return DataTucker2(core, b.T, u, kernel_err, out_err, sweeps)
+    kernel_err = float(np.linalg.norm(k - result.reconstruct())) / norm if norm > 0 else 0.0
+    return DataTucker2(tw.core, u_in, tw.u_out, kernel_err, tw.rel_error, tw.iterations)

@@ -60,3 +60,7 @@ class Factors:
     groups: list[dict[str, np.ndarray]]
     rel_error: float
     hooi_iterations: int = 0
+    # --calibration: the output error on the calibration data of these factors and of the
+    # data-free ones at the same ranks (None without calibration)
+    data_error: float | None = None
+    data_error_free: float | None = None

@@ -32,6 +32,7 @@ from wnc_onnx.graph import (
     prune_unread,
     subgraphs,
 )
+from wnc_onnx.numeric.calibrated import data_svd, data_tucker2, output_error, tap_error
 from wnc_onnx.numeric.cost import Costs, conv_costs, lowrank_costs
 from wnc_onnx.numeric.gram import (
     RESOLUTION_FLOAT64,
@@ -43,9 +44,10 @@ from wnc_onnx.numeric.gram import (
     sym_spectrum,
 )
 from wnc_onnx.numeric.svd import truncated_svd
-from wnc_onnx.numeric.tucker import tucker1, tucker2
+from wnc_onnx.numeric.tucker import Tucker2, tucker1, tucker2
 from wnc_onnx.numeric.vbmf import evbmf_from_eigenvalues, evbmf_from_singular_values
 from wnc_onnx.passes.base import PassResult, working_copy
+from wnc_onnx.passes.calibrate import calibrate
 from wnc_onnx.passes.layer import Factors, Layer
 from wnc_onnx.passes.rules import DEFAULT_RULES, Rule
 from wnc_onnx.ranks import policy_rank
@@ -139,6 +141,8 @@ class LowRankPass:
             target = Target(cfg.provider, max(1, threads), dict(cfg.session_options), cfg.graph_opt)
             self.chooser = LatencyChooser(target, cfg.target_speedup, Oracle(target, cache=cfg.latency_cache))
         self.allocation: Allocation | None = None  # the speed-up target's allocation
+        # --calibration: layer -> the second moment of its input channels on the data
+        self.calibrated: dict[str, np.ndarray] = {}
 
     # -- discovery -------------------------------------------------------------------
     def find_layers(self, ctx: GraphContext) -> list[tuple[Layer, Rule | None]]:
@@ -177,6 +181,9 @@ class LowRankPass:
                 "pass a CNN or MLP model with constant weights",
             )
         self._check_rank_names(all_layers)
+        self.calibrated = {}
+        if self.cfg.calibration is not None and not self.plan_only:
+            self.calibrated = calibrate(model, contexts[0], found[0][1], self.cfg)
         if self.chooser is not None:
             self._start_latency(model, report)
         total, done, modified = len(all_layers), 0, False
@@ -517,6 +524,7 @@ class LowRankPass:
         dead_weights.extend(ctx.chain(layer.weight))
         rec.status = "decomposed"
         rec.rel_error = factors.rel_error
+        rec.data_error, rec.data_error_free = factors.data_error, factors.data_error_free
         rec.hooi_iterations = factors.hooi_iterations if factors.method == "tucker2" else None
         rec.nodes = [n.name for n in emitter.nodes]
 
@@ -592,7 +600,7 @@ class LowRankPass:
         return plan
 
     # -- factorization ----------------------------------------------------------------
-    def _factor(self, layer: Layer, state: _State) -> Factors:
+    def _factor(self, layer: Layer, state: _State, skip_calibration: bool = False) -> Factors:
         plan, kernels, grams_in, grams_out, spectra = (
             state.plan,
             state.kernels,
@@ -608,6 +616,9 @@ class LowRankPass:
             found = spectra[mode]
             return found[gi] if gi < len(found) else None
 
+        stats = None if skip_calibration else self.calibrated.get(layer.name)
+        if stats is not None:
+            return self._factor_calibrated(layer, state, stats)
         for gi, k in enumerate(kernels):
             n2 = float(np.trace(grams_out[gi]))  # ||K||^2
             if plan.method == "tucker2":
@@ -637,6 +648,47 @@ class LowRankPass:
             norm2 += n2
         rel = math.sqrt(err2 / norm2) if norm2 > 0 else 0.0
         return Factors(plan.method, plan.r3, plan.r4, groups, rel, sweeps)
+
+    def _factor_calibrated(self, layer: Layer, state: _State, c_in: np.ndarray) -> Factors:
+        """Factors fitted to the layer's inputs on the calibration data (numeric/calibrated.py),
+        with the output error of both them and the data-free factors at the same ranks."""
+        plan = state.plan
+        data_free = self._factor(layer, state, skip_calibration=True)
+        groups: list[dict[str, np.ndarray]] = []
+        err2 = free2 = den2 = kern2 = norm2 = 0.0
+        sweeps = 0
+        s = layer.s
+        for gi, k in enumerate(state.kernels):
+            ci = c_in[gi * s : (gi + 1) * s, gi * s : (gi + 1) * s] if layer.groups > 1 else c_in
+            free = data_free.groups[gi]
+            if plan.method in ("tucker2", "tucker1"):
+                r3 = plan.r3 or 1 if plan.method == "tucker2" else k.shape[1]
+                dt = data_tucker2(k, r3, plan.r4, ci, max_iter=self.cfg.hooi_max_iter, tol=self.cfg.hooi_tol)
+                if plan.method == "tucker2":
+                    groups.append({"core": dt.core, "u_in": dt.u_in, "u_out": dt.u_out})
+                    free_hat = Tucker2(free["core"], free["u_in"], free["u_out"], 0.0, 0).reconstruct()
+                    approx = dt.reconstruct()
+                else:  # Tucker-1 keeps the input side whole (data_tucker2 at full R3: core = U^T K)
+                    groups.append({"core": dt.core, "u_out": dt.u_out})
+                    free_hat = np.tensordot(free["u_out"], free["core"], axes=(1, 0))
+                    approx = dt.reconstruct()
+                e_free = tap_error(k, free_hat, ci)
+                sweeps = max(sweeps, dt.iterations)
+            else:
+                ds = data_svd(k, ci, plan.r4)
+                groups.append({"left": ds.factors.left, "right": ds.factors.right})
+                approx, e_free = ds.factors.reconstruct(), output_error(k, free["left"] @ free["right"], ci)
+            k3 = np.asarray(k, dtype=np.float64).reshape(k.shape[0], k.shape[1], -1)
+            den = float(np.einsum("tsp,su,tup->", k3, ci, k3))
+            err2 += tap_error(k, approx, ci) ** 2 * den
+            free2 += e_free**2 * den
+            den2 += den
+            kern2 += float(np.sum((np.asarray(k, dtype=np.float64) - approx) ** 2))
+            norm2 += float(np.sum(np.asarray(k, dtype=np.float64) ** 2))
+        rel = math.sqrt(kern2 / norm2) if norm2 > 0 else 0.0
+        data = math.sqrt(err2 / den2) if den2 > 0 else 0.0
+        free_err = math.sqrt(free2 / den2) if den2 > 0 else 0.0
+        return Factors(plan.method, plan.r3, plan.r4, groups, rel, sweeps, data_error=data, data_error_free=free_err)
 
     # -- graph surgery ---------------------------------------------------------------
     def _splice(
