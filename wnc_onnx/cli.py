@@ -252,8 +252,9 @@ def _add_verify(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--calibration",
         metavar="NPZ",
-        help="model inputs (an .npz, one array per input, batch first; a few hundred samples): each layer is "
-        "fitted to its response to them instead of its kernel alone, and the table shows its output error on them",
+        help="experimental: model inputs (an .npz, one array per input, batch first; a few hundred samples): "
+        "each layer is fitted to its response to them instead of its kernel alone, and the table shows its "
+        "output error on them (docs/calibration.md)",
     )
     g.add_argument(
         "--tolerance",

@@ -184,6 +184,12 @@ class LowRankPass:
         self.calibrated = {}
         if self.cfg.calibration is not None and not self.plan_only:
             self.calibrated = calibrate(model, contexts[0], found[0][1], self.cfg)
+            if self.calibrated:
+                report.warnings.append(
+                    f"--calibration is experimental: {len(self.calibrated)} layer(s) fitted to their inputs in the "
+                    "original model; each layer's own output error drops, but with many layers compressed the "
+                    "accuracy can drop more than without it (docs/calibration.md): check with --verify --inputs"
+                )
         if self.chooser is not None:
             self._start_latency(model, report)
         total, done, modified = len(all_layers), 0, False
