@@ -248,6 +248,9 @@ def test_layers_slower_inside_the_model_are_kept_whole(stub, monkeypatch):
     assert "conv3" in seen[0] and "conv3" not in seen[1] and len(seen) == 2
     rec = next(r for r in report.layers if r.name == "conv3")
     assert rec.status == "skipped" and "slower inside the model" in rec.reason
+    # the rerun skips it before timing: its record keeps the first run's timings, the choice now the original
+    assert rec.latency["chosen"] == "original" and "original" in rec.latency["measured_ms"]
+    assert "1.200 ms compressed against 1.000 ms original" in rec.latency["why"]
     assert report.extras["latency"]["kept_whole_in_context"][0]["layer"] == "conv3"
     assert not any(n.name.startswith("conv3/wnc/") for n in out.graph.node)
 

@@ -268,14 +268,31 @@ def compress(model: ModelLike, config: CompressConfig | None = None, **options: 
                 ", ".join(x["layer"] for x in slower),
             )
             kept += slower
+            timed = {r.name: r.latency for r in report.layers if r.latency}
             cfg = replace(cfg, keep_whole=cfg.keep_whole + tuple(x["layer"] for x in slower))
             result, report = _run(model, cfg, plan_only=False)
+            _keep_timings(report, timed, kept)
         if kept:
             report.extras.setdefault("latency", {})["kept_whole_in_context"] = kept
     _measured_on_target(original, result, report, cfg, threads)
     if cfg.target_speedup is not None:
         result, report = _calibrated(model, original, result, report, cfg, threads)
     return result, report
+
+
+def _keep_timings(report: Report, timed: dict[str, dict[str, Any]], kept: list[dict[str, Any]]) -> None:
+    """A layer kept whole in context is skipped by the rerun before it is timed: its record
+    keeps the timings of the run that chose it, with the choice now the original and why."""
+    profiled = {x["layer"]: x for x in kept}
+    for r in report.layers:
+        if r.latency is None and r.name in profiled and r.name in timed:
+            x = profiled[r.name]
+            r.latency = {
+                **timed[r.name],
+                "chosen": "original",
+                "why": f"ran slower inside the model than alone (profiled: {x['compressed_ms']:.3f} ms "
+                f"compressed against {x['original_ms']:.3f} ms original)",
+            }
 
 
 def _calibrated(
