@@ -241,3 +241,32 @@ def test_cli_calibration_table_and_bad_data(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0] and "fix:" in err[0]
         assert not bad.exists()
+
+
+def test_a_pointwise_conv_and_a_fixed_batch_model_calibrate(tmp_path):
+    """A 1x1 conv takes the Tucker-1 form as in the data-free pass (its kernel is 4-d), and a
+    model whose batch size is fixed at 1 reads an .npz of many samples one batch at a time."""
+    from tests.helpers import conv_model
+    from wnc_onnx import compress
+    from wnc_onnx.calibration import Tap, gather
+
+    model = conv_model(16, 32, (1, 1), (12, 12))  # input x: [1, 16, 12, 12]
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((40, 12, 12, 16)) * 0.8 ** np.arange(16)).transpose(0, 3, 1, 2).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=x)
+    out, rep = compress(model, ranks={"conv": 8}, calibration=tmp_path / "cal.npz")
+    (layer,) = rep.layers
+    assert layer.status == "decomposed" and layer.data_error < layer.data_error_free
+    assert _conv_output_error(model, out, x) < _conv_output_error(model, compress(model, ranks={"conv": 8})[0], x)
+    assert gather(model, tmp_path / "cal.npz", [Tap("conv", "x", "y", 1)]).batches == 40
+
+
+def _conv_output_error(original, compressed, x):
+    import onnxruntime as ort
+
+    def run(m):
+        s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return np.concatenate([s.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))]).astype(np.float64)
+
+    a, b = run(original), run(compressed)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(a))

@@ -116,12 +116,16 @@ def _expected(model: onnx.ModelProto) -> dict[str, tuple[list[int | None], np.dt
     return out
 
 
-def check_feeds(model: onnx.ModelProto, feeds: Feeds, where: str) -> dict[str, np.ndarray]:
-    """The feeds a model takes, cast where safe; one WncError naming the first misfit."""
-    expected = _expected(model)
+def _require_inputs(expected: Mapping[str, Any], feeds: Mapping[str, Any], where: str) -> None:
     missing = [n for n in expected if n not in feeds]
     if missing:
         raise WncError(f"{where} lacks input(s) {missing}", f"give one array per model input: {sorted(expected)}")
+
+
+def check_feeds(model: onnx.ModelProto, feeds: Feeds, where: str) -> dict[str, np.ndarray]:
+    """The feeds a model takes, cast where safe; one WncError naming the first misfit."""
+    expected = _expected(model)
+    _require_inputs(expected, feeds, where)
     out = {}
     for name, (dims, dtype) in expected.items():
         a = np.asarray(feeds[name])
@@ -143,8 +147,10 @@ def check_feeds(model: onnx.ModelProto, feeds: Feeds, where: str) -> dict[str, n
 def batches_of(
     source: CalibrationSource, model: onnx.ModelProto, batch: int = BATCH
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Checked feed dicts from an ``.npz`` (one array per input, batch first) or an iterable
-    of feed dicts (each a batch)."""
+    """Checked feed dicts from an ``.npz`` (one array per input, batch first; cut into batches
+    of ``batch``, or of the model's own batch size where it is fixed) or an iterable of feed
+    dicts (each a batch)."""
+    where = "calibration batch {}"
     if isinstance(source, str | Path):
         path = Path(source)
         if path.is_dir():
@@ -155,18 +161,18 @@ def batches_of(
         arrays = read_npz(
             path, "calibration file", "with one array per model input", "numpy.savez(path, input_name=array)"
         )
-        names = list(_expected(model))
-        if len(names) == 1 and names[0] not in arrays and len(arrays) == 1:
-            arrays = {names[0]: next(iter(arrays.values()))}  # a single array for a single-input model
-        full = check_feeds(model, arrays, f"--calibration {path.name}")
-        n = min(len(a) for a in full.values()) if full else 0
-        fixed = [name for name, (dims, _) in _expected(model).items() if dims and dims[0] is not None]
-        step = 1 if fixed and _expected(model)[fixed[0]][0][0] == 1 else batch
-        for i in range(0, n, step):
-            yield {k: v[i : i + step] for k, v in full.items()}
-        return
+        expected = _expected(model)
+        if len(expected) == 1 and len(arrays) == 1:  # a single array for a single-input model, by any name
+            arrays = {next(iter(expected)): next(iter(arrays.values()))}
+        where = f"--calibration {path.name}"
+        _require_inputs(expected, arrays, where)
+        n = min(len(arrays[k]) for k in expected) if expected else 0
+        fixed = {dims[0] for dims, _ in expected.values() if dims and dims[0] is not None}
+        step = next(iter(fixed)) if len(fixed) == 1 else batch
+        stop = n - step + 1 if len(fixed) == 1 else n  # a fixed batch size takes whole batches only
+        source = ({k: arrays[k][i : i + step] for k in expected} for i in range(0, max(stop, 0), step))
     for i, feeds in enumerate(source):
-        yield check_feeds(model, feeds, f"calibration batch {i}")
+        yield check_feeds(model, feeds, where.format(i))
 
 
 def gather(

@@ -667,14 +667,14 @@ class LowRankPass:
         for gi, k in enumerate(state.kernels):
             ci = c_in[gi * s : (gi + 1) * s, gi * s : (gi + 1) * s] if layer.groups > 1 else c_in
             free = data_free.groups[gi]
-            if plan.method in ("tucker2", "tucker1"):
+            if plan.method == "tucker2" or layer.rule in ("conv", "flatten_gemm"):  # as _factor dispatches
                 r3 = plan.r3 or 1 if plan.method == "tucker2" else k.shape[1]
                 dt = data_tucker2(k, r3, plan.r4, ci, max_iter=self.cfg.hooi_max_iter, tol=self.cfg.hooi_tol)
                 if plan.method == "tucker2":
                     groups.append({"core": dt.core, "u_in": dt.u_in, "u_out": dt.u_out})
                     free_hat = Tucker2(free["core"], free["u_in"], free["u_out"], 0.0, 0).reconstruct()
                     approx = dt.reconstruct()
-                else:  # Tucker-1 keeps the input side whole (data_tucker2 at full R3: core = U^T K)
+                else:  # Tucker-1, 1x1 convs too: the input side whole (data_tucker2 at full R3: core = U^T K)
                     groups.append({"core": dt.core, "u_out": dt.u_out})
                     free_hat = np.tensordot(free["u_out"], free["core"], axes=(1, 0))
                     approx = dt.reconstruct()
