@@ -1,11 +1,10 @@
 """Calibration data: the second moments that data-aware factorization needs (issue 12).
 
 The original model runs in onnxruntime on the user's inputs, batch by batch, with the
-tapped layers' input and output tensors added to its outputs. For each tap the channel
-second moment E[x x^T] of the input (channels on axis 1 for a Conv, the last axis for
-Gemm / MatMul, every other axis a sample) and the first and second moments of the output
-are summed in float64, so memory is bounded by the statistics (d x d per tap), not by the
-data. ``wnc_onnx.numeric.calibrated`` turns them into factors.
+tapped layers' input tensors added to its outputs. For each tap the channel second moment
+E[x x^T] of the input (channels on axis 1 for a Conv, the last axis for Gemm / MatMul,
+every other axis a sample) is summed in float64, so memory is bounded by the statistics
+(d x d per tap), not by the data. ``wnc_onnx.numeric.calibrated`` turns them into factors.
 """
 
 from __future__ import annotations
@@ -33,25 +32,19 @@ BATCH = 16  # samples per onnxruntime run when the data come as whole arrays
 
 @dataclass(frozen=True)
 class Tap:
-    """A layer whose input and output moments are wanted: ``channel_axis`` 1 (Conv) or -1."""
+    """A layer whose input moment is wanted: ``channel_axis`` 1 (Conv), -1 or -2 (MatMul W X)."""
 
     layer: str
-    input_tensor: str
-    output_tensor: str
+    tensor: str
     channel_axis: int
 
 
 @dataclass
 class Moments:
-    """Running sums of x x^T (and x) over samples, in float64."""
+    """The running sum of x x^T over sample vectors, in float64."""
 
     outer: np.ndarray
-    total: np.ndarray
     count: int = 0
-
-    @classmethod
-    def of(cls, dim: int) -> Moments:
-        return cls(np.zeros((dim, dim)), np.zeros(dim))
 
     def add(self, value: np.ndarray, channel_axis: int) -> None:
         v = np.moveaxis(np.asarray(value, dtype=np.float64), channel_axis, -1)
@@ -62,7 +55,6 @@ class Moments:
                 "give inputs of one size",
             )
         self.outer += flat.T @ flat
-        self.total += flat.sum(axis=0)
         self.count += len(flat)
 
     @property
@@ -70,29 +62,12 @@ class Moments:
         """E[x x^T]."""
         return self.outer / max(self.count, 1)
 
-    @property
-    def mean(self) -> np.ndarray:
-        return self.total / max(self.count, 1)
-
-    def centered_at(self, shift: np.ndarray) -> np.ndarray:
-        """E[(x - b)(x - b)^T] for a constant b (an output less its bias)."""
-        m = self.mean
-        b = np.asarray(shift, dtype=np.float64)
-        return self.second - np.outer(m, b) - np.outer(b, m) + np.outer(b, b)
-
-
-@dataclass
-class LayerStats:
-    tap: Tap
-    inputs: Moments | None = None
-    outputs: Moments | None = None
-
 
 @dataclass
 class Calibration:
-    """The statistics of every tapped layer and how much data they came from."""
+    """The input moments of every tapped layer and how much data they came from."""
 
-    layers: dict[str, LayerStats] = field(default_factory=dict)
+    layers: dict[str, Moments] = field(default_factory=dict)
     samples: int = 0
     batches: int = 0
     seconds: float = 0.0
@@ -100,11 +75,7 @@ class Calibration:
     def needed(self) -> dict[str, int]:
         """Layers whose input moment has fewer sample vectors than its order (rank-deficient):
         layer -> how many vectors it needs."""
-        out = {}
-        for name, st in self.layers.items():
-            if st.inputs is not None and st.inputs.count < st.inputs.outer.shape[0]:
-                out[name] = st.inputs.outer.shape[0]
-        return out
+        return {name: m.outer.shape[0] for name, m in self.layers.items() if m.count < m.outer.shape[0]}
 
 
 def _expected(model: onnx.ModelProto) -> dict[str, tuple[list[int | None], np.dtype[Any]]]:
@@ -189,22 +160,20 @@ def gather(
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     have = {o.name for o in probe.graph.output} | {i.name for i in probe.graph.input}
-    wanted = sorted({t for tap in taps for t in (tap.input_tensor, tap.output_tensor)})
-    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in wanted if t not in have)
+    probe.graph.output.extend(
+        onnx.ValueInfoProto(name=t) for t in sorted({tap.tensor for tap in taps}) if t not in have
+    )
     sess = _session(probe, threads)
     names = [o.name for o in sess.get_outputs()]
-    cal = Calibration({tap.layer: LayerStats(tap) for tap in taps})
+    cal = Calibration()
     t0 = time.perf_counter()
     for feeds in batches_of(source, model):
         values = {**feeds, **dict(zip(names, sess.run(None, feeds), strict=True))}
-        for st in cal.layers.values():
-            x, y = values[st.tap.input_tensor], values[st.tap.output_tensor]
-            if st.inputs is None:
-                st.inputs = Moments.of(x.shape[st.tap.channel_axis])
-                st.outputs = Moments.of(y.shape[st.tap.channel_axis])
-            st.inputs.add(x, st.tap.channel_axis)
-            assert st.outputs is not None
-            st.outputs.add(y, st.tap.channel_axis)
+        for tap in taps:
+            x = values[tap.tensor]
+            cal.layers.setdefault(tap.layer, Moments(np.zeros((x.shape[tap.channel_axis],) * 2))).add(
+                x, tap.channel_axis
+            )
         cal.samples += len(next(iter(feeds.values()))) if feeds else 0
         cal.batches += 1
         if progress is not None:

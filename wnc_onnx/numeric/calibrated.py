@@ -19,13 +19,13 @@ of ``numeric``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from wnc_onnx.numeric.gram import sym_eig_top
 from wnc_onnx.numeric.svd import LowRankFactors
-from wnc_onnx.numeric.tucker import tucker2
+from wnc_onnx.numeric.tucker import Tucker2, tucker2
 
 RIDGE = 1e-6  # eigenvalues of C below RIDGE * its largest count as zero (channels the data never excites)
 
@@ -42,11 +42,18 @@ def sqrt_psd(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (vecs * root) @ vecs.T, (vecs * inv) @ vecs.T
 
 
-def output_error(w: np.ndarray, w_hat: np.ndarray, c: np.ndarray) -> float:
-    """sqrt(E||(W - W') x||^2 / E||W x||^2) for y = W x with E[x x^T] = C."""
-    w = np.asarray(w, dtype=np.float64)
-    d = w - np.asarray(w_hat, dtype=np.float64)
-    num, den = float(np.einsum("ij,jk,ik->", d, c, d)), float(np.einsum("ij,jk,ik->", w, c, w))
+def error_terms(kernel: np.ndarray, approx: np.ndarray, c: np.ndarray) -> tuple[float, float]:
+    """(sum_p ||(K_p - K'_p) C^(1/2)||^2, sum_p ||K_p C^(1/2)||^2) over the taps p of a kernel
+    (T, S, *spatial), or of a matrix (T, S) with y = W x: E||(W - W') x||^2 and E||W x||^2."""
+    k = np.asarray(kernel, dtype=np.float64)
+    k3 = k.reshape(k.shape[0], k.shape[1], -1)
+    d3 = k3 - np.asarray(approx, dtype=np.float64).reshape(k3.shape)
+    return float(np.einsum("tsp,su,tup->", d3, c, d3)), float(np.einsum("tsp,su,tup->", k3, c, k3))
+
+
+def output_error(kernel: np.ndarray, approx: np.ndarray, c: np.ndarray) -> float:
+    """The relative output error sqrt(num / den) of ``error_terms``."""
+    num, den = error_terms(kernel, approx, c)
     return math.sqrt(max(num, 0.0) / den) if den > 0 else 0.0
 
 
@@ -80,29 +87,8 @@ def data_svd(matrix: np.ndarray, c: np.ndarray, rank: int) -> DataLowRank:
 
 @dataclass(frozen=True)
 class DataTucker2:
-    """K ~= core x_0 u_out x_1 u_in: u_in^T (R3 x S) is the input 1x1 conv (not orthonormal)."""
-
-    core: np.ndarray  # (R4, R3, *spatial)
-    u_in: np.ndarray  # (S, R3)
-    u_out: np.ndarray  # (T, R4), orthonormal
-    rel_error: float  # kernel error ||K - K'|| / ||K||
-    out_error: float  # output error under the model (tap_error)
-    iterations: int  # HOOI sweeps
-
-    def reconstruct(self) -> np.ndarray:
-        c = np.tensordot(self.u_out, self.core, axes=(1, 0))
-        return np.moveaxis(np.tensordot(self.u_in, c, axes=(1, 1)), 0, 1)
-
-
-def tap_error(kernel: np.ndarray, approx: np.ndarray, c: np.ndarray) -> float:
-    """The Tucker-2 error model: sqrt(sum_p ||D_p C^(1/2)||^2 / sum_p ||K_p C^(1/2)||^2)."""
-    k = np.asarray(kernel, dtype=np.float64)
-    T, S = k.shape[:2]
-    k3 = k.reshape(T, S, -1)
-    d3 = k3 - np.asarray(approx, dtype=np.float64).reshape(T, S, -1)
-    num = float(np.einsum("tsp,su,tup->", d3, c, d3))
-    den = float(np.einsum("tsp,su,tup->", k3, c, k3))
-    return math.sqrt(max(num, 0.0) / den) if den > 0 else 0.0
+    factors: Tucker2  # its u_in (S x R3) is the transposed input 1x1 conv: oblique, not orthonormal
+    out_error: float  # the output error under the model (output_error)
 
 
 def data_tucker2(
@@ -126,13 +112,10 @@ def data_tucker2(
     kw = np.einsum("tup,us->tsp", k.reshape(T, S, -1), half).reshape(k.shape)
     tw = tucker2(kw, r_in, r_out, max_iter=max_iter, tol=tol)
     if r_in >= S:  # the input side whole: only U is fitted, core = U^T K (exact on every input at full rank)
-        core = np.tensordot(tw.u_out.T, k, axes=(1, 0))
-        result = DataTucker2(core, np.eye(S), tw.u_out, 0.0, 0.0, tw.iterations)
-        norm = float(np.linalg.norm(k))
-        kernel_err = float(np.linalg.norm(k - result.reconstruct())) / norm if norm > 0 else 0.0
-        return DataTucker2(core, np.eye(S), tw.u_out, kernel_err, tap_error(k, result.reconstruct(), c_in), 0)
-    u_in = inv_half @ tw.u_in  # B^T
-    result = DataTucker2(tw.core, u_in, tw.u_out, 0.0, tw.rel_error, tw.iterations)
+        fit = Tucker2(np.tensordot(tw.u_out.T, k, axes=(1, 0)), np.eye(S), tw.u_out, 0.0, 0)
+    else:
+        fit = Tucker2(tw.core, inv_half @ tw.u_in, tw.u_out, 0.0, tw.iterations)  # u_in = B^T
+    approx = fit.reconstruct()
     norm = float(np.linalg.norm(k))
-    kernel_err = float(np.linalg.norm(k - result.reconstruct())) / norm if norm > 0 else 0.0
-    return DataTucker2(tw.core, u_in, tw.u_out, kernel_err, tw.rel_error, tw.iterations)
+    fit = replace(fit, rel_error=float(np.linalg.norm(k - approx)) / norm if norm > 0 else 0.0)
+    return DataTucker2(fit, output_error(k, approx, c_in))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,11 +15,11 @@ from wnc_onnx.passes.rules.base import attr_int
 if TYPE_CHECKING:
     import onnx
 
-    from wnc_onnx.graph import GraphContext
     from wnc_onnx.passes.layer import Layer
     from wnc_onnx.passes.rules import Rule
 
 log = logging.getLogger(__name__)
+PROGRESS_EVERY = 10  # batches between progress lines
 RULES = ("conv", "gemm", "matmul")  # flatten_gemm's taps are H x W positions with their own inputs: not modelled
 
 
@@ -32,17 +31,17 @@ def taps(layers: list[tuple[Layer, Rule | None]]) -> list[Tap]:
         node = layer.node
         if layer.rule == "matmul":
             right = layer.extra.get("side") == "right"
-            out.append(Tap(layer.name, node.input[0] if right else node.input[1], node.output[0], -1 if right else -2))
+            out.append(Tap(layer.name, node.input[0] if right else node.input[1], -1 if right else -2))
         elif layer.rule == "gemm":
             if not attr_int(node, "transA", 0):
-                out.append(Tap(layer.name, node.input[0], node.output[0], -1))
+                out.append(Tap(layer.name, node.input[0], -1))
         else:
-            out.append(Tap(layer.name, node.input[0], node.output[0], 1))
+            out.append(Tap(layer.name, node.input[0], 1))
     return out
 
 
 def calibrate(
-    model: onnx.ModelProto, ctx: GraphContext, layers: list[tuple[Layer, Rule | None]], cfg: CompressConfig
+    model: onnx.ModelProto, layers: list[tuple[Layer, Rule | None]], cfg: CompressConfig
 ) -> dict[str, np.ndarray]:
     """layer -> E[x x^T] of its input channels on the calibration data."""
     wanted = taps(layers)
@@ -50,25 +49,18 @@ def calibrate(
         return {}
 
     def progress(batches: int, samples: int) -> None:
-        if sys.stderr.isatty():
-            print(f"\rcalibration: {samples} samples", end="", file=sys.stderr, flush=True)
+        if batches % PROGRESS_EVERY == 0:
+            log.info("calibration: %d samples", samples)
 
     cal = gather(model, cfg.calibration, wanted, threads=cfg.threads, progress=progress)
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
     log.info("calibration: %d samples in %d batches, %.1fs", cal.samples, cal.batches, cal.seconds)
     short = cal.needed()
     if short:
         worst = max(short, key=lambda n: short[n])
-        got = cal.layers[worst].inputs
         raise WncError(
             f"the calibration data are too few for the statistics of {len(short)} layer(s): '{worst}' reads "
-            f"{short[worst]} features per position and got {got.count if got else 0} vectors",
+            f"{short[worst]} features per position and got {cal.layers[worst].count} vectors",
             f"give at least {short[worst]} input vectors there (more samples), or leave those layers out "
             "with --exclude",
         )
-    out: dict[str, np.ndarray] = {}
-    for name, st in cal.layers.items():
-        assert st.inputs is not None
-        out[name] = st.inputs.second
-    return out
+    return {name: m.second for name, m in cal.layers.items()}

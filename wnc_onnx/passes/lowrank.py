@@ -32,7 +32,7 @@ from wnc_onnx.graph import (
     prune_unread,
     subgraphs,
 )
-from wnc_onnx.numeric.calibrated import data_svd, data_tucker2, output_error, tap_error
+from wnc_onnx.numeric.calibrated import data_svd, data_tucker2, error_terms
 from wnc_onnx.numeric.cost import Costs, conv_costs, lowrank_costs
 from wnc_onnx.numeric.gram import (
     RESOLUTION_FLOAT64,
@@ -43,7 +43,7 @@ from wnc_onnx.numeric.gram import (
     sym_eig_top,
     sym_spectrum,
 )
-from wnc_onnx.numeric.svd import truncated_svd
+from wnc_onnx.numeric.svd import LowRankFactors, truncated_svd
 from wnc_onnx.numeric.tucker import Tucker2, tucker1, tucker2
 from wnc_onnx.numeric.vbmf import evbmf_from_eigenvalues, evbmf_from_singular_values
 from wnc_onnx.passes.base import PassResult, working_copy
@@ -183,7 +183,7 @@ class LowRankPass:
         self._check_rank_names(all_layers)
         self.calibrated = {}
         if self.cfg.calibration is not None and not self.plan_only:
-            self.calibrated = calibrate(model, contexts[0], found[0][1], self.cfg)
+            self.calibrated = calibrate(model, found[0][1], self.cfg)  # main graph only
             if self.calibrated:
                 report.warnings.append(
                     f"--calibration is experimental: {len(self.calibrated)} layer(s) fitted to their inputs in the "
@@ -667,30 +667,25 @@ class LowRankPass:
         for gi, k in enumerate(state.kernels):
             ci = c_in[gi * s : (gi + 1) * s, gi * s : (gi + 1) * s] if layer.groups > 1 else c_in
             free = data_free.groups[gi]
+            fit: Tucker2 | LowRankFactors
             if plan.method == "tucker2" or layer.rule in ("conv", "flatten_gemm"):  # as _factor dispatches
                 r3 = plan.r3 or 1 if plan.method == "tucker2" else k.shape[1]
-                dt = data_tucker2(k, r3, plan.r4, ci, max_iter=self.cfg.hooi_max_iter, tol=self.cfg.hooi_tol)
+                fit = data_tucker2(k, r3, plan.r4, ci, max_iter=self.cfg.hooi_max_iter, tol=self.cfg.hooi_tol).factors
                 if plan.method == "tucker2":
-                    groups.append({"core": dt.core, "u_in": dt.u_in, "u_out": dt.u_out})
+                    groups.append({"core": fit.core, "u_in": fit.u_in, "u_out": fit.u_out})
                     free_hat = Tucker2(free["core"], free["u_in"], free["u_out"], 0.0, 0).reconstruct()
-                    approx = dt.reconstruct()
                 else:  # Tucker-1, 1x1 convs too: the input side whole (data_tucker2 at full R3: core = U^T K)
-                    groups.append({"core": dt.core, "u_out": dt.u_out})
+                    groups.append({"core": fit.core, "u_out": fit.u_out})
                     free_hat = np.tensordot(free["u_out"], free["core"], axes=(1, 0))
-                    approx = dt.reconstruct()
-                e_free = tap_error(k, free_hat, ci)
-                sweeps = max(sweeps, dt.iterations)
+                sweeps = max(sweeps, fit.iterations)
             else:
-                ds = data_svd(k, ci, plan.r4)
-                groups.append({"left": ds.factors.left, "right": ds.factors.right})
-                approx, e_free = ds.factors.reconstruct(), output_error(k, free["left"] @ free["right"], ci)
-            k3 = np.asarray(k, dtype=np.float64).reshape(k.shape[0], k.shape[1], -1)
-            den = float(np.einsum("tsp,su,tup->", k3, ci, k3))
-            err2 += tap_error(k, approx, ci) ** 2 * den
-            free2 += e_free**2 * den
-            den2 += den
-            kern2 += float(np.sum((np.asarray(k, dtype=np.float64) - approx) ** 2))
-            norm2 += float(np.sum(np.asarray(k, dtype=np.float64) ** 2))
+                fit = data_svd(k, ci, plan.r4).factors
+                groups.append({"left": fit.left, "right": fit.right})
+                free_hat = free["left"] @ free["right"]
+            num, den = error_terms(k, fit.reconstruct(), ci)
+            err2, free2, den2 = err2 + num, free2 + error_terms(k, free_hat, ci)[0], den2 + den
+            n2 = float(np.trace(state.grams_out[gi]))  # ||K||^2
+            kern2, norm2 = kern2 + fit.rel_error**2 * n2, norm2 + n2
         rel = math.sqrt(kern2 / norm2) if norm2 > 0 else 0.0
         data = math.sqrt(err2 / den2) if den2 > 0 else 0.0
         free_err = math.sqrt(free2 / den2) if den2 > 0 else 0.0
