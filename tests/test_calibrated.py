@@ -1,11 +1,13 @@
 """Data-aware factorizations (issue 12): fitted to the inputs' second moment, they beat the
 data-free ones on the output error of held-out inputs, and are exact at full rank."""
 
+import re
+
 import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from wnc_onnx.numeric.calibrated import data_svd, data_tucker2, output_error, sqrt_psd
+from wnc_onnx.numeric.calibrated import PatchStats, data_fit, error_terms, sqrt_psd
 from wnc_onnx.numeric.svd import truncated_svd
 from wnc_onnx.numeric.tucker import tucker2
 
@@ -25,33 +27,45 @@ def test_sqrt_psd_and_its_pseudo_inverse():
     np.testing.assert_allclose(half @ inv @ half, half, atol=1e-8)
 
 
-def test_data_svd_exact_at_full_rank_and_plain_svd_under_white_inputs():
+def stats_of(rows, channels, taps=1):
+    """PatchStats of (M, channels * taps) rows, as the gathering computes them."""
+    mean = rows.mean(axis=0)
+    cov = rows.T @ rows / len(rows) - np.outer(mean, mean)
+    return PatchStats(cov, mean, channels, taps, len(rows))
+
+
+def test_matrix_fit_exact_at_full_rank_and_plain_svd_under_white_inputs():
     rng = np.random.default_rng(1)
     w = rng.standard_normal((12, 20))
-    c = np.cov(correlated(500, 20, rng).T)
-    full = data_svd(w, c, 12)
-    np.testing.assert_allclose(full.factors.reconstruct(), w, atol=1e-9)
-    assert full.out_error < 1e-9
-    white = data_svd(w, 3.0 * np.eye(20), 5)
-    assert white.factors.rel_error == pytest.approx(truncated_svd(w, 5).rel_error, rel=1e-9)
+    st = stats_of(correlated(500, 20, rng) + 2.0, 20)
+    full = data_fit(w, None, 12, st)
+    np.testing.assert_allclose(full.reconstruct(), w, atol=1e-9)
+    assert full.out_error < 1e-9 and np.abs(full.shift).max() < 1e-9
+    white = data_fit(w, None, 5, PatchStats(3.0 * np.eye(20), np.zeros(20), 20, 1))
+    assert white.kernel_error == pytest.approx(truncated_svd(w, 5).rel_error, rel=1e-9)
 
 
 @pytest.mark.parametrize("shape", [(16, 40), (40, 16)])
-def test_data_svd_lowers_the_held_out_output_error(shape):
+def test_matrix_fit_lowers_the_held_out_output_error(shape):
+    """Inputs with a mean (as after a ReLU): the covariance fit plus the bias shift beats both
+    the plain SVD and the fit to the uncentered second moment."""
     rng = np.random.default_rng(2)
     w = rng.standard_normal(shape)
-    x = correlated(2000, shape[1], rng)
+    x = correlated(2000, shape[1], rng) + rng.uniform(1, 3, shape[1])
     fit, held = x[:1000], x[1000:]
-    c = fit.T @ fit / len(fit)
-    ours = data_svd(w, c, 6).factors.reconstruct()
+    st = stats_of(fit, shape[1])
+    ours = data_fit(w, None, 6, st)
+    uncentered = data_fit(w, None, 6, st, centered=False)
     plain = truncated_svd(w, 6).reconstruct()
 
-    def err(wh):
-        return np.linalg.norm(held @ (w - wh).T) / np.linalg.norm(held @ w.T)
+    def err(wh, shift=None):
+        out = held @ wh.T + (0 if shift is None else shift)
+        return np.linalg.norm(held @ w.T - out) / np.linalg.norm(held @ w.T)
 
-    assert err(ours) < 0.5 * err(plain)
-    assert data_svd(w, c, 6).out_error == pytest.approx(output_error(w, ours, c))
-    assert data_svd(w, c, 6).out_error == pytest.approx(err(ours), rel=0.2)  # the fit set predicts held-out
+    assert err(ours.reconstruct(), ours.shift) < 0.5 * err(plain)
+    assert err(ours.reconstruct(), ours.shift) < err(uncentered.reconstruct())
+    assert uncentered.shift is None
+    assert ours.out_error == pytest.approx(err(ours.reconstruct(), ours.shift), rel=0.2)  # predicts held-out
 
 
 def conv(x, k):
@@ -66,36 +80,91 @@ def images(n, s, rng, size=12):
     return (base + np.roll(base, 1, axis=2) + np.roll(base, 1, axis=3)) / 3
 
 
-def test_data_tucker2_exact_at_full_rank_and_hooi_under_white_inputs():
+def test_patches_are_the_convolution_s_view_of_its_input():
+    """Patches at every position reproduce the convolution (pads, strides, dilations, SAME)."""
+    from wnc_onnx.calibration import Window
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 9, 8))
+    k = rng.standard_normal((4, 3, 3, 2))
+    for window in (
+        Window((3, 2), (1, 1), (1, 0, 1, 1), (1, 1)),
+        Window((3, 2), (2, 1), (0, 1, 2, 0), (2, 1)),
+        Window((3, 2), (2, 2), (0, 0, 0, 0), (1, 1), "SAME_UPPER"),
+    ):
+        rows = window.patches(x, 10**6, rng)
+        out = rows @ k.reshape(4, -1).T  # (N * positions, T)
+        import onnx
+        import onnxruntime as ort
+        from onnx import helper
+
+        attrs = {"strides": list(window.strides), "dilations": list(window.dilations)}
+        if window.auto_pad == "NOTSET":
+            attrs["pads"] = list(window.pads)
+        else:
+            attrs["auto_pad"] = window.auto_pad
+        node = helper.make_node("Conv", ["x", "k"], ["y"], **attrs)
+        g = helper.make_graph(
+            [node],
+            "g",
+            [helper.make_tensor_value_info("x", 1, list(x.shape))],
+            [helper.make_tensor_value_info("y", 1, None)],
+            [onnx.numpy_helper.from_array(k.astype(np.float32), "k")],
+        )
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x.astype(np.float32)}
+        )[0]
+        np.testing.assert_allclose(out, y.transpose(0, 2, 3, 1).reshape(-1, 4), rtol=1e-4, atol=1e-4)
+        few = window.patches(x, 5, np.random.default_rng(0))  # a random subset of the same rows
+        assert len(few) == 5 and all(any(np.allclose(r, q) for q in rows) for r in few)
+
+
+def conv_stats(x, kernel_hw, full=True):
+    from wnc_onnx.calibration import Window
+
+    s = x.shape[1]
+    rows = Window(kernel_hw, (1, 1), (1, 1, 1, 1), (1, 1)).patches(x, 10**7, np.random.default_rng(0))
+    st = stats_of(rows, s, int(np.prod(kernel_hw)))
+    if full:
+        return st
+    return PatchStats(st.channel(True), st.mean.reshape(s, -1).mean(1), s, st.taps, st.count)
+
+
+def test_tucker2_fit_exact_at_full_rank_and_hooi_under_white_inputs():
     rng = np.random.default_rng(3)
     k = rng.standard_normal((10, 8, 3, 3))
-    c = np.cov(correlated(400, 8, rng).T)
-    full = data_tucker2(k, 8, 10, c)
-    np.testing.assert_allclose(full.factors.reconstruct(), k, atol=1e-9)
-    white = data_tucker2(k, 4, 5, np.eye(8))
+    st = conv_stats(images(20, 8, rng) + 1.0, (3, 3))
+    full = data_fit(k, 8, 10, st)
+    np.testing.assert_allclose(full.reconstruct(), k, atol=1e-9)
+    white = data_fit(k, 4, 5, PatchStats(np.eye(8), np.zeros(8), 8, 9))
     hooi = tucker2(k, 4, 5)
-    assert white.factors.rel_error == pytest.approx(hooi.rel_error, rel=1e-3)
-    assert white.out_error == pytest.approx(white.factors.rel_error, rel=1e-9)
+    assert white.kernel_error == pytest.approx(hooi.rel_error, rel=1e-3)
+    assert white.out_error == pytest.approx(white.kernel_error, rel=1e-9)
 
 
-def test_data_tucker2_lowers_the_held_out_output_error_of_a_real_convolution():
+def test_tucker2_fit_lowers_the_held_out_output_error_of_a_real_convolution():
+    """Spatially smooth, channel-correlated inputs with a mean: the full patch covariance beats the
+    channel-only model, which beats the data-free HOOI; the modelled error predicts held-out data."""
     rng = np.random.default_rng(4)
     k = rng.standard_normal((24, 16, 3, 3))
-    x = images(64, 16, rng)
+    x = images(64, 16, rng) + rng.uniform(0.5, 2, 16)[None, :, None, None]
     fit, held = x[:32], x[32:]
-    flat = fit.transpose(0, 2, 3, 1).reshape(-1, 16)
-    c_in = flat.T @ flat / len(flat)
-    ours = data_tucker2(k, 6, 8, c_in)
-    plain = tucker2(k, 6, 8)
-    ref = conv(held, k)
+    xp = np.pad(held, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ref = conv(xp, k)
 
-    def err(kh):
-        return np.linalg.norm(conv(held, kh) - ref) / np.linalg.norm(ref)
+    def err(f):
+        out = conv(xp, f.reconstruct()) + f.shift[None, :, None, None]
+        return np.linalg.norm(out - ref) / np.linalg.norm(ref)
 
-    assert err(ours.factors.reconstruct()) < 0.7 * err(plain.reconstruct())  # 0.51 against 0.85
-    assert ours.out_error == pytest.approx(err(ours.factors.reconstruct()), rel=0.1)  # the model predicts held-out data
-    assert ours.out_error == pytest.approx(output_error(k, ours.factors.reconstruct(), c_in))
-    assert ours.out_error < output_error(k, plain.reconstruct(), c_in)
+    full = data_fit(k, 6, 8, conv_stats(fit, (3, 3)))
+    channel = data_fit(k, 6, 8, conv_stats(fit, (3, 3), full=False))
+    plain = tucker2(k, 6, 8).reconstruct()
+    plain_err = np.linalg.norm(conv(xp, plain) - ref) / np.linalg.norm(ref)
+    assert err(full) < err(channel) < 0.7 * plain_err
+    assert full.out_error == pytest.approx(err(full), rel=0.1)
+    num, den = error_terms(k, plain, conv_stats(fit, (3, 3)), shifted=False)
+    assert full.out_error < np.sqrt(num / den)
 
 
 # -- gathering the moments on calibration data ---------------------------------------------
@@ -109,7 +178,11 @@ def _demo_taps():
 
     model = zoo.demo_cnn()
     plan = inspect(model)
-    taps = [Tap(r.name, r.input_tensor, 1 if r.op_type == "Conv" else -1) for r in plan.layers if r.input_tensor]
+    taps = [
+        Tap(r.name, r.input_tensor, 1 if r.op_type == "Conv" else -1)
+        for r in plan.layers
+        if r.input_tensor and r.name != "fc1"  # 8192 features: slow to check, nothing new
+    ]
     assert len(taps) >= 4
     return onnx.load_from_string(model.SerializeToString()), taps
 
@@ -135,8 +208,32 @@ def test_gathered_moments_equal_numpy_on_all_the_data_at_once(tmp_path):
     again = gather(model, [{"image": x[:20]}, {"image": x[20:]}], taps)
     for name, st in cal.layers.items():
         np.testing.assert_allclose(again.layers[name].outer, st.outer, rtol=1e-6, atol=1e-6)
-    # fc1 reads 8192 features: 37 samples cannot estimate its moment, and it says how many it needs
-    assert cal.needed().get("fc1") == 8192
+    # fc2 reads 256 features: 37 samples cannot estimate their covariance, and it says how many it needs
+    assert cal.needed().get("fc2") == 257
+
+
+def test_patch_moments_full_and_channel_only_agree(monkeypatch):
+    """Wide patches keep only the channel covariance (MAX_FULL); it equals the full one's average
+    diagonal block, and few patches fall back to it too."""
+    from wnc_onnx import calibration
+    from wnc_onnx.calibration import Moments, Window
+
+    rng = np.random.default_rng(9)
+    x = images(6, 5, rng) + 1.5
+    rows = Window((3, 3), (1, 1), (1, 1, 1, 1), (1, 1)).patches(x, 10**6, rng)
+    full = Moments.empty(5, 9)
+    full.add(rows)
+    monkeypatch.setattr(calibration, "MAX_FULL", 8)
+    narrow = Moments.empty(5, 9)
+    narrow.add(rows)
+    assert full.full and not narrow.full
+    a, b = full.stats(), narrow.stats()
+    m = a.mean.reshape(5, 9).mean(1)  # pooled over the taps
+    np.testing.assert_allclose(b.patch_mean(), m[:, None].repeat(9, 1), rtol=1e-6)
+    np.testing.assert_allclose(b.cov, a.channel(False) - np.outer(m, m), rtol=1e-5, atol=1e-5)
+    few = Moments.empty(5, 9)
+    few.add(rows[:20])  # 20 patches cannot estimate a 45 x 45 covariance: the channel one it is
+    assert not few.stats().full and few.stats().cov.shape == (5, 5)
 
 
 def onnx_with_outputs(model, names):
@@ -230,10 +327,17 @@ def test_cli_calibration_table_and_bad_data(tmp_path, capsys):
     np.savez(tmp_path / "bad.npz", image=_images(20, 1)[:, :, :16])
     for data, needle in (("few.npz", "too few"), ("bad.npz", "has shape")):
         bad = tmp_path / "bad.onnx"
-        assert main([str(tmp_path / "m.onnx"), str(bad), "--calibration", str(tmp_path / data), "-q"]) == 2
+        args = [str(tmp_path / "m.onnx"), str(bad), "--calibration", str(tmp_path / data), "-q", "--include", "^fc2$"]
+        assert main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0] and "fix:" in err[0]
         assert not bad.exists()
+    # too few for fc2 alone: the others are fitted to the data, fc2 without, and a note says so
+    assert main([str(tmp_path / "m.onnx"), str(out), "--calibration", str(tmp_path / "few.npz"), "-q"]) == 0
+    table = capsys.readouterr().out
+    assert "1 layer(s) fitted without data" in table and "'fc2': 20 for 256 channels; give at least 257" in table
+    fc2 = next(ln for ln in table.splitlines() if ln.startswith("fc2"))
+    assert not re.search(r"\d\.\d{3} \(\d", fc2)  # no "data err (free)": fitted data-free
 
 
 def test_a_pointwise_conv_and_a_fixed_batch_model_calibrate(tmp_path):
@@ -263,3 +367,108 @@ def _conv_output_error(original, compressed, x):
 
     a, b = run(original), run(compressed)
     return float(np.linalg.norm(a - b) / np.linalg.norm(a))
+
+
+# -- --max-error: ranks chosen for an output-error budget on the data ----------------------------
+
+
+def _demo_split(tmp_path):
+    from wnc_onnx import zoo
+
+    model = zoo.demo_cnn()
+    np.savez(tmp_path / "cal.npz", image=_images(96, 1))
+    return model, _images(64, 2)
+
+
+def test_max_error_holds_on_held_out_inputs_with_fewer_macs_for_a_looser_budget(tmp_path):
+    from wnc_onnx import compress
+    from wnc_onnx.verify import verify
+
+    model, held = _demo_split(tmp_path)
+    macs = []
+    for budget in (0.05, 0.2):
+        out, rep = compress(model, calibration=tmp_path / "cal.npz", max_error=budget, exclude="^fc")
+        info = rep.extras["max_error"]
+        assert info["target"] == budget and info["measured"] <= budget
+        assert verify(model, out, inputs={"image": held}).worst_rel <= budget  # inputs never seen
+        assert rep.totals.decomposed >= 1
+        assert set(info["layers"]) == {r.name for r in rep.layers if r.data_error is not None} | set(
+            n for n, v in info["layers"].items() if v["scale"] is None
+        )
+        macs.append(rep.totals.to_dict()["macs_ratio"])
+    assert macs[1] > macs[0]  # a looser budget buys more compression
+
+
+def test_max_error_bad_use_is_one_line_and_exit_2(tmp_path, capsys):
+    import onnx
+
+    from wnc_onnx import zoo
+    from wnc_onnx.cli import main
+
+    onnx.save(zoo.demo_cnn(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "cal.npz", image=_images(96, 1))
+    out = tmp_path / "o.onnx"
+    for args, needle in (
+        (["--max-error", "0.05"], "give calibration"),
+        (["--max-error", "-1", "--calibration", str(tmp_path / "cal.npz")], "must be > 0"),
+        (["--max-error", "1e-9", "--calibration", str(tmp_path / "cal.npz")], "cannot be met"),
+    ):
+        assert main([str(tmp_path / "m.onnx"), str(out), "-q", "--exclude", "^fc", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0] and "fix:" in err[0], err
+        assert not out.exists()
+
+
+def test_an_image_folder_calibrates_like_the_same_pixels_in_an_npz(tmp_path):
+    """Unlabeled images (nested or not) are read, resized and normalized as finetune reads them."""
+    from PIL import Image
+
+    from wnc_onnx import compress, zoo
+
+    model = zoo.demo_cnn()  # image: [N, 3, 32, 32]
+    rng = np.random.default_rng(8)
+    pixels = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    for i, p in enumerate(pixels):
+        Image.fromarray(p).save(tmp_path / "imgs" / ("sub" if i % 2 else "") / f"{i:03d}.png")
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    files = sorted((tmp_path / "imgs").rglob("*.png"))
+    order = [int(f.stem) for f in files]
+    x = ((pixels[order].astype(np.float32) / 255 - 0.5) / 0.25).transpose(0, 3, 1, 2)
+    np.savez(tmp_path / "same.npz", image=x)
+    ranks = {"conv2": [6, 10]}
+    a, rep_a = compress(
+        model,
+        include="^conv2$",
+        ranks=ranks,
+        calibration=tmp_path / "imgs",
+        calibration_mean=(0.5,),
+        calibration_std=(0.25,),
+    )
+    b, rep_b = compress(model, include="^conv2$", ranks=ranks, calibration=tmp_path / "same.npz")
+    assert rep_a.layers[1].data_error == pytest.approx(rep_b.layers[1].data_error, rel=1e-5)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    from wnc_onnx.errors import WncError
+
+    with pytest.raises(WncError, match="holds no images"):
+        compress(model, calibration=empty)
+
+
+def test_batches_from_a_generator_are_read_once_and_max_error_keeps_them(tmp_path):
+    """A one-shot iterator feeds the statistics (the report says its error is not measured);
+    --max-error reads the data many times, so it keeps the batches."""
+    from wnc_onnx import compress, zoo
+
+    model = zoo.demo_cnn()
+    x = _images(96, 1)
+
+    def gen():
+        for i in range(0, 96, 32):
+            yield {"image": x[i : i + 32]}
+
+    _, rep = compress(model, exclude="^fc", calibration=gen())
+    assert any("read once" in w for w in rep.warnings) and "calibration" not in rep.extras
+    assert all(r.data_error is not None for r in rep.layers if r.status == "decomposed")
+    _, rep = compress(model, exclude="^fc", calibration=gen(), max_error=0.1)
+    assert rep.extras["calibration"]["samples"] == 96 and rep.extras["calibration"]["output_error"] <= 0.1

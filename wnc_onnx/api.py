@@ -156,7 +156,8 @@ def _pq_params_delta(model: onnx.ModelProto, report: Report) -> int:
 def _config_dict(cfg: CompressConfig) -> dict[str, Any]:
     d = asdict(replace(cfg, calibration=None))  # the data themselves are not copied into the report
     if cfg.calibration is not None:
-        d["calibration"] = str(cfg.calibration) if isinstance(cfg.calibration, str | os.PathLike) else "<iterable>"
+        named = isinstance(cfg.calibration, str | os.PathLike) or type(cfg.calibration).__name__ == "Reuse"
+        d["calibration"] = str(cfg.calibration) if named else "<iterable>"
     d["ranks"] = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.ranks.items()}
     d["op_types"] = list(cfg.op_types)
     d["input_shapes"] = {k: list(v) for k, v in cfg.input_shapes.items()}
@@ -242,7 +243,23 @@ def compress(model: ModelLike, config: CompressConfig | None = None, **options: 
     the model holds no Conv/Gemm/MatMul.
     """
     cfg = _config(config, options)
+    if cfg.max_error is not None:
+        from wnc_onnx.budget import compress_within
+
+        proto = model if isinstance(model, onnx.ModelProto) else load_model_and_source(Path(model))[0]
+        return compress_within(proto, cfg)
     result, report = _run(model, cfg, plan_only=False)
+    if cfg.calibration is not None and report.totals.decomposed:  # the accuracy risk, on the user's data
+        from wnc_onnx.budget import on_calibration_data, one_shot
+
+        if one_shot(cfg.calibration):
+            report.warnings.append(
+                "the calibration batches came from an iterator, read once: the model's error on them is not "
+                "measured (pass a list, an .npz or a folder to see it)"
+            )
+        else:
+            original = model if isinstance(model, onnx.ModelProto) else load_model_and_source(Path(model))[0]
+            report.extras["calibration"] = on_calibration_data(original, result, cfg)
     if not cfg.timed or not report.totals.decomposed:
         return result, report
     original = model if isinstance(model, onnx.ModelProto) else load_model_and_source(Path(model))[0]

@@ -1,17 +1,19 @@
-"""Calibration data: the second moments that data-aware factorization needs (issue 12).
+"""Calibration data: the input statistics that data-aware factorization needs (issue 12).
 
 The original model runs in onnxruntime on the user's inputs, batch by batch, with the
-tapped layers' input tensors added to its outputs. For each tap the channel second moment
-E[x x^T] of the input (channels on axis 1 for a Conv, the last axis for Gemm / MatMul,
-every other axis a sample) is summed in float64, so memory is bounded by the statistics
-(d x d per tap), not by the data. ``wnc_onnx.numeric.calibrated`` turns them into factors.
-"""
+tapped layers' input tensors added to its outputs. For each tap the mean and second
+moment of the layer's input vectors are summed in float64: for a Conv the patches its
+kernel reads (S channels x kernel taps, zero padding included, ``POSITIONS`` drawn at
+random per sample on large maps), for a Flatten -> Gemm the whole map, for Gemm / MatMul
+the rows. Memory is bounded by the statistics ((S x taps)^2 per layer, or S^2 where the
+patches are wider than ``MAX_FULL``), not by the data. ``wnc_onnx.numeric.calibrated``
+turns them into factors."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import onnx
 from wnc_onnx.errors import WncError
 from wnc_onnx.graph import data_inputs
 from wnc_onnx.model_io import read_npz
+from wnc_onnx.numeric.calibrated import PatchStats
 
 log = logging.getLogger(__name__)
 
@@ -31,41 +34,150 @@ BATCH = 16  # samples per onnxruntime run when the data come as whole arrays
 
 
 @dataclass(frozen=True)
+class Window:
+    """A convolution's view of its input: each output position reads a patch of S x prod(kernel)."""
+
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]  # begins then ends, as ONNX writes them
+    dilations: tuple[int, ...]
+    auto_pad: str = "NOTSET"
+
+    @property
+    def taps(self) -> int:
+        return int(np.prod(self.kernel))
+
+    def _pads(self, size: tuple[int, ...]) -> tuple[list[int], list[int]]:
+        nd = len(self.kernel)
+        if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            begins, ends = [], []
+            for n, k, st, d in zip(size, self.kernel, self.strides, self.dilations, strict=True):
+                total = max((-(-n // st) - 1) * st + d * (k - 1) + 1 - n, 0)
+                small = total // 2
+                begins.append(small if self.auto_pad == "SAME_UPPER" else total - small)
+                ends.append(total - begins[-1])
+            return begins, ends
+        if self.auto_pad == "VALID":
+            return [0] * nd, [0] * nd
+        return list(self.pads[:nd]), list(self.pads[nd:])
+
+    def patches(self, x: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+        """(M, S * taps) patches of x (N, S, *spatial) at up to ``limit`` output positions
+        drawn at random (all of them when there are fewer), zero padding included."""
+        nd = len(self.kernel)
+        begins, ends = self._pads(tuple(x.shape[2:]))
+        xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(begins, ends, strict=True)))
+        out = [
+            (xp.shape[2 + i] - self.dilations[i] * (self.kernel[i] - 1) - 1) // self.strides[i] + 1 for i in range(nd)
+        ]
+        positions = x.shape[0] * int(np.prod(out))
+        if positions <= 0:
+            return np.zeros((0, x.shape[1] * self.taps), dtype=x.dtype)
+        pick = np.arange(positions) if positions <= limit else np.sort(rng.choice(positions, limit, replace=False))
+        idx = np.unravel_index(pick, [x.shape[0], *out])
+        cols = []
+        for offset in np.ndindex(*self.kernel):  # taps in the kernel's C order
+            coords = tuple(idx[1 + i] * self.strides[i] + offset[i] * self.dilations[i] for i in range(nd))
+            cols.append(_take(xp, idx[0], coords))
+        return np.stack(cols, axis=2).reshape(len(pick), -1)  # (M, S, taps) -> channel-major
+
+
+def _take(xp: np.ndarray, n: np.ndarray, coords: tuple[np.ndarray, ...]) -> np.ndarray:
+    """xp[n_i, :, coords_i] for every i: (M, S)."""
+    return np.moveaxis(xp, 1, -1)[(n, *coords)]
+
+
+@dataclass(frozen=True)
 class Tap:
-    """A layer whose input moment is wanted: ``channel_axis`` 1 (Conv), -1 or -2 (MatMul W X)."""
+    """A layer whose input statistics are wanted: ``channel_axis`` 1 (Conv, with its ``window``),
+    -1 or -2 (Gemm / MatMul rows, or columns for W X)."""
 
     layer: str
     tensor: str
     channel_axis: int
+    window: Window | None = None
+
+
+MAX_FULL = 4608  # patch widths (S x taps) up to this keep the full covariance (170 MB in float64)
+POSITIONS = 64  # patches drawn per sample and conv (all of them on smaller maps)
 
 
 @dataclass
 class Moments:
-    """The running sum of x x^T over sample vectors, in float64."""
+    """Running sums of x and x x^T over a layer's input vectors (patches), in float64."""
 
     outer: np.ndarray
+    total: np.ndarray
+    channels: int
+    taps: int = 1
     count: int = 0
 
-    def add(self, value: np.ndarray, channel_axis: int) -> None:
-        v = np.moveaxis(np.asarray(value, dtype=np.float64), channel_axis, -1)
-        flat = v.reshape(-1, v.shape[-1])
-        if flat.shape[1] != self.outer.shape[0]:
-            raise WncError(
-                f"a calibration batch gave {flat.shape[1]} channels where an earlier one gave {self.outer.shape[0]}",
-                "give inputs of one size",
-            )
-        self.outer += flat.T @ flat
-        self.count += len(flat)
+    @classmethod
+    def empty(cls, channels: int, taps: int) -> Moments:
+        d = channels * taps if channels * taps <= MAX_FULL or taps == 1 else channels
+        return cls(np.zeros((d, d)), np.zeros(d), channels, taps)
+
+    def add(self, rows: np.ndarray) -> None:
+        """Add (M, S * taps) patch rows (or (M, S) channel rows when the patches are too wide)."""
+        d = self.outer.shape[0]
+        if rows.shape[1] != d:
+            if rows.shape[1] != self.channels * self.taps:
+                raise WncError(
+                    f"a calibration batch gave {rows.shape[1]} features where an earlier one gave {d}",
+                    "give inputs of one size",
+                )
+            rows = np.moveaxis(rows.reshape(len(rows), self.channels, self.taps), 1, 2).reshape(-1, self.channels)
+            self.count += len(rows) // self.taps
+        else:
+            self.count += len(rows)
+        r = rows.astype(np.float32, copy=False)
+        self.outer += (r.T @ r).astype(np.float64)
+        self.total += rows.sum(axis=0, dtype=np.float64)
+
+    @property
+    def full(self) -> bool:
+        return self.outer.shape[0] == self.channels * self.taps
+
+    @property
+    def vectors(self) -> int:
+        """Sample vectors behind the channel statistics (each patch holds ``taps`` of them)."""
+        return self.count * self.taps
+
+    def stats(self) -> PatchStats:
+        """Mean and covariance; the full patch covariance only where the patches outnumber its width."""
+        n = max(self.count if self.full else self.vectors, 1)  # rows summed: patches, or channel vectors
+        outer, total = self.outer / n, self.total / n
+        if self.full and self.taps > 1 and self.count < self.outer.shape[0]:
+            s, p = self.channels, self.taps
+            outer = np.einsum("apbp->ab", outer.reshape(s, p, s, p)) / p
+            total = total.reshape(s, p).mean(axis=1)
+        cov = outer - np.outer(total, total)
+        return PatchStats((cov + cov.T) / 2, total, self.channels, self.taps, self.count)
 
     @property
     def second(self) -> np.ndarray:
-        """E[x x^T]."""
-        return self.outer / max(self.count, 1)
+        """E[x x^T] of the channels (S, S)."""
+        if self.taps == 1:
+            return self.outer / max(self.count, 1)
+        return self.stats().channel(centered=False)
+
+
+@dataclass
+class Reuse:
+    """Calibration data whose statistics are gathered on the first run and reused by later ones
+    (``--max-error`` compresses the model many times over)."""
+
+    source: CalibrationSource
+    stats: dict[str, PatchStats] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return str(self.source) if isinstance(self.source, str | Path) else "<iterable>"
 
 
 @dataclass
 class Calibration:
-    """The input moments of every tapped layer and how much data they came from."""
+    """The input statistics of every tapped layer and how much data they came from."""
 
     layers: dict[str, Moments] = field(default_factory=dict)
     samples: int = 0
@@ -73,16 +185,18 @@ class Calibration:
     seconds: float = 0.0
 
     def needed(self) -> dict[str, int]:
-        """Layers whose input moment has fewer sample vectors than its order (rank-deficient):
+        """Layers whose channel covariance has fewer sample vectors than channels (rank-deficient):
         layer -> how many vectors it needs."""
-        return {name: m.outer.shape[0] for name, m in self.layers.items() if m.count < m.outer.shape[0]}
+        return {name: m.channels + 1 for name, m in self.layers.items() if m.vectors <= m.channels}
 
 
 def _expected(model: onnx.ModelProto) -> dict[str, tuple[list[int | None], np.dtype[Any]]]:
     out = {}
     for vi in data_inputs(model):
         tt = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        dims = [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim
+        ]  # -1: dynamic
         out[vi.name] = (dims, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)))
     return out
 
@@ -115,20 +229,49 @@ def check_feeds(model: onnx.ModelProto, feeds: Feeds, where: str) -> dict[str, n
     return out
 
 
+def _image_batches(
+    path: Path, model: onnx.ModelProto, batch: int, mean: Sequence[float], std: Sequence[float]
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of the images under ``path`` (any layout), sized and normalized for the model's
+    one image input (N, 1 or 3, H, W) as ``finetune`` reads image folders."""
+    from wnc_onnx.finetune.images import UnlabeledImages
+
+    expected = _expected(model)
+    dims = next(iter(expected.values()))[0] if len(expected) == 1 else []
+    if len(dims) != 4 or dims[1] not in (1, 3) or dims[2] is None or dims[3] is None:
+        shown = ", ".join(f"{n} [{','.join('?' if d is None else str(d) for d in e[0])}]" for n, e in expected.items())
+        raise WncError(
+            f"--calibration {path}: an image folder needs a model with one image input [N, 1 or 3, H, W] of fixed "
+            f"size; this one takes {shown}",
+            "store the inputs in an .npz, one array per input",
+        )
+    name = next(iter(expected))
+    images = UnlabeledImages(path, (int(dims[2]), int(dims[3])), int(dims[1]), mean, std)
+    if not images.files:
+        raise WncError(f"--calibration {path}: the folder holds no images", "give a folder of .png / .jpg images")
+    step = dims[0] if dims[0] is not None else batch
+    stop = len(images.files) - step + 1 if dims[0] is not None else len(images.files)
+    for i in range(0, max(stop, 0), step):
+        yield {name: images.decode(images.files[i : i + step])}
+
+
 def batches_of(
-    source: CalibrationSource, model: onnx.ModelProto, batch: int = BATCH
+    source: CalibrationSource,
+    model: onnx.ModelProto,
+    batch: int = BATCH,
+    mean: Sequence[float] = (0.0,),
+    std: Sequence[float] = (1.0,),
 ) -> Iterator[dict[str, np.ndarray]]:
     """Checked feed dicts from an ``.npz`` (one array per input, batch first; cut into batches
-    of ``batch``, or of the model's own batch size where it is fixed) or an iterable of feed
-    dicts (each a batch)."""
+    of ``batch``, or of the model's own batch size where it is fixed), an image folder (pixels
+    in [0, 1], then ``(x - mean) / std`` per channel) or an iterable of feed dicts (each a batch)."""
     where = "calibration batch {}"
     if isinstance(source, str | Path):
         path = Path(source)
         if path.is_dir():
-            raise WncError(
-                f"--calibration {path}: image folders are not read yet",
-                "store the inputs in an .npz, one array per input",
-            )
+            for k, decoded in enumerate(_image_batches(path, model, batch, mean, std)):
+                yield check_feeds(model, decoded, f"--calibration {path.name}, batch {k}")
+            return
         arrays = read_npz(
             path, "calibration file", "with one array per model input", "numpy.savez(path, input_name=array)"
         )
@@ -153,6 +296,8 @@ def gather(
     *,
     threads: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    mean: Sequence[float] = (0.0,),
+    std: Sequence[float] = (1.0,),
 ) -> Calibration:
     """Run ``model`` on the calibration data and sum each tap's moments."""
     from wnc_onnx.verify import _session
@@ -167,13 +312,18 @@ def gather(
     names = [o.name for o in sess.get_outputs()]
     cal = Calibration()
     t0 = time.perf_counter()
-    for feeds in batches_of(source, model):
+    for feeds in batches_of(source, model, mean=mean, std=std):
         values = {**feeds, **dict(zip(names, sess.run(None, feeds), strict=True))}
-        for tap in taps:
+        for i, tap in enumerate(taps):
             x = values[tap.tensor]
-            cal.layers.setdefault(tap.layer, Moments(np.zeros((x.shape[tap.channel_axis],) * 2))).add(
-                x, tap.channel_axis
-            )
+            if tap.window is not None:
+                rng = np.random.default_rng([cal.batches, i])
+                rows = tap.window.patches(np.asarray(x), POSITIONS * len(x), rng)
+                channels, width = x.shape[1], tap.window.taps
+            else:
+                v = np.moveaxis(np.asarray(x), tap.channel_axis, -1)
+                rows, channels, width = v.reshape(-1, v.shape[-1]), v.shape[-1], 1
+            cal.layers.setdefault(tap.layer, Moments.empty(channels, width)).add(rows)
         cal.samples += len(next(iter(feeds.values()))) if feeds else 0
         cal.batches += 1
         if progress is not None:

@@ -250,17 +250,40 @@ def _add_verify(p: argparse.ArgumentParser) -> None:
         help="fill a --verify input with the value V instead of random numbers, e.g. --input-value sr=16000",
     )
     g.add_argument(
-        "--calibration",
-        metavar="NPZ",
-        help="experimental: model inputs (an .npz, one array per input, batch first; a few hundred samples): "
-        "each layer is fitted to its response to them instead of its kernel alone, and the table shows its "
-        "output error on them (docs/calibration.md)",
-    )
-    g.add_argument(
         "--tolerance",
         type=float,
         metavar="T",
         help="fail (exit 1, nothing written) when the worst output error exceeds T (see README, 'Verify')",
+    )
+
+
+def _add_calibration(p: argparse.ArgumentParser, budget: bool = True) -> None:
+    g = p.add_argument_group("calibration data (docs/calibration.md)")
+    g.add_argument(
+        "--calibration",
+        metavar="DATA",
+        help="model inputs (an .npz, one array per input, batch first, or a folder of images for a model with one "
+        "image input; a few hundred samples): each layer is "
+        "fitted to its response to them instead of its kernel alone, and the table shows its output error on "
+        "them (docs/calibration.md)",
+    )
+    g.add_argument(
+        "--calibration-mean",
+        default="0",
+        metavar="M[,M,M]",
+        help="an image folder given to --calibration: pixels in [0,1], minus M per channel (as finetune --mean)",
+    )
+    g.add_argument(
+        "--calibration-std", default="1", metavar="S[,S,S]", help="... then divided by S per channel (finetune --std)"
+    )
+    if not budget:
+        return
+    g.add_argument(
+        "--max-error",
+        type=float,
+        metavar="E",
+        help="with --calibration: choose the ranks so the network's output error on the calibration data "
+        "(relative RMS, as --verify measures it) stays under E with the fewest MACs, e.g. 0.05",
     )
 
 
@@ -290,12 +313,14 @@ def build_parser() -> dict[str, argparse.ArgumentParser]:
     _add_sizes(comp)
     _add_latency(comp)
     add_pq_arguments(comp)
+    _add_calibration(comp)
     _add_verify(comp)
     _add_output(comp)
     insp = _Parser(prog="wnc-onnx inspect", description="Print the plan (ranks, costs); write nothing.", **common)  # type: ignore[arg-type]
     insp.add_argument("input", help="model to inspect (.onnx)")
     _add_selection(insp)
     _add_sizes(insp)
+    _add_calibration(insp, budget=False)
     _add_output(insp)
     tune = _Parser(
         prog="wnc-onnx finetune",
@@ -339,6 +364,13 @@ def _input_shapes(a: argparse.Namespace) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _floats_arg(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        raise WncError(f"{flag} {text!r} is not a number or comma-separated numbers", f"e.g. {flag} 0.5") from None
+
+
 def _config(a: argparse.Namespace) -> CompressConfig:
     ops = tuple(o.strip() for o in a.op_types.split(",") if o.strip())
     try:
@@ -368,6 +400,9 @@ def _config(a: argparse.Namespace) -> CompressConfig:
             input_shapes=_input_shapes(a),
             threads=a.threads,
             calibration=getattr(a, "calibration", None),
+            max_error=getattr(a, "max_error", None),
+            calibration_mean=_floats_arg(getattr(a, "calibration_mean", "0"), "--calibration-mean"),
+            calibration_std=_floats_arg(getattr(a, "calibration_std", "1"), "--calibration-std"),
             **_latency_options(a),
             **_pq_flags(a),
         )

@@ -66,9 +66,16 @@ class CompressConfig:
     target_calibration: float = 1.0
     # layers left whole because they ran slower inside the model than alone (set by compress)
     keep_whole: tuple[str, ...] = ()
+    keep_whole_why: str = "latency-aware: kept whole (its chosen form ran slower inside the model, profiled)"
     # Calibration data (issue 12, wnc_onnx.calibration): an .npz of model inputs or an iterable
-    # of feed dicts. Each Conv / Gemm / MatMul is then fitted to its inputs' second moment.
+    # of feed dicts. Each Conv / Gemm / MatMul is then fitted to its inputs' patch covariance.
     calibration: Any = None
+    # image folders given as calibration: pixels in [0, 1], then (x - mean) / std per channel
+    calibration_mean: tuple[float, ...] = (0.0,)
+    calibration_std: tuple[float, ...] = (1.0,)
+    # With calibration data: choose the ranks so the network's output error on them (relative
+    # RMS, as --verify measures it) stays under max_error with the fewest MACs (wnc_onnx.budget).
+    max_error: float | None = None
     # The low-rank pass (off: product quantization alone, --no-lowrank).
     lowrank: bool = True
     # Product quantization (wnc_onnx.passes.pq, docs/pq.md): weights of pq_op_types cut into
@@ -110,6 +117,13 @@ class CompressConfig:
             raise ValueError("threads must be >= 0 (0: automatic)")
         if self.target_speedup is not None and not self.target_speedup > 0:
             raise ValueError("target_speedup must be > 0 (e.g. 2 for twice as fast)")
+        if self.max_error is not None:
+            if not self.max_error > 0:
+                raise ValueError("max_error must be > 0 (e.g. 0.05 for a 5% output error)")
+            if self.calibration is None:
+                raise ValueError("max_error measures the error on calibration data: give calibration (--calibration)")
+            if self.timed:
+                raise ValueError("max_error does not combine with latency_aware / target_speedup yet")
         if self.graph_opt not in GRAPH_OPT_LEVELS:
             raise ValueError(f"graph_opt must be one of {', '.join(GRAPH_OPT_LEVELS)}")
         self._check_pq()
@@ -144,7 +158,7 @@ class CompressConfig:
     def selects(self, name: str, op_type: str) -> str | None:
         """None when the layer is selected, else the reason it is not."""
         if name in self.keep_whole:
-            return "latency-aware: kept whole (its chosen form ran slower inside the model, profiled)"
+            return self.keep_whole_why
         if name in self.ranks:
             return None
         if op_type not in self.op_types:

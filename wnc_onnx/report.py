@@ -237,11 +237,26 @@ def _layout(report: Report, head: tuple[str, ...], rows: list[tuple[str, ...]]) 
         + file
     )
     lines += _latency_lines(report)
+    lines += _calibration_lines(report)
     pq = report.extras.get("pq")
     if pq:
         lines += ["", *pq_table(pq)]
     lines += [f"note: {w}" for w in report.warnings]
     return "\n".join(lines)
+
+
+def _calibration_lines(report: Report) -> list[str]:
+    """The whole model's output error on the calibration data (and the --max-error budget)."""
+    cal = report.extras.get("calibration")
+    if not cal:
+        return []
+    line = f"On {cal['samples']} calibration samples: output error {cal['output_error']:.4f} (relative RMS)"
+    if cal.get("top1_agreement") is not None:
+        line += f", top-1 unchanged on {cal['top1_agreement']:.1%}"
+    budget = report.extras.get("max_error")
+    if budget:
+        line += f"; --max-error {budget['target']:g} met in {budget['rounds']} round(s), {budget['builds']} builds"
+    return [line]
 
 
 def pq_table(pq: dict[str, Any]) -> list[str]:

@@ -62,6 +62,18 @@ class ImageFolder:
         std: Sequence[float] = (1.0,),
         classes: Sequence[str] | None = None,
     ) -> None:
+        self._decoding(root, size, channels, mean, std)
+        folders = class_folders(self.root)
+        self.classes = check_classes(classes) if classes is not None else [f.name for f in folders]
+        self.files, self.labels = self.scan(folders)
+        if len(self.classes) < 2:
+            log.warning(
+                "%s: only %d class(es) %s; classification needs at least 2", self.name, len(self.classes), self.classes
+            )
+
+    def _decoding(
+        self, root: PathLike, size: tuple[int, int], channels: int, mean: Sequence[float], std: Sequence[float]
+    ) -> None:
         self.root = Path(root)
         self.name = str(root)
         self.size = check_size(size)
@@ -74,13 +86,6 @@ class ImageFolder:
                 f"std {np.ravel(std).tolist()} contains 0 (it divides the pixels)", "pass non-zero std values"
             )
         self.image = pillow()
-        folders = class_folders(self.root)
-        self.classes = check_classes(classes) if classes is not None else [f.name for f in folders]
-        self.files, self.labels = self.scan(folders)
-        if len(self.classes) < 2:
-            log.warning(
-                "%s: only %d class(es) %s; classification needs at least 2", self.name, len(self.classes), self.classes
-            )
 
     def scan(self, folders: list[Path]) -> tuple[list[Path], np.ndarray]:
         """The image files of each class folder, and their labels."""
@@ -158,6 +163,23 @@ class ImageFolder:
 
 
 load_image_folder = ImageFolder  # the function-style name used by the CLI and the README
+
+
+class UnlabeledImages(ImageFolder):
+    """Every image under ``root``, class folders or not (calibration data need no labels)."""
+
+    def __init__(
+        self,
+        root: PathLike,
+        size: tuple[int, int],
+        channels: int,
+        mean: Sequence[float] = (0.0,),
+        std: Sequence[float] = (1.0,),
+    ) -> None:
+        self._decoding(root, size, channels, mean, std)
+        self.classes = []
+        self.files = images_under(self.root)
+        self.labels = np.zeros(len(self.files), dtype=np.int64)
 
 
 def check_size(size: tuple[int, int]) -> tuple[int, int]:

@@ -1,33 +1,40 @@
 """Data-aware factorizations: approximate a layer's response to its inputs, not its kernel.
 
-With the second moment C = E[x x^T] of a layer's input (gathered on calibration data), the
-error that matters is the output's, E||(W - W') x||^2 = ||(W - W') C^(1/2)||_F^2, not the
-kernel's ||W - W'||_F^2 (Zhang et al. 2016; Denton et al. 2014). Plain numpy, like the rest
-of ``numeric``.
+A layer reads patches x of S channels x P taps (P = 1 for a matrix; the kernel window for
+a conv; the whole map for a Flatten -> Gemm) and computes y = K x with K (T, S*P). With the
+mean m and covariance S of x on calibration data, the output error of an approximation
+K' is E||(K - K') x||^2 = tr((K - K') S (K - K')^T) + ||(K - K') m||^2 (Zhang et al. 2016;
+Denton et al. 2014). Where the layer has (or may be given) a bias, the second term is
+removed exactly by shifting the bias by (K - K') m, so the factors are fitted to the
+covariance alone; elsewhere (MatMul) to the second moment S + m m^T.
 
-* Matrices (Gemm, MatMul, 1x1 convs; y = W x): the best rank-r W' is P P^T W, P the top-r
-  left singular vectors of W C^(1/2). Exact at full rank; equal to the truncated SVD when
-  C is a multiple of the identity.
-* Tucker-2 kernels (T, S, *spatial): the error model treats every tap's input as having
-  the channel moment C and ignores the taps' cross-correlation:
-  sum_p ||(K_p - K'_p) C^(1/2)||_F^2. In the whitened kernel Kw_p = K_p C^(1/2) that is the
-  Frobenius error, so Tucker-2 (HOSVD + HOOI) of Kw is its optimum; mapped back, the input
-  1x1 conv is the oblique B = V^T C^(-1/2) (not orthonormal), the core G_p = U^T Kw_p V and
-  the output 1x1 conv U. With C = I this is the data-free Tucker-2.
+The factors of a Tucker-2 layer y = U G (B (x) I_P) x, with B (R3, S) the input 1x1 conv,
+G the core and U (T, R4) the output 1x1 conv:
+
+1. B from HOOI of the kernel whitened by the inputs' channel covariance C (the taps'
+   average block of S): the optimum when the taps are uncorrelated; B = V^T C^(-1/2).
+2. Given B, the best unconstrained map of the projected patches z = (B (x) I) x is
+   W* = K S A (A^T S A)^+ with A = B^T (x) I_P (least squares over the full patch
+   covariance, so the taps' correlation counts), and U holds the top R4 eigenvectors of
+   W* (A^T S A) W*^T; the core is U^T W*. With B = I, W* = K, so a full-rank fit is exact on
+   every input, not only on the data. Tucker-1 and SVD are the cases B = I.
+
+``PatchStats`` holds either the full patch covariance (S*P x S*P) or, for layers too large
+for it, the channel covariance alone (S x S; the taps then count as uncorrelated). Plain
+numpy, like the rest of ``numeric``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from wnc_onnx.numeric.gram import sym_eig_top
-from wnc_onnx.numeric.svd import LowRankFactors
-from wnc_onnx.numeric.tucker import Tucker2, tucker2
+from wnc_onnx.numeric.tucker import tucker2
 
-RIDGE = 1e-6  # eigenvalues of C below RIDGE * its largest count as zero (channels the data never excites)
+RIDGE = 1e-6  # eigenvalues below RIDGE * the largest count as zero (directions the data never excite)
 
 
 def sqrt_psd(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -42,80 +49,151 @@ def sqrt_psd(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (vecs * root) @ vecs.T, (vecs * inv) @ vecs.T
 
 
-def error_terms(kernel: np.ndarray, approx: np.ndarray, c: np.ndarray) -> tuple[float, float]:
-    """(sum_p ||(K_p - K'_p) C^(1/2)||^2, sum_p ||K_p C^(1/2)||^2) over the taps p of a kernel
-    (T, S, *spatial), or of a matrix (T, S) with y = W x: E||(W - W') x||^2 and E||W x||^2."""
-    k = np.asarray(kernel, dtype=np.float64)
-    k3 = k.reshape(k.shape[0], k.shape[1], -1)
+def pinv_psd(g: np.ndarray) -> np.ndarray:
+    """The pseudo-inverse of a symmetric PSD matrix, RIDGE-relative cut-off."""
+    g = (g + g.T) / 2
+    top = float(np.abs(g).max()) if g.size else 0.0
+    return np.linalg.pinv(g, rcond=RIDGE, hermitian=True) if top > 0 else np.zeros_like(g)
+
+
+@dataclass(frozen=True)
+class PatchStats:
+    """Mean and covariance of a layer's input patches: S channels x P taps, channel-major.
+
+    ``cov`` is (S*P, S*P) (full) or (S, S) (channel only: every tap with the same channel
+    covariance, taps uncorrelated); ``mean`` is (S*P,) or (S,) accordingly."""
+
+    cov: np.ndarray
+    mean: np.ndarray
+    channels: int
+    taps: int
+    count: int = 0  # the patch vectors they came from
+
+    @property
+    def full(self) -> bool:
+        return self.cov.shape[0] == self.channels * self.taps
+
+    def group(self, g: int, s: int) -> PatchStats:
+        """The statistics of input channels [g*s, (g+1)*s) (grouped convolutions)."""
+        width = s * self.taps if self.full else s
+        sl = slice(g * width, (g + 1) * width)
+        return PatchStats(self.cov[sl, sl], self.mean[sl], s, self.taps, self.count)
+
+    def moment(self, centered: bool) -> np.ndarray:
+        """The covariance, or the second moment E[x x^T]."""
+        return self.cov if centered else self.cov + np.outer(self.mean, self.mean)
+
+    def channel(self, centered: bool) -> np.ndarray:
+        """(S, S): the channel block averaged over the taps."""
+        m = self.moment(centered)
+        if not self.full or self.taps == 1:
+            return m
+        s, p = self.channels, self.taps
+        return np.einsum("apbp->ab", m.reshape(s, p, s, p)) / p
+
+    def patch_mean(self) -> np.ndarray:
+        """(S, P)."""
+        m = self.mean.reshape(self.channels, -1)
+        return m if m.shape[1] == self.taps else np.repeat(m, self.taps, axis=1)
+
+
+def _quad(d3: np.ndarray, sigma: np.ndarray, full: bool) -> float:
+    """tr(D Sigma D^T) for D (T, S, P) under a full (S*P) or channel (S) Sigma."""
+    if full:
+        dm = d3.reshape(d3.shape[0], -1)
+        return float(np.sum((dm @ sigma) * dm))
+    return float(np.sum(np.tensordot(sigma, d3, axes=(1, 1)) * d3.transpose(1, 0, 2)))
+
+
+def error_terms(kernel: np.ndarray, approx: np.ndarray, stats: PatchStats, shifted: bool) -> tuple[float, float]:
+    """(E||y - y'||^2, E||y||^2) for y = K x (no bias), y' = K' x (+ the bias shift when ``shifted``)."""
+    t = kernel.shape[0]
+    k3 = np.asarray(kernel, dtype=np.float64).reshape(t, stats.channels, -1)
     d3 = k3 - np.asarray(approx, dtype=np.float64).reshape(k3.shape)
-    return float(np.einsum("tsp,su,tup->", d3, c, d3)), float(np.einsum("tsp,su,tup->", k3, c, k3))
+    m = stats.patch_mean()
+    num = _quad(d3, stats.cov, stats.full)
+    if not shifted:
+        num += float(np.sum(np.einsum("tsp,sp->t", d3, m, optimize=True) ** 2))
+    den = _quad(k3, stats.cov, stats.full) + float(np.sum(np.einsum("tsp,sp->t", k3, m, optimize=True) ** 2))
+    return max(num, 0.0), den
 
 
-def output_error(kernel: np.ndarray, approx: np.ndarray, c: np.ndarray) -> float:
-    """The relative output error sqrt(num / den) of ``error_terms``."""
-    num, den = error_terms(kernel, approx, c)
-    return math.sqrt(max(num, 0.0) / den) if den > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class DataLowRank:
-    factors: LowRankFactors  # left (m x r) @ right (r x n); rel_error is the kernel error
-    out_error: float  # the output error under C (output_error)
-
-
-def data_svd(matrix: np.ndarray, c: np.ndarray, rank: int) -> DataLowRank:
-    """Rank-``rank`` W' minimizing E||(W - W') x||^2 for y = W x (W: m x n, C: n x n)."""
-    w = np.asarray(matrix, dtype=np.float64)
-    m, n = w.shape
-    r = int(min(max(rank, 1), m, n))
-    half, _ = sqrt_psd(c)
-    mw = w @ half  # (m, n)
-    if m <= n:
-        vals, p = sym_eig_top(mw @ mw.T, r)
-    else:  # the small side: right vectors, then P = M V / s
-        vals, v = sym_eig_top(mw.T @ mw, r)
-        s = np.sqrt(np.maximum(vals, 0.0))
-        p = np.divide(mw @ v, s, out=np.zeros((m, r)), where=s > 0)
-    right = p.T @ w  # (r, n)
-    scale = np.sqrt(np.maximum(np.linalg.norm(right, axis=1), 1e-300))
-    left, right = p * scale, right / scale[:, None]
-    approx = left @ right
-    norm = float(np.linalg.norm(w))
-    kernel = float(np.linalg.norm(w - approx)) / norm if norm > 0 else 0.0
-    return DataLowRank(LowRankFactors(left=left, right=right, rel_error=kernel), output_error(w, approx, c))
+def relative(num: float, den: float) -> float:
+    return math.sqrt(num / den) if den > 0 else 0.0
 
 
 @dataclass(frozen=True)
-class DataTucker2:
-    factors: Tucker2  # its u_in (S x R3) is the transposed input 1x1 conv: oblique, not orthonormal
-    out_error: float  # the output error under the model (output_error)
+class DataFit:
+    """A layer's factors fitted to its inputs (one group). ``u_in`` is None at full input rank."""
+
+    u_in: np.ndarray | None  # (S, R3): the input 1x1 conv's weight, transposed (oblique)
+    core: np.ndarray  # (R4, R3 or S, *spatial)
+    u_out: np.ndarray  # (T, R4), orthonormal columns
+    shift: np.ndarray | None  # (T,): add to the bias (the mean's error), when fitted to the covariance
+    kernel_error: float  # ||K - K'|| / ||K||
+    out_error: float  # relative output error on the data (with the shift)
+    terms: tuple[float, float]  # error_terms of the fit
+    iterations: int = 0
+
+    def reconstruct(self) -> np.ndarray:
+        t, r4 = self.u_out.shape
+        c3 = self.core.reshape(r4, self.core.shape[1], -1)
+        k3 = np.einsum("ab,brp->arp", self.u_out, c3, optimize=True)
+        if self.u_in is not None:
+            k3 = np.einsum("arp,sr->asp", k3, self.u_in, optimize=True)
+        return k3.reshape((t, k3.shape[1]) + self.core.shape[2:])
 
 
-def data_tucker2(
+def data_fit(
     kernel: np.ndarray,
-    r_in: int,
+    r_in: int | None,
     r_out: int,
-    c_in: np.ndarray,
+    stats: PatchStats,
     *,
+    centered: bool = True,
     max_iter: int = 20,
     tol: float = 1e-5,
-) -> DataTucker2:
-    """Tucker-2 of a conv kernel fitted to its inputs' channel second moment ``c_in`` (S x S).
-
-    In the whitened kernel Kw_p = K_p C^(1/2) the error model is the plain Frobenius
-    error, so HOOI of Kw (``tucker.tucker2``: orthonormal U, V) is its optimum; mapped back,
-    the input 1x1 conv is B = V^T C^(-1/2) and the core G_p = U^T Kw_p V.
-    """
+) -> DataFit:
+    """Factors of ``kernel`` (T, S, *spatial), or of a matrix (T, S) with y = W x, that minimize
+    the output error on the data: Tucker-2 when ``r_in`` < S, else Tucker-1 / SVD (input side
+    whole). ``centered``: fit the covariance and return the bias shift that removes the mean's error."""
     k = np.asarray(kernel, dtype=np.float64)
-    T, S = k.shape[:2]
-    half, inv_half = sqrt_psd(c_in)
-    kw = np.einsum("tup,us->tsp", k.reshape(T, S, -1), half).reshape(k.shape)
-    tw = tucker2(kw, r_in, r_out, max_iter=max_iter, tol=tol)
-    if r_in >= S:  # the input side whole: only U is fitted, core = U^T K (exact on every input at full rank)
-        fit = Tucker2(np.tensordot(tw.u_out.T, k, axes=(1, 0)), np.eye(S), tw.u_out, 0.0, 0)
+    t, s = k.shape[:2]
+    p = int(np.prod(k.shape[2:])) if k.ndim > 2 else 1
+    if s != stats.channels or p != stats.taps:
+        raise ValueError(f"kernel {k.shape} does not match statistics of {stats.channels} x {stats.taps}")
+    k3 = k.reshape(t, s, p)
+    sigma, full = stats.moment(centered), stats.full
+    iterations = 0
+    u_in = None
+    if r_in is not None and r_in < s:
+        half, inv_half = sqrt_psd(stats.channel(centered))
+        kw = np.einsum("tup,us->tsp", k3, half, optimize=True).reshape(k.shape)
+        tw = tucker2(kw, r_in, min(r_out, t), max_iter=max_iter, tol=tol)
+        u_in, iterations = inv_half @ tw.u_in, tw.iterations
+    if u_in is None:  # W* = K: exact at full rank on every input
+        w3, g = k3, sigma
+    elif full:
+        a = np.kron(u_in, np.eye(p))  # (S*P, R3*P): z = A^T x
+        g = a.T @ sigma @ a
+        w3 = ((k3.reshape(t, -1) @ sigma @ a) @ pinv_psd(g)).reshape(t, -1, p)
     else:
-        fit = Tucker2(tw.core, inv_half @ tw.u_in, tw.u_out, 0.0, tw.iterations)  # u_in = B^T
-    approx = fit.reconstruct()
-    norm = float(np.linalg.norm(k))
-    fit = replace(fit, rel_error=float(np.linalg.norm(k - approx)) / norm if norm > 0 else 0.0)
-    return DataTucker2(fit, output_error(k, approx, c_in))
+        g = u_in.T @ sigma @ u_in
+        w3 = np.einsum("tsp,sq->tqp", k3, sigma @ u_in @ pinv_psd(g), optimize=True)
+    if full:
+        wm = w3.reshape(t, -1)
+        gg = wm @ g @ wm.T
+    else:
+        gw = np.einsum("rq,bqp->brp", g, w3, optimize=True)
+        gg = w3.reshape(t, -1) @ gw.reshape(t, -1).T
+    u_out = np.eye(t) if r_out >= t else sym_eig_top((gg + gg.T) / 2, r_out)[1]
+    core = np.einsum("tr,tqp->rqp", u_out, w3, optimize=True)  # (R4, R3 or S, P)
+    approx = np.einsum("ab,brp->arp", u_out, core, optimize=True)
+    if u_in is not None:
+        approx = np.einsum("arp,sr->asp", approx, u_in, optimize=True)
+    shift = np.einsum("tsp,sp->t", k3 - approx, stats.patch_mean(), optimize=True) if centered else None
+    num, den = error_terms(k3, approx, stats, shifted=centered)
+    norm = float(np.linalg.norm(k3))
+    kern = float(np.linalg.norm(k3 - approx)) / norm if norm > 0 else 0.0
+    core = core.reshape(core.shape[:2] + k.shape[2:])
+    return DataFit(u_in, core, u_out, shift, kern, relative(num, den), (num, den), iterations)

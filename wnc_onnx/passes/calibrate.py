@@ -5,22 +5,22 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-import numpy as np
+import onnx
 
-from wnc_onnx.calibration import Tap, gather
+from wnc_onnx.calibration import Reuse, Tap, Window, gather
 from wnc_onnx.config import CompressConfig
 from wnc_onnx.errors import WncError
-from wnc_onnx.passes.rules.base import attr_int
+from wnc_onnx.numeric.calibrated import PatchStats
+from wnc_onnx.passes.rules.base import attr_int, attr_ints
 
 if TYPE_CHECKING:
-    import onnx
-
+    from wnc_onnx.graph import GraphContext
     from wnc_onnx.passes.layer import Layer
     from wnc_onnx.passes.rules import Rule
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 10  # batches between progress lines
-RULES = ("conv", "gemm", "matmul")  # flatten_gemm's taps are H x W positions with their own inputs: not modelled
+RULES = ("conv", "flatten_gemm", "gemm", "matmul")
 
 
 def taps(layers: list[tuple[Layer, Rule | None]]) -> list[Tap]:
@@ -35,32 +35,107 @@ def taps(layers: list[tuple[Layer, Rule | None]]) -> list[Tap]:
         elif layer.rule == "gemm":
             if not attr_int(node, "transA", 0):
                 out.append(Tap(layer.name, node.input[0], -1))
+        elif layer.rule == "flatten_gemm":  # the map before the Flatten, read whole: one patch per sample
+            nd = len(layer.spatial)
+            whole = Window(layer.spatial, (1,) * nd, (0,) * 2 * nd, (1,) * nd)
+            out.append(Tap(layer.name, str(layer.extra["source"]), 1, whole))
         else:
-            out.append(Tap(layer.name, node.input[0], 1))
+            nd = len(layer.spatial)
+            window = Window(
+                layer.spatial,
+                tuple(attr_ints(node, "strides", [1] * nd)),
+                tuple(attr_ints(node, "pads", [0] * 2 * nd)),
+                tuple(attr_ints(node, "dilations", [1] * nd)),
+                _auto_pad(node),
+            )
+            out.append(Tap(layer.name, node.input[0], 1, window))
     return out
 
 
+def _auto_pad(node: onnx.NodeProto) -> str:
+    for a in node.attribute:
+        if a.name == "auto_pad":
+            return a.s.decode() if isinstance(a.s, bytes) else str(a.s)
+    return "NOTSET"
+
+
+def shiftable(layer: Layer, ctx: GraphContext) -> bool:
+    """Whether the rewrite may move the layer's bias (to remove the error of its inputs' mean):
+    a Conv or Gemm with no bias or a constant one of one value per output channel; not MatMul."""
+    if layer.rule not in ("conv", "gemm", "flatten_gemm"):
+        return False
+    node = layer.node
+    if len(node.input) < 3 or not node.input[2]:
+        return True
+    bias = node.input[2]
+    if ctx.constant_reason(bias) is not None:
+        return False
+    shape = ctx.array(bias).shape
+    width = layer.t * layer.groups
+    if layer.rule == "conv":
+        return shape == (width,)
+    return shape in ((), (1,), (width,), (1, 1), (1, width))
+
+
+def _op(layers: list[tuple[Layer, Rule | None]], name: str) -> str:
+    return next(layer.node.op_type for layer, _ in layers if layer.name == name)
+
+
 def calibrate(
-    model: onnx.ModelProto, layers: list[tuple[Layer, Rule | None]], cfg: CompressConfig
-) -> dict[str, np.ndarray]:
-    """layer -> E[x x^T] of its input channels on the calibration data."""
-    wanted = taps(layers)
+    model: onnx.ModelProto,
+    layers: list[tuple[Layer, Rule | None]],
+    cfg: CompressConfig,
+    ctx: GraphContext,
+    notes: list[str],
+) -> dict[str, PatchStats]:
+    """layer -> the mean and covariance of its input patches on the calibration data; each
+    tapped layer's ``extra["shift_bias"]`` says whether its fit may move the bias. Layers the
+    data are too few for are left out, with a line in ``notes``."""
+    wanted = [t for t in taps(layers) if cfg.selects(t.layer, _op(layers, t.layer)) is None]
     if not wanted:
         return {}
+    by_name = {layer.name: layer for layer, _ in layers}
+    for tap in wanted:
+        by_name[tap.layer].extra["shift_bias"] = shiftable(by_name[tap.layer], ctx)
+    reuse = cfg.calibration if isinstance(cfg.calibration, Reuse) else None
+    if reuse is not None and reuse.stats is not None:
+        notes += reuse.notes
+        return {t.layer: reuse.stats[t.layer] for t in wanted if t.layer in reuse.stats}
+    source = reuse.source if reuse is not None else cfg.calibration
 
     def progress(batches: int, samples: int) -> None:
         if batches % PROGRESS_EVERY == 0:
             log.info("calibration: %d samples", samples)
 
-    cal = gather(model, cfg.calibration, wanted, threads=cfg.threads, progress=progress)
+    cal = gather(
+        model,
+        source,
+        wanted,
+        threads=cfg.threads,
+        progress=progress,
+        mean=cfg.calibration_mean,
+        std=cfg.calibration_std,
+    )
     log.info("calibration: %d samples in %d batches, %.1fs", cal.samples, cal.batches, cal.seconds)
     short = cal.needed()
-    if short:
+    if short and len(short) == len(cal.layers):  # nothing the data can fit: a user error
         worst = max(short, key=lambda n: short[n])
         raise WncError(
-            f"the calibration data are too few for the statistics of {len(short)} layer(s): '{worst}' reads "
-            f"{short[worst]} features per position and got {cal.layers[worst].count} vectors",
-            f"give at least {short[worst]} input vectors there (more samples), or leave those layers out "
-            "with --exclude",
+            f"the calibration data are too few for the statistics of every layer: '{worst}' reads "
+            f"{short[worst] - 1} channels and got {cal.layers[worst].vectors} input vectors",
+            f"give at least {short[worst]} samples' worth of inputs (each conv position counts), or leave "
+            "those layers out with --exclude",
         )
-    return {name: m.second for name, m in cal.layers.items()}
+    if short:  # those layers keep the data-free fit; the pass says so in a note
+        worst = max(short, key=lambda n: short[n])
+        notes.append(
+            f"--calibration: {len(short)} layer(s) fitted without data, too few input vectors for their "
+            f"statistics (e.g. '{worst}': {cal.layers[worst].vectors} for {short[worst] - 1} channels; give at least "
+            f"{short[worst]})"
+        )
+        for name in short:
+            del cal.layers[name]
+    stats = {name: m.stats() for name, m in cal.layers.items()}
+    if reuse is not None:
+        reuse.stats, reuse.notes = stats, list(notes)
+    return stats

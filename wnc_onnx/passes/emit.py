@@ -49,6 +49,15 @@ class Emitter:
         self.node("Cast", f"{role}.cast", [name], [cast], to=self.onnx_dtype)
         return cast
 
+    def bias(self, original: str | None, scale: float = 1.0, beta: float = 1.0) -> str | None:
+        """The bias input of the layer's last node: ``original`` as it was, or (with a bias shift
+        from --calibration) a new one, beta * original + scale * shift, to use with beta = 1."""
+        shift = self.factors.bias_shift
+        if shift is None:
+            return original
+        base = beta * self.ctx.array(original).astype(np.float64).reshape(-1) if original else 0.0
+        return self.weight("bias", np.asarray(base + scale * shift))
+
     def constant(self, role: str, value: np.ndarray) -> str:
         name = self.tensor(role)
         self.initializers.append(numpy_helper.from_array(np.asarray(value), name))

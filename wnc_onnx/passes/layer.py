@@ -64,3 +64,5 @@ class Factors:
     # data-free ones at the same ranks (None without calibration)
     data_error: float | None = None
     data_error_free: float | None = None
+    # --calibration: (T * groups,) added to the bias, in kernel units (the error of the inputs' mean)
+    bias_shift: np.ndarray | None = None

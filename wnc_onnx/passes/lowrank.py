@@ -32,7 +32,7 @@ from wnc_onnx.graph import (
     prune_unread,
     subgraphs,
 )
-from wnc_onnx.numeric.calibrated import data_svd, data_tucker2, error_terms
+from wnc_onnx.numeric.calibrated import PatchStats, data_fit, error_terms, relative
 from wnc_onnx.numeric.cost import Costs, conv_costs, lowrank_costs
 from wnc_onnx.numeric.gram import (
     RESOLUTION_FLOAT64,
@@ -43,7 +43,7 @@ from wnc_onnx.numeric.gram import (
     sym_eig_top,
     sym_spectrum,
 )
-from wnc_onnx.numeric.svd import LowRankFactors, truncated_svd
+from wnc_onnx.numeric.svd import truncated_svd
 from wnc_onnx.numeric.tucker import Tucker2, tucker1, tucker2
 from wnc_onnx.numeric.vbmf import evbmf_from_eigenvalues, evbmf_from_singular_values
 from wnc_onnx.passes.base import PassResult, working_copy
@@ -142,7 +142,7 @@ class LowRankPass:
             self.chooser = LatencyChooser(target, cfg.target_speedup, Oracle(target, cache=cfg.latency_cache))
         self.allocation: Allocation | None = None  # the speed-up target's allocation
         # --calibration: layer -> the second moment of its input channels on the data
-        self.calibrated: dict[str, np.ndarray] = {}
+        self.calibrated: dict[str, PatchStats] = {}
 
     # -- discovery -------------------------------------------------------------------
     def find_layers(self, ctx: GraphContext) -> list[tuple[Layer, Rule | None]]:
@@ -182,14 +182,8 @@ class LowRankPass:
             )
         self._check_rank_names(all_layers)
         self.calibrated = {}
-        if self.cfg.calibration is not None and not self.plan_only:
-            self.calibrated = calibrate(model, found[0][1], self.cfg)  # main graph only
-            if self.calibrated:
-                report.warnings.append(
-                    f"--calibration is experimental: {len(self.calibrated)} layer(s) fitted to their inputs in the "
-                    "original model; each layer's own output error drops, but with many layers compressed the "
-                    "accuracy can drop more than without it (docs/calibration.md): check with --verify --inputs"
-                )
+        if self.cfg.calibration is not None:  # inspect too: the planned ranks' error on the data
+            self.calibrated = calibrate(model, found[0][1], self.cfg, found[0][0], report.warnings)  # main graph
         if self.chooser is not None:
             self._start_latency(model, report)
         total, done, modified = len(all_layers), 0, False
@@ -371,6 +365,9 @@ class LowRankPass:
         t0 = time.perf_counter()
         rec, state = self._planned(layer, rule, ctx)
         factors = None if state is None or self.plan_only else self._factor(layer, state)
+        if state is not None and self.plan_only and layer.name in self.calibrated:  # inspect --calibration
+            fitted = self._factor(layer, state)
+            rec.data_error, rec.data_error_free = fitted.data_error, fitted.data_error_free
         rec.seconds = round(time.perf_counter() - t0, 4)
         return rec, factors
 
@@ -528,6 +525,9 @@ class LowRankPass:
         replaced[int(layer.extra["index"])] = emitter.nodes  # type: ignore[call-overload]
         new_inits.extend(emitter.initializers)
         dead_weights.extend(ctx.chain(layer.weight))
+        bias = layer.node.input[2] if len(layer.node.input) > 2 else ""
+        if factors.bias_shift is not None and bias:  # replaced by the shifted bias
+            dead_weights.extend(ctx.chain(bias))
         rec.status = "decomposed"
         rec.rel_error = factors.rel_error
         rec.data_error, rec.data_error_free = factors.data_error, factors.data_error_free
@@ -655,41 +655,52 @@ class LowRankPass:
         rel = math.sqrt(err2 / norm2) if norm2 > 0 else 0.0
         return Factors(plan.method, plan.r3, plan.r4, groups, rel, sweeps)
 
-    def _factor_calibrated(self, layer: Layer, state: _State, c_in: np.ndarray) -> Factors:
+    def _factor_calibrated(self, layer: Layer, state: _State, stats: PatchStats) -> Factors:
         """Factors fitted to the layer's inputs on the calibration data (numeric/calibrated.py),
         with the output error of both them and the data-free factors at the same ranks."""
         plan = state.plan
         data_free = self._factor(layer, state, skip_calibration=True)
+        shift = bool(layer.extra.get("shift_bias"))
         groups: list[dict[str, np.ndarray]] = []
+        shifts: list[np.ndarray] = []
         err2 = free2 = den2 = kern2 = norm2 = 0.0
         sweeps = 0
-        s = layer.s
         for gi, k in enumerate(state.kernels):
-            ci = c_in[gi * s : (gi + 1) * s, gi * s : (gi + 1) * s] if layer.groups > 1 else c_in
+            st = stats.group(gi, layer.s) if layer.groups > 1 else stats
             free = data_free.groups[gi]
-            fit: Tucker2 | LowRankFactors
-            if plan.method == "tucker2" or layer.rule in ("conv", "flatten_gemm"):  # as _factor dispatches
-                r3 = plan.r3 or 1 if plan.method == "tucker2" else k.shape[1]
-                fit = data_tucker2(k, r3, plan.r4, ci, max_iter=self.cfg.hooi_max_iter, tol=self.cfg.hooi_tol).factors
-                if plan.method == "tucker2":
-                    groups.append({"core": fit.core, "u_in": fit.u_in, "u_out": fit.u_out})
-                    free_hat = Tucker2(free["core"], free["u_in"], free["u_out"], 0.0, 0).reconstruct()
-                else:  # Tucker-1, 1x1 convs too: the input side whole (data_tucker2 at full R3: core = U^T K)
-                    groups.append({"core": fit.core, "u_out": fit.u_out})
-                    free_hat = np.tensordot(free["u_out"], free["core"], axes=(1, 0))
-                sweeps = max(sweeps, fit.iterations)
-            else:
-                fit = data_svd(k, ci, plan.r4).factors
-                groups.append({"left": fit.left, "right": fit.right})
+            tucker = plan.method == "tucker2"
+            r_in = (plan.r3 or 1) if tucker else None  # Tucker-1 and SVD: the input side whole
+            fit = data_fit(k, r_in, plan.r4, st, centered=shift, max_iter=self.cfg.hooi_max_iter, tol=self.cfg.hooi_tol)
+            if tucker:  # at full R3 the input side is whole: an identity 1x1
+                u_in = np.eye(k.shape[1]) if fit.u_in is None else fit.u_in
+                groups.append({"core": fit.core, "u_in": u_in, "u_out": fit.u_out})
+                free_hat = Tucker2(free["core"], free["u_in"], free["u_out"], 0.0, 0).reconstruct()
+            elif "core" in free:  # Tucker-1, 1x1 convs too
+                groups.append({"core": fit.core, "u_out": fit.u_out})
+                free_hat = np.tensordot(free["u_out"], free["core"], axes=(1, 0))
+            else:  # SVD: left U, right U^T W, balanced
+                right = fit.core.reshape(fit.core.shape[0], -1)
+                scale = np.sqrt(np.maximum(np.linalg.norm(right, axis=1), 1e-300))
+                groups.append({"left": fit.u_out * scale, "right": right / scale[:, None]})
                 free_hat = free["left"] @ free["right"]
-            num, den = error_terms(k, fit.reconstruct(), ci)
-            err2, free2, den2 = err2 + num, free2 + error_terms(k, free_hat, ci)[0], den2 + den
+            if fit.shift is not None:
+                shifts.append(fit.shift)
+            num, den = fit.terms
+            err2, free2, den2 = err2 + num, free2 + error_terms(k, free_hat, st, shifted=False)[0], den2 + den
+            sweeps = max(sweeps, fit.iterations)
             n2 = float(np.trace(state.grams_out[gi]))  # ||K||^2
-            kern2, norm2 = kern2 + fit.rel_error**2 * n2, norm2 + n2
-        rel = math.sqrt(kern2 / norm2) if norm2 > 0 else 0.0
-        data = math.sqrt(err2 / den2) if den2 > 0 else 0.0
-        free_err = math.sqrt(free2 / den2) if den2 > 0 else 0.0
-        return Factors(plan.method, plan.r3, plan.r4, groups, rel, sweeps, data_error=data, data_error_free=free_err)
+            kern2, norm2 = kern2 + fit.kernel_error**2 * n2, norm2 + n2
+        return Factors(
+            plan.method,
+            plan.r3,
+            plan.r4,
+            groups,
+            math.sqrt(kern2 / norm2) if norm2 > 0 else 0.0,
+            sweeps,
+            data_error=relative(err2, den2),
+            data_error_free=relative(free2, den2),
+            bias_shift=np.concatenate(shifts) if shifts else None,
+        )
 
     # -- graph surgery ---------------------------------------------------------------
     def _splice(

@@ -63,7 +63,8 @@ class ConvRule:
         conv_chain(em, node.input[0], list(node.attribute), core_out)
         w_out = stack_groups(factors, "u_out", lambda u: expand(u, nd))  # (g*T, R4, 1..)
         inputs = [core_out, em.weight("out_1x1", w_out)]
-        if len(node.input) > 2 and node.input[2]:
-            inputs.append(node.input[2])
+        bias = em.bias(node.input[2] if len(node.input) > 2 and node.input[2] else None)
+        if bias:
+            inputs.append(bias)
         em.node("Conv", "out_1x1", inputs, [node.output[0]], kernel_shape=[1] * nd, group=layer.groups)
         return em

@@ -58,8 +58,15 @@ class FlattenGemmRule:
         alpha = attr_float(node, "alpha", 1.0)
         if alpha != 1.0:
             groups = [dict(g, core=g["core"] * alpha) for g in factors.groups]
+            shift = None if factors.bias_shift is None else factors.bias_shift * alpha
             factors = Factors(
-                factors.method, factors.r3, factors.r4, groups, factors.rel_error, factors.hooi_iterations
+                factors.method,
+                factors.r3,
+                factors.r4,
+                groups,
+                factors.rel_error,
+                factors.hooi_iterations,
+                bias_shift=shift,
             )
         em = Emitter(ctx, layer, factors, used)
         core_out = em.tensor("core_out")
@@ -68,6 +75,8 @@ class FlattenGemmRule:
         em.node("Flatten", "flatten", [core_out], [flat], axis=1)
         c = node.input[2] if len(node.input) > 2 and node.input[2] else None
         beta = attr_float(node, "beta", 1.0)
+        if factors.bias_shift is not None:  # --calibration moved the bias: C' = beta C + shift
+            c, beta = em.bias(c, 1.0, beta), 1.0
         gemm_tail(
             em,
             flat,

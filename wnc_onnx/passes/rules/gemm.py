@@ -49,5 +49,7 @@ class GemmRule:
         em.node("Gemm", "svd_in", first, [mid], **attrs)
         c = node.input[2] if len(node.input) > 2 and node.input[2] else None
         beta = attr_float(node, "beta", 1.0)
+        if factors.bias_shift is not None:  # --calibration moved the bias: C' = beta C + alpha shift
+            c, beta = em.bias(c, attr_float(node, "alpha", 1.0), beta), 1.0
         gemm_tail(em, mid, left, trans_b, c, beta, node.output[0], "svd_out")
         return em
