@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from PIL import Image
 
 from wnc_onnx.zoo import demo_cnn
 
@@ -27,7 +28,11 @@ def blocks(lang: str) -> list[str]:
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     onnx.save(demo_cnn(), tmp_path / "model.onnx")
-    np.savez(tmp_path / "inputs.npz", image=np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype("f4"))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "inputs.npz", image=rng.standard_normal((96, 3, 32, 32)).astype("f4"))  # also --calibration
+    (tmp_path / "images").mkdir()
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
     (tmp_path / "ranks.json").write_text(json.dumps({"conv2": [12, 20], "fc2": 8}))
     monkeypatch.chdir(tmp_path)
     return tmp_path

@@ -21,7 +21,7 @@ _EXACT_MODE_MAX = 1024
 @dataclass(frozen=True)
 class Tucker2:
     """K ~= core x_0 u_out x_1 u_in with orthonormal u_in (S x R3), u_out (T x R4)
-    (``calibrated.data_tucker2`` returns an oblique u_in: the data-weighted input map)."""
+    (``calibrated.data_fit`` returns an oblique u_in: the data-weighted input map)."""
 
     core: np.ndarray  # (R4, R3, *spatial)
     u_in: np.ndarray  # (S, R3)
