@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from scipy.linalg.blas import ssyrk
 
 from wnc_onnx.errors import WncError
 from wnc_onnx.graph import data_inputs
@@ -100,6 +101,7 @@ class Tap:
 
 MAX_FULL = 4608  # patch widths (S x taps) up to this keep the full covariance (170 MB in float64)
 POSITIONS = 64  # patches drawn per sample and conv (all of them on smaller maps)
+TAP_BYTES = 256 << 20  # tapped tensors held from one onnxruntime run: larger batches are run in parts
 
 
 @dataclass
@@ -111,6 +113,7 @@ class Moments:
     channels: int
     taps: int = 1
     count: int = 0
+    done: PatchStats | None = None
 
     @classmethod
     def empty(cls, channels: int, taps: int) -> Moments:
@@ -130,8 +133,9 @@ class Moments:
             self.count += len(rows) // self.taps
         else:
             self.count += len(rows)
-        r = rows.astype(np.float32, copy=False)
-        self.outer += (r.T @ r).astype(np.float64)
+        r = np.asarray(rows, dtype=np.float32)
+        # r^T r by BLAS syrk (half a matmul's work): its upper triangle, summed in float64
+        np.add(self.outer, ssyrk(1.0, r.T), out=self.outer)
         self.total += rows.sum(axis=0, dtype=np.float64)
 
     @property
@@ -143,23 +147,39 @@ class Moments:
         """Sample vectors behind the channel statistics (each patch holds ``taps`` of them)."""
         return self.count * self.taps
 
+    def _symmetric(self) -> np.ndarray:
+        """The summed x x^T from its upper triangle (in place)."""
+        upper = self.outer
+        upper += np.triu(upper, 1).T
+        return upper
+
     def stats(self) -> PatchStats:
-        """Mean and covariance; the full patch covariance only where the patches outnumber its width."""
+        """Mean and covariance (stored as float32); the full patch covariance only where the
+        patches outnumber its width. Consumes the sums (memory), so a second call returns the first's."""
+        if self.done is not None:
+            return self.done
         n = max(self.count if self.full else self.vectors, 1)  # rows summed: patches, or channel vectors
-        outer, total = self.outer / n, self.total / n
+        outer, total = self._symmetric(), self.total / n
+        outer /= n
         if self.full and self.taps > 1 and self.count < self.outer.shape[0]:
             s, p = self.channels, self.taps
             outer = np.einsum("apbp->ab", outer.reshape(s, p, s, p)) / p
             total = total.reshape(s, p).mean(axis=1)
-        cov = outer - np.outer(total, total)
-        return PatchStats((cov + cov.T) / 2, total, self.channels, self.taps, self.count)
+        cov = outer.astype(np.float32)
+        cov -= np.outer(total, total).astype(np.float32)
+        self.outer = np.zeros((0, 0))
+        self.done = PatchStats(cov, total, self.channels, self.taps, self.count)
+        return self.done
 
     @property
     def second(self) -> np.ndarray:
-        """E[x x^T] of the channels (S, S)."""
+        """E[x x^T] of the channels (S, S), without consuming the sums."""
         if self.taps == 1:
-            return self.outer / max(self.count, 1)
-        return self.stats().channel(centered=False)
+            return self._copy()._symmetric() / max(self.count, 1)
+        return self._copy().stats().channel(centered=False)
+
+    def _copy(self) -> Moments:
+        return Moments(self.outer.copy(), self.total.copy(), self.channels, self.taps, self.count)
 
 
 @dataclass
@@ -312,19 +332,31 @@ def gather(
     names = [o.name for o in sess.get_outputs()]
     cal = Calibration()
     t0 = time.perf_counter()
+    fixed = any(dims and dims[0] is not None for dims, _ in _expected(model).values())
+    chunk = 0  # samples per onnxruntime run: bounded by TAP_BYTES of tapped tensors, learned from the first
     for feeds in batches_of(source, model, mean=mean, std=std):
-        values = {**feeds, **dict(zip(names, sess.run(None, feeds), strict=True))}
-        for i, tap in enumerate(taps):
-            x = values[tap.tensor]
-            if tap.window is not None:
-                rng = np.random.default_rng([cal.batches, i])
-                rows = tap.window.patches(np.asarray(x), POSITIONS * len(x), rng)
-                channels, width = x.shape[1], tap.window.taps
-            else:
-                v = np.moveaxis(np.asarray(x), tap.channel_axis, -1)
-                rows, channels, width = v.reshape(-1, v.shape[-1]), v.shape[-1], 1
-            cal.layers.setdefault(tap.layer, Moments.empty(channels, width)).add(rows)
-        cal.samples += len(next(iter(feeds.values()))) if feeds else 0
+        n = len(next(iter(feeds.values()))) if feeds else 0
+        step = n if fixed or not chunk else max(1, min(chunk, n))
+        for lo in range(0, max(n, 1), max(step, 1)):
+            part = {k: v[lo : lo + step] for k, v in feeds.items()} if step < n else feeds
+            values = {**part, **dict(zip(names, sess.run(None, part), strict=True))}
+            if not chunk and n:
+                per_sample = sum(np.asarray(values[t.tensor]).nbytes for t in taps) / max(
+                    len(part[next(iter(part))]), 1
+                )
+                chunk = max(1, int(TAP_BYTES // max(per_sample, 1)))
+            for i, tap in enumerate(taps):
+                x = values[tap.tensor]
+                if tap.window is not None:
+                    rng = np.random.default_rng([cal.batches, lo, i])
+                    rows = tap.window.patches(np.asarray(x), POSITIONS * len(x), rng)
+                    channels, width = x.shape[1], tap.window.taps
+                else:
+                    v = np.moveaxis(np.asarray(x), tap.channel_axis, -1)
+                    rows, channels, width = v.reshape(-1, v.shape[-1]), v.shape[-1], 1
+                cal.layers.setdefault(tap.layer, Moments.empty(channels, width)).add(rows)
+            del values
+        cal.samples += n
         cal.batches += 1
         if progress is not None:
             progress(cal.batches, cal.samples)

@@ -80,8 +80,9 @@ class PatchStats:
         return PatchStats(self.cov[sl, sl], self.mean[sl], s, self.taps, self.count)
 
     def moment(self, centered: bool) -> np.ndarray:
-        """The covariance, or the second moment E[x x^T]."""
-        return self.cov if centered else self.cov + np.outer(self.mean, self.mean)
+        """The covariance, or the second moment E[x x^T] (float64)."""
+        cov = np.asarray(self.cov, dtype=np.float64)
+        return cov if centered else cov + np.outer(self.mean, self.mean)
 
     def channel(self, centered: bool) -> np.ndarray:
         """(S, S): the channel block averaged over the taps."""
@@ -163,7 +164,7 @@ def data_fit(
     if s != stats.channels or p != stats.taps:
         raise ValueError(f"kernel {k.shape} does not match statistics of {stats.channels} x {stats.taps}")
     k3 = k.reshape(t, s, p)
-    sigma, full = stats.moment(centered), stats.full
+    sigma, full = np.asarray(stats.moment(centered), dtype=np.float64), stats.full  # stored as float32
     iterations = 0
     u_in = None
     if r_in is not None and r_in < s:

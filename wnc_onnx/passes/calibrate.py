@@ -135,7 +135,7 @@ def calibrate(
         )
         for name in short:
             del cal.layers[name]
-    stats = {name: m.stats() for name, m in cal.layers.items()}
+    stats = {name: cal.layers.pop(name).stats() for name in list(cal.layers)}  # one layer's sums at a time
     if reuse is not None:
         reuse.stats, reuse.notes = stats, list(notes)
     return stats
