@@ -188,19 +188,28 @@ def compress_within(model: onnx.ModelProto, cfg: CompressConfig) -> tuple[onnx.M
     runner = _Runner(model, cfg)
     log.info("--max-error %g: EVBMF's ranks first", target)
     base_model, base = runner.compress()
-    start = {r.name: r for r in base.layers if r.status == "decomposed" and r.data_error is not None}
+    # the layers to budget: fitted to the data, ranks not fixed by the user
+    start = {
+        r.name: r
+        for r in base.layers
+        if r.status == "decomposed" and r.data_error is not None and r.name not in cfg.ranks
+    }
     if not start:
         return base_model, base
     # decomposed without statistics (the data too few for them): their error cannot be budgeted
     unfit = tuple(r.name for r in base.layers if r.status == "decomposed" and r.data_error is None)
-    options: dict[str, list[Option]] = {n: [Option(None, {}, 0.0, int(r.macs_before or 0))] for n, r in start.items()}
+    # MACs unknown (a dynamic size without --input-shape): weights stand in for them
+    options: dict[str, list[Option]] = {
+        n: [Option(None, {}, 0.0, int(r.macs_before or r.params_before or 0))] for n, r in start.items()
+    }
     for scale in SCALES:
         ranks = {n: _spec(_scaled(r, scale)) for n, r in start.items()}
         _, rep = (base_model, base) if scale == 1.0 else runner.compress(ranks={**cfg.ranks, **ranks})
         for r in rep.layers:
             known = r.name in options and r.status == "decomposed" and r.data_error is not None
             if known and all(o.ranks != r.ranks for o in options[r.name]):
-                options[r.name].append(Option(scale, dict(r.ranks), float(r.data_error or 0), int(r.macs_after or 0)))
+                cost = int(r.macs_after or r.params_after or 0) if r.macs_before else int(r.params_after or 0)
+                options[r.name].append(Option(scale, dict(r.ranks), float(r.data_error or 0), cost))
         log.info("--max-error: options at x%g of EVBMF's ranks", scale)
     gains: dict[str, float] = {}
     for k, (n, r) in enumerate(start.items(), 1):

@@ -329,6 +329,7 @@ def gather(
         onnx.ValueInfoProto(name=t) for t in sorted({tap.tensor for tap in taps}) if t not in have
     )
     sess = _session(probe, threads)
+    del probe  # onnxruntime holds its own copy of the weights
     names = [o.name for o in sess.get_outputs()]
     cal = Calibration()
     t0 = time.perf_counter()
