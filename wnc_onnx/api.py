@@ -235,6 +235,11 @@ def pq_quantized(report: Report) -> list[str]:
     return [w["weight"] for w in pq.get("weights", []) if w["status"] == "quantized"]
 
 
+def _proto(model: ModelLike) -> onnx.ModelProto:
+    """``model`` itself, or the model its path names (for sessions beside the compressed one)."""
+    return model if isinstance(model, onnx.ModelProto) else load_model_and_source(Path(model))[0]
+
+
 def compress(model: ModelLike, config: CompressConfig | None = None, **options: Any) -> tuple[onnx.ModelProto, Report]:
     """Compress ``model`` (a path or a ModelProto, never modified).
 
@@ -246,9 +251,9 @@ def compress(model: ModelLike, config: CompressConfig | None = None, **options: 
     if cfg.max_error is not None:
         from wnc_onnx.budget import compress_within
 
-        proto = model if isinstance(model, onnx.ModelProto) else load_model_and_source(Path(model))[0]
-        return compress_within(proto, cfg)
+        return compress_within(_proto(model), cfg)
     result, report = _run(model, cfg, plan_only=False)
+    original = None  # the input as a ModelProto, read from its path once if needed
     if cfg.calibration is not None and report.totals.decomposed:  # the accuracy risk, on the user's data
         from wnc_onnx.budget import on_calibration_data, one_shot
 
@@ -258,11 +263,12 @@ def compress(model: ModelLike, config: CompressConfig | None = None, **options: 
                 "measured (pass a list, an .npz or a folder to see it)"
             )
         else:
-            original = model if isinstance(model, onnx.ModelProto) else load_model_and_source(Path(model))[0]
+            original = _proto(model)
             report.extras["calibration"] = on_calibration_data(original, result, cfg)
     if not cfg.timed or not report.totals.decomposed:
         return result, report
-    original = model if isinstance(model, onnx.ModelProto) else load_model_and_source(Path(model))[0]
+    if original is None:
+        original = _proto(model)
     threads = int(report.config.get("threads_used") or 1)
     if cfg.latency_aware and cfg.target_speedup is None:
         # Layers are chosen alone; in the model, layout changes between layers can make a

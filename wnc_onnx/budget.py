@@ -110,9 +110,6 @@ class _Runner:
         self.builds += 1
         return _run(self.model, replace(self.cfg, **changes), plan_only=False)
 
-    def error(self, compressed: onnx.ModelProto) -> float:
-        return float(self.measure(compressed)["output_error"])
-
     def measure(self, compressed: onnx.ModelProto) -> dict[str, Any]:
         """The worst output error on the data (as --verify normalizes it) and, where outputs are
         class scores, the share of samples whose top class is unchanged."""
@@ -214,13 +211,13 @@ def compress_within(model: onnx.ModelProto, cfg: CompressConfig) -> tuple[onnx.M
     gains: dict[str, float] = {}
     for k, (n, r) in enumerate(start.items(), 1):
         alone, _ = runner.compress(include=f"^{re.escape(n)}$", ranks={n: _spec(dict(r.ranks))})
-        err = runner.error(alone)
+        err = runner.measure(alone)["output_error"]
         gains[n] = (err / r.data_error) ** 2 if r.data_error and r.data_error > 0 else 1.0
         log.info("--max-error: [%d/%d] %s alone: network error %.4g (layer %.4g)", k, len(start), n, err, r.data_error)
     budget = Budget(target, gains=gains)
     aim = SAFETY * target  # the error is measured on the data the factors were fitted to
     modelled = aim
-    best: tuple[onnx.ModelProto, Report, float, dict[str, Option]] | None = None
+    best: tuple[onnx.ModelProto, Report, dict[str, Any], dict[str, Option]] | None = None  # + its measurement
     why = f"--max-error {target:g}: kept whole (its error would cost more than its MACs save" + (
         ", or the data were too few to measure it)" if unfit else ")"
     )
@@ -240,7 +237,8 @@ def compress_within(model: onnx.ModelProto, cfg: CompressConfig) -> tuple[onnx.M
         whole = tuple(n for n, o in chosen.items() if o.scale is None)
         fixed: dict[str, Any] = {**cfg.ranks, **{n: _spec(o.ranks) for n, o in picked.items()}}
         result, rep = runner.compress(ranks=fixed, keep_whole=whole_always + whole, keep_whole_why=why)
-        err = runner.error(result)
+        measured = runner.measure(result)
+        err = measured["output_error"]
         log.info(
             "--max-error: round %d, %d layer(s) compressed, network error %.4g (target %g)",
             budget.rounds,
@@ -251,7 +249,7 @@ def compress_within(model: onnx.ModelProto, cfg: CompressConfig) -> tuple[onnx.M
         if err <= aim:
             low = max(low, modelled)
             if best is None or _macs(chosen) < _macs(best[3]):
-                best = (result, rep, err, chosen)
+                best = (result, rep, measured, chosen)
             if err >= TIGHT * aim:
                 break
         else:
@@ -270,20 +268,21 @@ def compress_within(model: onnx.ModelProto, cfg: CompressConfig) -> tuple[onnx.M
         result, rep = runner.compress(
             ranks={**cfg.ranks, name: _spec(option.ranks)}, keep_whole=keep, keep_whole_why=why
         )
-        err = runner.error(result)
+        measured = runner.measure(result)
+        err = measured["output_error"]
         if err > aim:
             raise WncError(
                 f"--max-error {target:g} cannot be met on the calibration data: the least error any compression "
                 f"gives is {err:.3g} ('{name}' alone at ranks {option.ranks})",
                 "raise --max-error, or give ranks by hand with --ranks",
             )
-        best = (result, rep, err, chosen)
-    result, rep, err, chosen = best
-    budget.measured, budget.chosen = err, chosen
+        best = (result, rep, measured, chosen)
+    result, rep, measured, chosen = best
+    budget.measured, budget.chosen = measured["output_error"], chosen
     info = budget.to_dict()
     info["builds"] = runner.builds
     info["samples"] = runner.samples
     rep.extras["max_error"] = info
-    rep.extras["calibration"] = runner.measure(result)
+    rep.extras["calibration"] = measured
     rep.config["max_error"] = target
     return result, rep

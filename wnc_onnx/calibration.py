@@ -269,10 +269,15 @@ def _image_batches(
     images = UnlabeledImages(path, (int(dims[2]), int(dims[3])), int(dims[1]), mean, std)
     if not images.files:
         raise WncError(f"--calibration {path}: the folder holds no images", "give a folder of .png / .jpg images")
-    step = dims[0] if dims[0] is not None else batch
-    stop = len(images.files) - step + 1 if dims[0] is not None else len(images.files)
-    for i in range(0, max(stop, 0), step):
-        yield {name: images.decode(images.files[i : i + step])}
+    for part in _slices(len(images.files), dims[0], batch):
+        yield {name: images.decode(images.files[part])}
+
+
+def _slices(n: int, fixed: int | None, batch: int) -> Iterator[slice]:
+    """``n`` samples cut into batches of ``batch``, or of the model's fixed batch size (whole ones only)."""
+    step = fixed or batch
+    stop = n - step + 1 if fixed else n
+    return (slice(i, i + step) for i in range(0, max(stop, 0), step))
 
 
 def batches_of(
@@ -302,9 +307,8 @@ def batches_of(
         _require_inputs(expected, arrays, where)
         n = min(len(arrays[k]) for k in expected) if expected else 0
         fixed = {dims[0] for dims, _ in expected.values() if dims and dims[0] is not None}
-        step = next(iter(fixed)) if len(fixed) == 1 else batch
-        stop = n - step + 1 if len(fixed) == 1 else n  # a fixed batch size takes whole batches only
-        source = ({k: arrays[k][i : i + step] for k in expected} for i in range(0, max(stop, 0), step))
+        one = next(iter(fixed)) if len(fixed) == 1 else None
+        source = ({k: arrays[k][part] for k in expected} for part in _slices(n, one, batch))
     for i, feeds in enumerate(source):
         yield check_feeds(model, feeds, where.format(i))
 

@@ -364,13 +364,6 @@ def _input_shapes(a: argparse.Namespace) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _floats_arg(text: str, flag: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in str(text).split(","))
-    except ValueError:
-        raise WncError(f"{flag} {text!r} is not a number or comma-separated numbers", f"e.g. {flag} 0.5") from None
-
-
 def _config(a: argparse.Namespace) -> CompressConfig:
     ops = tuple(o.strip() for o in a.op_types.split(",") if o.strip())
     try:
@@ -401,8 +394,8 @@ def _config(a: argparse.Namespace) -> CompressConfig:
             threads=a.threads,
             calibration=getattr(a, "calibration", None),
             max_error=getattr(a, "max_error", None),
-            calibration_mean=_floats_arg(getattr(a, "calibration_mean", "0"), "--calibration-mean"),
-            calibration_std=_floats_arg(getattr(a, "calibration_std", "1"), "--calibration-std"),
+            calibration_mean=cli_finetune.parse_floats(getattr(a, "calibration_mean", "0"), "--calibration-mean"),
+            calibration_std=cli_finetune.parse_floats(getattr(a, "calibration_std", "1"), "--calibration-std"),
             **_latency_options(a),
             **_pq_flags(a),
         )

@@ -81,7 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
 
-def _floats(text: str, flag: str) -> tuple[float, ...]:
+def parse_floats(text: str, flag: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
@@ -90,7 +90,7 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 
 def _image_size(a: argparse.Namespace, dims: tuple[int | None, ...]) -> tuple[int, int]:
     if a.image_size:
-        size = _floats(a.image_size, "--image-size")
+        size = parse_floats(a.image_size, "--image-size")
         if len(size) != 2 or any(s < 1 or s != int(s) for s in size):
             raise WncError(f"--image-size {a.image_size!r} is not H,W", "e.g. --image-size 224,224")
         return int(size[0]), int(size[1])
@@ -112,7 +112,9 @@ def _data(path: str, a: argparse.Namespace, dims: tuple[int | None, ...], classe
                 "pass the data as an .npz file with x, y",
             )
         size = _image_size(a, dims)
-        return load_image_folder(p, size, dims[1], _floats(a.mean, "--mean"), _floats(a.std, "--std"), classes)
+        return load_image_folder(
+            p, size, dims[1], parse_floats(a.mean, "--mean"), parse_floats(a.std, "--std"), classes
+        )
     return load_npz(p)
 
 

@@ -137,12 +137,15 @@ class DataFit:
     iterations: int = 0
 
     def reconstruct(self) -> np.ndarray:
-        t, r4 = self.u_out.shape
-        c3 = self.core.reshape(r4, self.core.shape[1], -1)
-        k3 = np.einsum("ab,brp->arp", self.u_out, c3, optimize=True)
-        if self.u_in is not None:
-            k3 = np.einsum("arp,sr->asp", k3, self.u_in, optimize=True)
-        return k3.reshape((t, k3.shape[1]) + self.core.shape[2:])
+        r4 = self.u_out.shape[1]
+        k3 = _compose(self.u_out, self.core.reshape(r4, self.core.shape[1], -1), self.u_in)
+        return k3.reshape(k3.shape[:2] + self.core.shape[2:])
+
+
+def _compose(u_out: np.ndarray, core3: np.ndarray, u_in: np.ndarray | None) -> np.ndarray:
+    """The kernel (T, S, P) of output 1x1 u_out, core (R4, R3 or S, P) and input 1x1 u_in^T."""
+    k3 = np.einsum("ab,brp->arp", u_out, core3, optimize=True)
+    return k3 if u_in is None else np.einsum("arp,sr->asp", k3, u_in, optimize=True)
 
 
 def data_fit(
@@ -189,9 +192,7 @@ def data_fit(
         gg = w3.reshape(t, -1) @ gw.reshape(t, -1).T
     u_out = np.eye(t) if r_out >= t else sym_eig_top((gg + gg.T) / 2, r_out)[1]
     core = np.einsum("tr,tqp->rqp", u_out, w3, optimize=True)  # (R4, R3 or S, P)
-    approx = np.einsum("ab,brp->arp", u_out, core, optimize=True)
-    if u_in is not None:
-        approx = np.einsum("arp,sr->asp", approx, u_in, optimize=True)
+    approx = _compose(u_out, core, u_in)
     shift = np.einsum("tsp,sp->t", k3 - approx, stats.patch_mean(), optimize=True) if centered else None
     num, den = error_terms(k3, approx, stats, shifted=centered)
     norm = float(np.linalg.norm(k3))

@@ -11,7 +11,7 @@ from wnc_onnx.calibration import Reuse, Tap, Window, gather
 from wnc_onnx.config import CompressConfig
 from wnc_onnx.errors import WncError
 from wnc_onnx.numeric.calibrated import PatchStats
-from wnc_onnx.passes.rules.base import attr_int, attr_ints
+from wnc_onnx.passes.rules.base import attr, attr_int, attr_ints
 
 if TYPE_CHECKING:
     from wnc_onnx.graph import GraphContext
@@ -53,10 +53,8 @@ def taps(layers: list[tuple[Layer, Rule | None]]) -> list[Tap]:
 
 
 def _auto_pad(node: onnx.NodeProto) -> str:
-    for a in node.attribute:
-        if a.name == "auto_pad":
-            return a.s.decode() if isinstance(a.s, bytes) else str(a.s)
-    return "NOTSET"
+    value = attr(node, "auto_pad", "NOTSET")
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def shiftable(layer: Layer, ctx: GraphContext) -> bool:
@@ -77,10 +75,6 @@ def shiftable(layer: Layer, ctx: GraphContext) -> bool:
     return shape in ((), (1,), (width,), (1, 1), (1, width))
 
 
-def _op(layers: list[tuple[Layer, Rule | None]], name: str) -> str:
-    return next(layer.node.op_type for layer, _ in layers if layer.name == name)
-
-
 def calibrate(
     model: onnx.ModelProto,
     layers: list[tuple[Layer, Rule | None]],
@@ -91,10 +85,10 @@ def calibrate(
     """layer -> the mean and covariance of its input patches on the calibration data; each
     tapped layer's ``extra["shift_bias"]`` says whether its fit may move the bias. Layers the
     data are too few for are left out, with a line in ``notes``."""
-    wanted = [t for t in taps(layers) if cfg.selects(t.layer, _op(layers, t.layer)) is None]
+    by_name = {layer.name: layer for layer, _ in layers}
+    wanted = [t for t in taps(layers) if cfg.selects(t.layer, by_name[t.layer].node.op_type) is None]
     if not wanted:
         return {}
-    by_name = {layer.name: layer for layer, _ in layers}
     for tap in wanted:
         by_name[tap.layer].extra["shift_bias"] = shiftable(by_name[tap.layer], ctx)
     reuse = cfg.calibration if isinstance(cfg.calibration, Reuse) else None
