@@ -342,3 +342,24 @@ def test_a_slower_layer_left_whole_blames_the_decomposed_layer_feeding_it():
 
     assert _decomposed_neighbour(model, "conv1", {"conv2"}) == "conv2"  # the reorder before conv2 runs after conv1
     assert _decomposed_neighbour(model, "conv2", {"conv1", "conv3"}) == "conv1"
+
+
+def test_target_speedup_with_calibration_ranks_by_the_data_and_checks_max_error(stub, tmp_path):
+    """With calibration data the speed-up's allocation weighs each form by its output error on the
+    data (the layers' modelled errors are the data spectra's, not the kernel's); --max-error then
+    checks the result: over it is one WncError naming both figures, under it the report keeps both."""
+    from wnc_onnx.errors import WncError
+
+    x = np.random.default_rng(3).standard_normal((96, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", image=x)
+    cal = tmp_path / "cal.npz"
+    _, plain = compress(demo_cnn(), target_speedup=1.5, threads=1)
+    _, data = compress(demo_cnn(), target_speedup=1.5, threads=1, calibration=cal)
+    errs = {r.name: r.latency["kernel_error"] for r in data.layers if r.latency and "kernel_error" in r.latency}
+    free = {r.name: r.latency["kernel_error"] for r in plain.layers if r.latency and "kernel_error" in r.latency}
+    assert errs and errs.keys() == free.keys() and errs != free
+    assert data.extras["latency"]["reached"] and data.extras["calibration"]["output_error"] > 0
+    with pytest.raises(WncError, match="costs an output error of .* over --max-error 1e-06"):
+        compress(demo_cnn(), target_speedup=1.5, threads=1, calibration=cal, max_error=1e-6)
+    _, rep = compress(demo_cnn(), target_speedup=1.5, threads=1, calibration=cal, max_error=10.0)
+    assert rep.extras["max_error"]["measured"] == rep.extras["calibration"]["output_error"] <= 10.0

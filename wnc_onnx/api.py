@@ -154,7 +154,8 @@ def _pq_params_delta(model: onnx.ModelProto, report: Report) -> int:
 
 
 def _config_dict(cfg: CompressConfig) -> dict[str, Any]:
-    d = asdict(replace(cfg, calibration=None))  # the data themselves are not copied into the report
+    d = asdict(replace(cfg, calibration=None, max_error=None))  # the data themselves are not copied into the report
+    d["max_error"] = cfg.max_error
     if cfg.calibration is not None:
         named = isinstance(cfg.calibration, str | os.PathLike) or type(cfg.calibration).__name__ == "Reuse"
         d["calibration"] = str(cfg.calibration) if named else "<iterable>"
@@ -248,27 +249,54 @@ def compress(model: ModelLike, config: CompressConfig | None = None, **options: 
     the model holds no Conv/Gemm/MatMul.
     """
     cfg = _config(config, options)
-    if cfg.max_error is not None:
+    if cfg.max_error is not None and cfg.target_speedup is None:
         from wnc_onnx.budget import compress_within
 
         return compress_within(_proto(model), cfg)
+    if cfg.calibration is not None:
+        from wnc_onnx.budget import REPORT_SAMPLES
+        from wnc_onnx.calibration import Reuse
+
+        # gathered once for every run below, keeping the first samples and the original's outputs on them
+        cfg = replace(cfg, calibration=Reuse(cfg.calibration, keep=REPORT_SAMPLES))
     result, report = _run(model, cfg, plan_only=False)
     original = None  # the input as a ModelProto, read from its path once if needed
+    if cfg.timed and report.totals.decomposed:
+        original = _proto(model)
+        result, report = _on_target(model, original, result, report, cfg)
     if cfg.calibration is not None and report.totals.decomposed:  # the accuracy risk, on the user's data
         from wnc_onnx.budget import on_calibration_data, one_shot
 
-        if one_shot(cfg.calibration):
+        reuse = cfg.calibration
+        reuse.stats = None  # memory: the fits are done
+        if reuse.reference is None and one_shot(reuse.source):
             report.warnings.append(
                 "the calibration batches came from an iterator, read once: the model's error on them is not "
                 "measured (pass a list, an .npz or a folder to see it)"
             )
         else:
-            original = _proto(model)
-            report.extras["calibration"] = on_calibration_data(original, result, cfg)
-    if not cfg.timed or not report.totals.decomposed:
-        return result, report
-    if original is None:
-        original = _proto(model)
+            report.extras["calibration"] = on_calibration_data(original or _proto(model), result, cfg)
+    if cfg.max_error is not None:  # with --target-speedup: the ranks are the speed-up's, the budget a check
+        _check_budget(report, cfg.max_error, cfg.target_speedup)
+    return result, report
+
+
+def _check_budget(report: Report, budget: float, speedup: float | None) -> None:
+    measured = report.extras.get("calibration", {}).get("output_error")
+    report.extras["max_error"] = {"target": budget, "measured": measured, "target_speedup": speedup}
+    report.config["max_error"] = budget
+    if measured is not None and measured > budget:
+        raise WncError(
+            f"--target-speedup {speedup:g} costs an output error of {measured:.3g} on the calibration data, "
+            f"over --max-error {budget:g}",
+            "lower --target-speedup or raise --max-error (or drop --target-speedup: the fewest MACs within the error)",
+        )
+
+
+def _on_target(
+    model: ModelLike, original: onnx.ModelProto, result: onnx.ModelProto, report: Report, cfg: CompressConfig
+) -> tuple[onnx.ModelProto, Report]:
+    """Latency-aware checks of the whole compressed model, which may compress again."""
     threads = int(report.config.get("threads_used") or 1)
     if cfg.latency_aware and cfg.target_speedup is None:
         # Layers are chosen alone; in the model, layout changes between layers can make a

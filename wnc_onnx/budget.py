@@ -86,23 +86,37 @@ def _spec(ranks: dict[str, int]) -> int | list[int]:
 
 
 class _Runner:
-    """Compresses with the shared statistics and measures the network error on the data."""
+    """Compresses with the shared statistics and measures the network error on the data: on the
+    samples and original outputs that gathering the statistics kept (``Reuse.reference``), or,
+    where none were kept, on the first ``samples`` of the source and a run of the original."""
 
     def __init__(self, model: onnx.ModelProto, cfg: CompressConfig, samples: int = EVAL_SAMPLES) -> None:
+        self.model, self.cfg, self.want = model, cfg, samples
+        self.names = [o.name for o in model.graph.output]
+        self.feeds: list[dict[str, np.ndarray]] = []
+        self.ref: list[np.ndarray] = []
+        self.builds = 0
+
+    def _reference(self) -> None:
+        if self.feeds:
+            return
+        kept = self.cfg.calibration.reference if isinstance(self.cfg.calibration, Reuse) else None
+        if kept is not None and kept.samples:
+            self.names, self.feeds = kept.names, kept.feeds
+            self.ref = [np.concatenate(x)[: self.want] for x in zip(*kept.outputs, strict=True)]
+            return
         from wnc_onnx.verify import _session
 
-        self.model, self.cfg = model, cfg
-        feeds, n = [], 0
-        for batch in batches_of(_source(cfg), model, mean=cfg.calibration_mean, std=cfg.calibration_std):
-            feeds.append(batch)
+        n = 0
+        for batch in batches_of(
+            _source(self.cfg), self.model, mean=self.cfg.calibration_mean, std=self.cfg.calibration_std
+        ):
+            self.feeds.append(batch)
             n += len(next(iter(batch.values())))
-            if n >= samples:
+            if n >= self.want:
                 break
-        self.feeds = feeds
-        sess = _session(model, cfg.threads)
-        self.names = [o.name for o in sess.get_outputs()]
-        self.ref = [np.concatenate(x) for x in zip(*(sess.run(None, f) for f in feeds), strict=True)]
-        self.builds = 0
+        sess = _session(self.model, self.cfg.threads)
+        self.ref = [np.concatenate(x) for x in zip(*(sess.run(self.names, f) for f in self.feeds), strict=True)]
 
     def compress(self, **changes: Any) -> tuple[onnx.ModelProto, Report]:
         from wnc_onnx.api import _run
@@ -115,8 +129,10 @@ class _Runner:
         class scores, the share of samples whose top class is unchanged."""
         from wnc_onnx.verify import _kind, _session, compare_output
 
+        self._reference()
         sess = _session(compressed, self.cfg.threads)
-        got = [np.concatenate(x) for x in zip(*(sess.run(None, f) for f in self.feeds), strict=True)]
+        runs = [sess.run(self.names, f) for f in self.feeds]
+        got = [np.concatenate([run[i] for run in runs])[: len(r)] for i, r in enumerate(self.ref)]
         worst, top1 = 0.0, None
         for name, a, b in zip(self.names, self.ref, got, strict=True):
             diff = compare_output(name, _kind(self.model, name, a), a, b)
@@ -127,7 +143,8 @@ class _Runner:
 
     @property
     def samples(self) -> int:
-        return sum(len(next(iter(f.values()))) for f in self.feeds)
+        self._reference()
+        return len(self.ref[0]) if self.ref else 0
 
 
 def one_shot(source: Any) -> bool:
@@ -175,13 +192,9 @@ def compress_within(model: onnx.ModelProto, cfg: CompressConfig) -> tuple[onnx.M
     under ``cfg.max_error``."""
     assert cfg.max_error is not None
     target = float(cfg.max_error)
-    if one_shot(cfg.calibration):  # read many times over: keep the batches
-        cfg = replace(cfg, calibration=list(cfg.calibration))
-    cfg = replace(
-        cfg,
-        max_error=None,
-        calibration=cfg.calibration if isinstance(cfg.calibration, Reuse) else Reuse(cfg.calibration),
-    )
+    # the source is read once: the statistics and the first EVAL_SAMPLES samples are kept for every build
+    reuse = cfg.calibration if isinstance(cfg.calibration, Reuse) else Reuse(cfg.calibration, keep=EVAL_SAMPLES)
+    cfg = replace(cfg, max_error=None, calibration=reuse)
     runner = _Runner(model, cfg)
     log.info("--max-error %g: EVBMF's ranks first", target)
     base_model, base = runner.compress()

@@ -1,9 +1,9 @@
 """Calibration data: the input statistics that data-aware factorization needs (issue 12).
 
 The original model runs in onnxruntime on the user's inputs, batch by batch, with the
-tapped layers' input tensors added to its outputs. For each tap the mean and second
-moment of the layer's input vectors are summed in float64: for a Conv the patches its
-kernel reads (S channels x kernel taps, zero padding included, ``POSITIONS`` drawn at
+tapped layers' input tensors added to its outputs. For each tap the mean and covariance of
+the layer's input vectors are summed (float32 sums about the first batch's mean, by BLAS
+syrk): for a Conv the patches its kernel reads (S channels x kernel taps, zero padding included, ``POSITIONS`` drawn at
 random per sample on large maps), for a Flatten -> Gemm the whole map, for Gemm / MatMul
 the rows. Memory is bounded by the statistics ((S x taps)^2 per layer, or S^2 where the
 patches are wider than ``MAX_FULL``), not by the data. ``wnc_onnx.numeric.calibrated``
@@ -99,26 +99,29 @@ class Tap:
     window: Window | None = None
 
 
-MAX_FULL = 4608  # patch widths (S x taps) up to this keep the full covariance (170 MB in float64)
+MAX_FULL = 4608  # patch widths (S x taps) up to this keep the full covariance (85 MB in float32)
 POSITIONS = 64  # patches drawn per sample and conv (all of them on smaller maps)
 TAP_BYTES = 256 << 20  # tapped tensors held from one onnxruntime run: larger batches are run in parts
 
 
 @dataclass
 class Moments:
-    """Running sums of x and x x^T over a layer's input vectors (patches), in float64."""
+    """Running sums over a layer's input vectors (patches), taken about ``shift`` (the first
+    rows' mean) so that float32 sums do not cancel: sum of (x - c) in float64 and the upper
+    triangle of sum of (x - c)(x - c)^T in float32, summed in place by BLAS syrk."""
 
-    outer: np.ndarray
-    total: np.ndarray
+    outer: np.ndarray  # (d, d) float32, Fortran order (syrk's own layout: no copy per batch)
+    total: np.ndarray  # (d,) float64
     channels: int
     taps: int = 1
     count: int = 0
+    shift: np.ndarray | None = None  # (d,) float32
     done: PatchStats | None = None
 
     @classmethod
     def empty(cls, channels: int, taps: int) -> Moments:
         d = channels * taps if channels * taps <= MAX_FULL or taps == 1 else channels
-        return cls(np.zeros((d, d)), np.zeros(d), channels, taps)
+        return cls(np.zeros((d, d), dtype=np.float32, order="F"), np.zeros(d), channels, taps)
 
     def add(self, rows: np.ndarray) -> None:
         """Add (M, S * taps) patch rows (or (M, S) channel rows when the patches are too wide)."""
@@ -133,10 +136,15 @@ class Moments:
             self.count += len(rows) // self.taps
         else:
             self.count += len(rows)
-        r = np.asarray(rows, dtype=np.float32)
-        # r^T r by BLAS syrk (half a matmul's work): its upper triangle, summed in float64
-        np.add(self.outer, ssyrk(1.0, r.T), out=self.outer)
-        self.total += rows.sum(axis=0, dtype=np.float64)
+        if not len(rows):
+            return
+        if self.shift is None:
+            self.shift = np.asarray(rows.mean(axis=0, dtype=np.float64), dtype=np.float32)
+        r = np.subtract(rows, self.shift, dtype=np.float32)
+        out = ssyrk(1.0, r.T, beta=1.0, c=self.outer, overwrite_c=1)  # r^T r: half a matmul, in place
+        if out is not self.outer:  # scipy copies a c it cannot overwrite; keep whichever holds the sum
+            self.outer = out
+        self.total += r.sum(axis=0, dtype=np.float64)
 
     @property
     def full(self) -> bool:
@@ -147,49 +155,62 @@ class Moments:
         """Sample vectors behind the channel statistics (each patch holds ``taps`` of them)."""
         return self.count * self.taps
 
-    def _symmetric(self) -> np.ndarray:
-        """The summed x x^T from its upper triangle (in place)."""
-        upper = self.outer
-        upper += np.triu(upper, 1).T
-        return upper
-
     def stats(self) -> PatchStats:
-        """Mean and covariance (stored as float32); the full patch covariance only where the
-        patches outnumber its width. Consumes the sums (memory), so a second call returns the first's."""
+        """Mean and covariance (float32); the full patch covariance only where the patches
+        outnumber its width. Consumes the sums (memory): a second call returns the first's."""
         if self.done is not None:
             return self.done
         n = max(self.count if self.full else self.vectors, 1)  # rows summed: patches, or channel vectors
-        outer, total = self._symmetric(), self.total / n
-        outer /= n
-        if self.full and self.taps > 1 and self.count < self.outer.shape[0]:
+        cov = self.outer
+        cov += np.triu(cov, 1).T  # the lower triangle from syrk's upper one, in place
+        cov /= n
+        about = self.total / n  # the mean of x - c
+        mean = about + (self.shift if self.shift is not None else 0.0)
+        cov -= np.outer(about, about).astype(np.float32)
+        self.outer = np.zeros((0, 0), dtype=np.float32)
+        if self.full and self.taps > 1 and self.count < cov.shape[0]:  # too few patches: channels only
             s, p = self.channels, self.taps
-            outer = np.einsum("apbp->ab", outer.reshape(s, p, s, p)) / p
-            total = total.reshape(s, p).mean(axis=1)
-        cov = outer.astype(np.float32)
-        cov -= np.outer(total, total).astype(np.float32)
-        self.outer = np.zeros((0, 0))
-        self.done = PatchStats(cov, total, self.channels, self.taps, self.count)
+            second = np.einsum("apbp->ab", cov.reshape(s, p, s, p), dtype=np.float64) / p
+            m = mean.reshape(s, p)
+            second += m @ m.T / p  # E[x x^T] pooled over the taps
+            mean = m.mean(axis=1)
+            cov = (second - np.outer(mean, mean)).astype(np.float32)
+        self.done = PatchStats(cov, mean, self.channels, self.taps, self.count)
         return self.done
 
-    @property
-    def second(self) -> np.ndarray:
-        """E[x x^T] of the channels (S, S), without consuming the sums."""
-        if self.taps == 1:
-            return self._copy()._symmetric() / max(self.count, 1)
-        return self._copy().stats().channel(centered=False)
 
-    def _copy(self) -> Moments:
-        return Moments(self.outer.copy(), self.total.copy(), self.channels, self.taps, self.count)
+@dataclass
+class Reference:
+    """The first samples of the calibration data and the model's outputs on them, kept while
+    the statistics are gathered: the compressed model's error is then measured without
+    running the original again, and on data an iterator gave once."""
+
+    names: list[str]  # the model's outputs
+    feeds: list[dict[str, np.ndarray]] = field(default_factory=list)
+    outputs: list[list[np.ndarray]] = field(default_factory=list)  # per batch, in ``names`` order
+    samples: int = 0
+
+    def keep(self, part: Feeds, values: Mapping[str, np.ndarray], room: int) -> None:
+        """Copy up to ``room`` samples of a batch (copies, so the batch itself can go)."""
+        n = min(room, len(next(iter(part.values())))) if part else 0
+        if n <= 0:
+            return
+        self.feeds.append({k: np.array(v[:n]) for k, v in part.items()})
+        self.outputs.append([np.array(values[name][:n]) for name in self.names])
+        self.samples += n
 
 
 @dataclass
 class Reuse:
     """Calibration data whose statistics are gathered on the first run and reused by later ones
-    (``--max-error`` compresses the model many times over)."""
+    (``--max-error`` compresses the model many times over), with the first ``keep`` samples
+    and the original's outputs on them (``reference``) for measuring the result."""
 
     source: CalibrationSource
     stats: dict[str, PatchStats] | None = None
     notes: list[str] = field(default_factory=list)
+    keep: int = 0
+    reference: Reference | None = None
 
     def __str__(self) -> str:
         return str(self.source) if isinstance(self.source, str | Path) else "<iterable>"
@@ -200,6 +221,7 @@ class Calibration:
     """The input statistics of every tapped layer and how much data they came from."""
 
     layers: dict[str, Moments] = field(default_factory=dict)
+    reference: Reference | None = None
     samples: int = 0
     batches: int = 0
     seconds: float = 0.0
@@ -322,8 +344,10 @@ def gather(
     progress: Callable[[int, int], None] | None = None,
     mean: Sequence[float] = (0.0,),
     std: Sequence[float] = (1.0,),
+    keep: int = 0,
 ) -> Calibration:
-    """Run ``model`` on the calibration data and sum each tap's moments."""
+    """Run ``model`` on the calibration data and sum each tap's moments; keep the first
+    ``keep`` samples and the model's outputs on them (``Calibration.reference``)."""
     from wnc_onnx.verify import _session
 
     probe = onnx.ModelProto()
@@ -335,7 +359,7 @@ def gather(
     sess = _session(probe, threads)
     del probe  # onnxruntime holds its own copy of the weights
     names = [o.name for o in sess.get_outputs()]
-    cal = Calibration()
+    cal = Calibration(reference=Reference([o.name for o in model.graph.output]) if keep > 0 else None)
     t0 = time.perf_counter()
     fixed = any(dims and dims[0] is not None for dims, _ in _expected(model).values())
     chunk = 0  # samples per onnxruntime run: bounded by TAP_BYTES of tapped tensors, learned from the first
@@ -350,6 +374,8 @@ def gather(
                     len(part[next(iter(part))]), 1
                 )
                 chunk = max(1, int(TAP_BYTES // max(per_sample, 1)))
+            if cal.reference is not None and cal.reference.samples < keep:
+                cal.reference.keep(part, values, keep - cal.reference.samples)
             for i, tap in enumerate(taps):
                 x = values[tap.tensor]
                 if tap.window is not None:

@@ -283,7 +283,8 @@ def _add_calibration(p: argparse.ArgumentParser, budget: bool = True) -> None:
         type=float,
         metavar="E",
         help="with --calibration: choose the ranks so the network's output error on the calibration data "
-        "(relative RMS, as --verify measures it) stays under E with the fewest MACs, e.g. 0.05",
+        "(relative RMS, as --verify measures it) stays under E with the fewest MACs, e.g. 0.05; with "
+        "--target-speedup the ranks are the speed-up's (least error on the data) and E is checked",
     )
 
 

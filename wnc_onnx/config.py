@@ -122,8 +122,11 @@ class CompressConfig:
                 raise ValueError("max_error must be > 0 (e.g. 0.05 for a 5% output error)")
             if self.calibration is None:
                 raise ValueError("max_error measures the error on calibration data: give calibration (--calibration)")
-            if self.timed:
-                raise ValueError("max_error does not combine with latency_aware / target_speedup yet")
+            if self.latency_aware and self.target_speedup is None:
+                raise ValueError(
+                    "max_error chooses ranks for an error budget, latency_aware keeps what is faster layer by "
+                    "layer: give one, or max_error with target_speedup (the least error at that speed-up)"
+                )
         if self.graph_opt not in GRAPH_OPT_LEVELS:
             raise ValueError(f"graph_opt must be one of {', '.join(GRAPH_OPT_LEVELS)}")
         self._check_pq()

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wnc_onnx.numeric.gram import sym_eig_top
+from wnc_onnx.numeric.gram import mode_gram, sym_eig_top
 from wnc_onnx.numeric.tucker import tucker2
 
 RIDGE = 1e-6  # eigenvalues below RIDGE * the largest count as zero (directions the data never excite)
@@ -87,10 +87,7 @@ class PatchStats:
     def channel(self, centered: bool) -> np.ndarray:
         """(S, S): the channel block averaged over the taps."""
         m = self.moment(centered)
-        if not self.full or self.taps == 1:
-            return m
-        s, p = self.channels, self.taps
-        return np.einsum("apbp->ab", m.reshape(s, p, s, p)) / p
+        return _channel_block(m, self.channels, self.taps) if self.full else m
 
     def patch_mean(self) -> np.ndarray:
         """(S, P)."""
@@ -98,24 +95,51 @@ class PatchStats:
         return m if m.shape[1] == self.taps else np.repeat(m, self.taps, axis=1)
 
 
+_CHUNK = 1 << 22  # elements of D per float32 product in _quad: its temporaries stay small
+_BIG = 1 << 24  # kernels with more elements than this (VGG's fc6: 103M) are fitted in float32
+
+
+def fit_dtype(size: int) -> type[np.floating]:
+    """float64 for the fit's kernel-sized arrays, float32 for big kernels (memory)."""
+    return np.float32 if size > _BIG else np.float64
+
+
 def _quad(d3: np.ndarray, sigma: np.ndarray, full: bool) -> float:
-    """tr(D Sigma D^T) for D (T, S, P) under a full (S*P) or channel (S) Sigma."""
-    if full:
-        dm = d3.reshape(d3.shape[0], -1)
-        return float(np.sum((dm @ sigma) * dm))
-    return float(np.sum(np.tensordot(sigma, d3, axes=(1, 1)) * d3.transpose(1, 0, 2)))
+    """tr(D Sigma D^T) for D (T, S, P) under a full (S*P) or channel (S) Sigma, summed over
+    the taps. Runs in Sigma's own float32, a block of rows of D at a time: D is formed in
+    float64 first, so nothing cancels."""
+    total = 0.0
+    step = max(1, _CHUNK // max(d3[0].size, 1)) if len(d3) else 1
+    for lo in range(0, len(d3), step):
+        c = d3[lo : lo + step].astype(sigma.dtype)
+        if full:
+            cm = c.reshape(len(c), -1)
+            total += float(np.sum((cm @ sigma) * cm, dtype=np.float64))
+        else:
+            total += float(np.sum(np.tensordot(sigma, c, axes=(1, 1)) * c.transpose(1, 0, 2), dtype=np.float64))
+    return total
 
 
-def error_terms(kernel: np.ndarray, approx: np.ndarray, stats: PatchStats, shifted: bool) -> tuple[float, float]:
-    """(E||y - y'||^2, E||y||^2) for y = K x (no bias), y' = K' x (+ the bias shift when ``shifted``)."""
-    t = kernel.shape[0]
-    k3 = np.asarray(kernel, dtype=np.float64).reshape(t, stats.channels, -1)
-    d3 = k3 - np.asarray(approx, dtype=np.float64).reshape(k3.shape)
+def error_terms(
+    kernel: np.ndarray, approx: np.ndarray, stats: PatchStats, shifted: bool, den: float | None = None
+) -> tuple[float, float]:
+    """(E||y - y'||^2, E||y||^2) for y = K x (no bias), y' = K' x (+ the bias shift when
+    ``shifted``); ``den``: E||y||^2 when already known."""
+    t, dt = kernel.shape[0], fit_dtype(kernel.size)
+    k3 = np.asarray(kernel, dtype=dt).reshape(t, stats.channels, -1)
+    return _error_of(k3 - np.asarray(approx, dtype=dt).reshape(k3.shape), k3, stats, shifted, den)
+
+
+def _error_of(
+    d3: np.ndarray, k3: np.ndarray, stats: PatchStats, shifted: bool, den: float | None
+) -> tuple[float, float]:
+    """error_terms from the difference D = K - K' (T, S, P)."""
     m = stats.patch_mean()
     num = _quad(d3, stats.cov, stats.full)
     if not shifted:
         num += float(np.sum(np.einsum("tsp,sp->t", d3, m, optimize=True) ** 2))
-    den = _quad(k3, stats.cov, stats.full) + float(np.sum(np.einsum("tsp,sp->t", k3, m, optimize=True) ** 2))
+    if den is None:
+        den = _quad(k3, stats.cov, stats.full) + float(np.sum(np.einsum("tsp,sp->t", k3, m, optimize=True) ** 2))
     return max(num, 0.0), den
 
 
@@ -148,6 +172,19 @@ def _compose(u_out: np.ndarray, core3: np.ndarray, u_in: np.ndarray | None) -> n
     return k3 if u_in is None else np.einsum("arp,sr->asp", k3, u_in, optimize=True)
 
 
+def _channel_block(sigma: np.ndarray, s: int, p: int) -> np.ndarray:
+    """(S, S): the channel block of a full (S*P)^2 matrix, averaged over the taps."""
+    return sigma if p == 1 else np.einsum("apbp->ab", sigma.reshape(s, p, s, p)) / p
+
+
+def _kron_products(sigma: np.ndarray, b: np.ndarray, s: int, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sigma A (S*P, R*P) and A^T Sigma A (R*P, R*P) for A = B (x) I_P, B (S, R), without
+    forming A: (S P)^2 R products instead of (S P)^2 R P."""
+    r = b.shape[1]
+    sa = np.einsum("apbq,br->aprq", sigma.reshape(s, p, s, p), b, optimize=True).reshape(s * p, r * p)
+    return sa, (b.T @ sa.reshape(s, -1)).reshape(r * p, r * p)
+
+
 def data_fit(
     kernel: np.ndarray,
     r_in: int | None,
@@ -161,7 +198,8 @@ def data_fit(
     """Factors of ``kernel`` (T, S, *spatial), or of a matrix (T, S) with y = W x, that minimize
     the output error on the data: Tucker-2 when ``r_in`` < S, else Tucker-1 / SVD (input side
     whole). ``centered``: fit the covariance and return the bias shift that removes the mean's error."""
-    k = np.asarray(kernel, dtype=np.float64)
+    dt = fit_dtype(np.size(kernel))
+    k = np.asarray(kernel, dtype=dt)
     t, s = k.shape[:2]
     p = int(np.prod(k.shape[2:])) if k.ndim > 2 else 1
     if s != stats.channels or p != stats.taps:
@@ -171,31 +209,62 @@ def data_fit(
     iterations = 0
     u_in = None
     if r_in is not None and r_in < s:
-        half, inv_half = sqrt_psd(stats.channel(centered))
-        kw = np.einsum("tup,us->tsp", k3, half, optimize=True).reshape(k.shape)
+        half, inv_half = sqrt_psd(_channel_block(sigma, s, p) if full else sigma)
+        kw = np.einsum("tup,us->tsp", k3, half.astype(dt), optimize=True).reshape(k.shape)
         tw = tucker2(kw, r_in, min(r_out, t), max_iter=max_iter, tol=tol)
+        del kw
         u_in, iterations = inv_half @ tw.u_in, tw.iterations
-    if u_in is None:  # W* = K: exact at full rank on every input
-        w3, g = k3, sigma
-    elif full:
-        a = np.kron(u_in, np.eye(p))  # (S*P, R3*P): z = A^T x
-        g = a.T @ sigma @ a
-        w3 = ((k3.reshape(t, -1) @ sigma @ a) @ pinv_psd(g)).reshape(t, -1, p)
+    if u_in is not None and not full:
+        # channel statistics (taps uncorrelated): the error is the whitened kernel's Frobenius
+        # error, so HOOI's own core and output factor are the optimum given B
+        core, u_out = tw.core.reshape(tw.core.shape[0], tw.core.shape[1], p), tw.u_out
     else:
-        g = u_in.T @ sigma @ u_in
-        w3 = np.einsum("tsp,sq->tqp", k3, sigma @ u_in @ pinv_psd(g), optimize=True)
-    if full:
-        wm = w3.reshape(t, -1)
-        gg = wm @ g @ wm.T
-    else:
-        gw = np.einsum("rq,bqp->brp", g, w3, optimize=True)
-        gg = w3.reshape(t, -1) @ gw.reshape(t, -1).T
-    u_out = np.eye(t) if r_out >= t else sym_eig_top((gg + gg.T) / 2, r_out)[1]
-    core = np.einsum("tr,tqp->rqp", u_out, w3, optimize=True)  # (R4, R3 or S, P)
-    approx = _compose(u_out, core, u_in)
-    shift = np.einsum("tsp,sp->t", k3 - approx, stats.patch_mean(), optimize=True) if centered else None
-    num, den = error_terms(k3, approx, stats, shifted=centered)
+        if u_in is None:  # W* = K: exact at full rank on every input
+            w3, g = k3, sigma
+        else:
+            sa, g = _kron_products(sigma, u_in, s, p)
+            w3 = ((k3.reshape(t, -1) @ sa) @ pinv_psd(g)).reshape(t, -1, p)
+        if full:
+            wm = w3.reshape(t, -1)
+            gg = wm @ g @ wm.T
+        else:
+            gw = np.einsum("rq,bqp->brp", g, w3, optimize=True)
+            gg = w3.reshape(t, -1) @ gw.reshape(t, -1).T
+        u_out = np.eye(t) if r_out >= t else sym_eig_top((gg + gg.T) / 2, r_out)[1]
+        core = np.einsum("tr,tqp->rqp", u_out, w3, optimize=True)  # (R4, R3 or S, P)
+    diff = _compose(u_out.astype(dt), core.astype(dt), None if u_in is None else u_in.astype(dt))  # K', then K - K'
+    np.subtract(k3, diff, out=diff)
+    shift = np.einsum("tsp,sp->t", diff, stats.patch_mean(), optimize=True) if centered else None
+    num, den = _error_of(diff, k3, stats, shifted=centered, den=None)
     norm = float(np.linalg.norm(k3))
-    kern = float(np.linalg.norm(k3 - approx)) / norm if norm > 0 else 0.0
+    kern = float(np.linalg.norm(diff)) / norm if norm > 0 else 0.0
+    del diff
     core = core.reshape(core.shape[:2] + k.shape[2:])
     return DataFit(u_in, core, u_out, shift, kern, relative(num, den), (num, den), iterations)
+
+
+def data_spectra(kernel: np.ndarray, stats: PatchStats, centered: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The data's counterparts of a kernel's mode-Gram spectra (descending): the eigenvalues of
+    the output covariance K Sigma K^T, whose sum past R is the least output error any rank-R
+    output 1x1 leaves, and (kernels with taps) of the input-mode Gram of the kernel whitened by
+    the channel covariance, the same for the input 1x1 when the taps are uncorrelated. Their
+    sums are the output's variance (its second moment when not ``centered``), so the forms'
+    modelled errors become output errors on the data relative to it."""
+    t = kernel.shape[0]
+    s, p = stats.channels, stats.taps
+    dt = fit_dtype(np.size(kernel))
+    k3 = np.asarray(kernel, dtype=dt).reshape(t, s, p)
+    sigma = stats.moment(centered)
+    if stats.full:
+        km = k3.reshape(t, -1)
+        out = km @ sigma.astype(dt) @ km.T
+    else:
+        ks = np.einsum("tsp,sq->tqp", k3, sigma.astype(dt), optimize=True)
+        out = ks.reshape(t, -1) @ k3.reshape(t, -1).T
+    outer = np.clip(np.linalg.eigvalsh((out + out.T) / 2)[::-1], 0.0, None).astype(np.float64)
+    if kernel.ndim < 3:
+        return outer, None
+    half = sqrt_psd(_channel_block(sigma, s, p) if stats.full else sigma)[0]
+    kw = np.einsum("tup,us->tsp", k3, half.astype(dt), optimize=True)
+    inner = np.clip(np.linalg.eigvalsh(mode_gram(kw, 1))[::-1], 0.0, None)
+    return outer, inner

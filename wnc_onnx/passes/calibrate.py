@@ -109,6 +109,7 @@ def calibrate(
         progress=progress,
         mean=cfg.calibration_mean,
         std=cfg.calibration_std,
+        keep=reuse.keep if reuse is not None else 0,
     )
     log.info("calibration: %d samples in %d batches, %.1fs", cal.samples, cal.batches, cal.seconds)
     short = cal.needed()
@@ -131,5 +132,5 @@ def calibrate(
             del cal.layers[name]
     stats = {name: cal.layers.pop(name).stats() for name in list(cal.layers)}  # one layer's sums at a time
     if reuse is not None:
-        reuse.stats, reuse.notes = stats, list(notes)
+        reuse.stats, reuse.notes, reuse.reference = stats, list(notes), cal.reference
     return stats

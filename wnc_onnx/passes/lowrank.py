@@ -32,7 +32,7 @@ from wnc_onnx.graph import (
     prune_unread,
     subgraphs,
 )
-from wnc_onnx.numeric.calibrated import PatchStats, data_fit, error_terms, relative
+from wnc_onnx.numeric.calibrated import PatchStats, data_fit, data_spectra, error_terms, fit_dtype, relative
 from wnc_onnx.numeric.cost import Costs, conv_costs, lowrank_costs
 from wnc_onnx.numeric.gram import (
     RESOLUTION_FLOAT64,
@@ -56,7 +56,7 @@ from wnc_onnx.threads import limited
 
 if TYPE_CHECKING:
     from wnc_onnx.latency.allocate import Allocation
-    from wnc_onnx.latency.forms import Form
+    from wnc_onnx.latency.forms import Form, ModeSpectra
 
 log = logging.getLogger(__name__)
 
@@ -436,12 +436,16 @@ class LowRankPass:
             assert state is not None
             plan = state.plan
             base = Form(plan.method, plan.r3, plan.r4)
-            spectra = mode_spectra(
-                [sp.values for sp in state.spectra["out"]] or [_eigvals(g) for g in state.grams_out],
-                ([sp.values for sp in state.spectra["in"]] or [_eigvals(g) for g in state.grams_in])
-                if state.grams_in is not None
-                else None,
-            )
+            stats = self.calibrated.get(layer.name)
+            if stats is not None:  # the forms' errors as output errors on the calibration data
+                spectra = self._data_spectra(layer, state, stats)
+            else:
+                spectra = mode_spectra(
+                    [sp.values for sp in state.spectra["out"]] or [_eigvals(g) for g in state.grams_out],
+                    ([sp.values for sp in state.spectra["in"]] or [_eigvals(g) for g in state.grams_in])
+                    if state.grams_in is not None
+                    else None,
+                )
             found = self.chooser.options(
                 layer, rule, ctx, base, spectra, functools.partial(self._form_check, layer, base=plan)
             )
@@ -491,6 +495,19 @@ class LowRankPass:
                     state.grams_in = [mode_gram(k, 1) for k in state.kernels]
                 self._describe_plan(rec, state.plan)
             rec.rank_source = "latency" if state.plan.source == "vbmf" else state.plan.source
+
+    def _data_spectra(self, layer: Layer, state: _State, stats: PatchStats) -> ModeSpectra:
+        """Each group's spectra of the output covariance and the whitened input Gram (calibrated.data_spectra)."""
+        from wnc_onnx.latency.choose import mode_spectra
+
+        outs, ins = [], []
+        for gi, k in enumerate(state.kernels):
+            st = stats.group(gi, layer.s) if layer.groups > 1 else stats
+            o, i = data_spectra(k, st, centered=bool(layer.extra.get("shift_bias")))
+            outs.append(o)
+            ins.append(i)
+        known = state.grams_in is not None and all(i is not None for i in ins)
+        return mode_spectra(outs, ins if known else None)
 
     def _plan_for(self, layer: Layer, form: Form, base: _Plan) -> _Plan:
         """``base`` with the method and ranks of ``form``."""
@@ -667,7 +684,8 @@ class LowRankPass:
         sweeps = 0
         for gi, k in enumerate(state.kernels):
             st = stats.group(gi, layer.s) if layer.groups > 1 else stats
-            free = data_free.groups[gi]
+            dt = fit_dtype(k.size)  # the data-free approximation in the fit's precision (memory)
+            free = {name: f.astype(dt, copy=False) for name, f in data_free.groups[gi].items()}
             tucker = plan.method == "tucker2"
             r_in = (plan.r3 or 1) if tucker else None  # Tucker-1 and SVD: the input side whole
             fit = data_fit(k, r_in, plan.r4, st, centered=shift, max_iter=self.cfg.hooi_max_iter, tol=self.cfg.hooi_tol)
@@ -686,7 +704,7 @@ class LowRankPass:
             if fit.shift is not None:
                 shifts.append(fit.shift)
             num, den = fit.terms
-            err2, free2, den2 = err2 + num, free2 + error_terms(k, free_hat, st, shifted=False)[0], den2 + den
+            err2, free2, den2 = err2 + num, free2 + error_terms(k, free_hat, st, shifted=False, den=den)[0], den2 + den
             sweeps = max(sweeps, fit.iterations)
             n2 = float(np.trace(state.grams_out[gi]))  # ||K||^2
             kern2, norm2 = kern2 + fit.kernel_error**2 * n2, norm2 + n2
