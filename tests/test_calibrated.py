@@ -402,14 +402,26 @@ def _demo_split(tmp_path):
     return model, _images(64, 2)
 
 
-def test_max_error_holds_on_held_out_inputs_with_fewer_macs_for_a_looser_budget(tmp_path):
+def test_max_error_holds_on_held_out_inputs_with_fewer_macs_for_a_looser_budget(tmp_path, monkeypatch):
+    """... and each layer is fitted once per ranks, however many builds reuse them."""
     from wnc_onnx import compress
+    from wnc_onnx.budget import SCALES
+    from wnc_onnx.passes import lowrank
     from wnc_onnx.verify import verify
 
+    fits = []
+    real = lowrank.data_fit
+    monkeypatch.setattr(
+        lowrank,
+        "data_fit",
+        lambda k, r_in, r_out, *a, **kw: fits.append((k.shape, r_in, r_out)) or real(k, r_in, r_out, *a, **kw),
+    )
     model, held = _demo_split(tmp_path)
     macs = []
     for budget in (0.05, 0.2):
+        fits.clear()
         out, rep = compress(model, calibration=tmp_path / "cal.npz", max_error=budget, exclude="^fc")
+        assert len(fits) == len(set(fits)) and rep.extras["max_error"]["builds"] > len(SCALES)
         info = rep.extras["max_error"]
         assert info["target"] == budget and info["measured"] <= budget
         assert verify(model, out, inputs={"image": held}).worst_rel <= budget  # inputs never seen

@@ -268,7 +268,7 @@ def compress(model: ModelLike, config: CompressConfig | None = None, **options: 
         from wnc_onnx.budget import on_calibration_data, one_shot
 
         reuse = cfg.calibration
-        reuse.stats = None  # memory: the fits are done
+        reuse.stats, reuse.fits = None, {}  # memory: the fits are done
         if reuse.reference is None and one_shot(reuse.source):
             report.warnings.append(
                 "the calibration batches came from an iterator, read once: the model's error on them is not "

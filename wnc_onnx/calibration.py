@@ -204,13 +204,16 @@ class Reference:
 class Reuse:
     """Calibration data whose statistics are gathered on the first run and reused by later ones
     (``--max-error`` compresses the model many times over), with the first ``keep`` samples
-    and the original's outputs on them (``reference``) for measuring the result."""
+    and the original's outputs on them (``reference``) for measuring the result, and each
+    layer's fitted factors per method and ranks (``fits``: a later build at the same ranks
+    does not fit again)."""
 
     source: CalibrationSource
     stats: dict[str, PatchStats] | None = None
     notes: list[str] = field(default_factory=list)
     keep: int = 0
     reference: Reference | None = None
+    fits: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # (layer, method, R3, R4) -> the pass's Factors
 
     def __str__(self) -> str:
         return str(self.source) if isinstance(self.source, str | Path) else "<iterable>"

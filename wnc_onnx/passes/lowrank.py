@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from wnc_onnx import external_data
+from wnc_onnx.calibration import Reuse
 from wnc_onnx.config import CompressConfig
 from wnc_onnx.errors import NothingToCompressError, WncError
 from wnc_onnx.graph import (
@@ -500,13 +501,15 @@ class LowRankPass:
         """Each group's spectra of the output covariance and the whitened input Gram (calibrated.data_spectra)."""
         from wnc_onnx.latency.choose import mode_spectra
 
-        outs, ins = [], []
+        outs: list[np.ndarray] = []
+        ins: list[np.ndarray] = []
         for gi, k in enumerate(state.kernels):
             st = stats.group(gi, layer.s) if layer.groups > 1 else stats
             o, i = data_spectra(k, st, centered=bool(layer.extra.get("shift_bias")))
             outs.append(o)
-            ins.append(i)
-        known = state.grams_in is not None and all(i is not None for i in ins)
+            if i is not None:
+                ins.append(i)
+        known = state.grams_in is not None and len(ins) == len(outs)
         return mode_spectra(outs, ins if known else None)
 
     def _plan_for(self, layer: Layer, form: Form, base: _Plan) -> _Plan:
@@ -641,7 +644,14 @@ class LowRankPass:
 
         stats = None if skip_calibration else self.calibrated.get(layer.name)
         if stats is not None:
-            return self._factor_calibrated(layer, state, stats)
+            reuse = self.cfg.calibration if isinstance(self.cfg.calibration, Reuse) else None
+            key = (layer.name, plan.method, plan.r3, plan.r4)
+            if reuse is not None and key in reuse.fits:  # --max-error builds the same layer at the same ranks again
+                return reuse.fits[key]
+            factors = self._factor_calibrated(layer, state, stats)
+            if reuse is not None:
+                reuse.fits[key] = factors
+            return factors
         for gi, k in enumerate(kernels):
             n2 = float(np.trace(grams_out[gi]))  # ||K||^2
             if plan.method == "tucker2":
