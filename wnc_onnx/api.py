@@ -284,7 +284,6 @@ def compress(model: ModelLike, config: CompressConfig | None = None, **options: 
 def _check_budget(report: Report, budget: float, speedup: float | None) -> None:
     measured = report.extras.get("calibration", {}).get("output_error")
     report.extras["max_error"] = {"target": budget, "measured": measured, "target_speedup": speedup}
-    report.config["max_error"] = budget
     if measured is not None and measured > budget:
         raise WncError(
             f"--target-speedup {speedup:g} costs an output error of {measured:.3g} on the calibration data, "

@@ -185,6 +185,14 @@ def _kron_products(sigma: np.ndarray, b: np.ndarray, s: int, p: int) -> tuple[np
     return sa, (b.T @ sa.reshape(s, -1)).reshape(r * p, r * p)
 
 
+def _whitened(k3: np.ndarray, sigma: np.ndarray, full: bool) -> tuple[np.ndarray, np.ndarray]:
+    """K (T, S, P) with its input channels whitened by the channel covariance C: K x_2 C^(1/2)
+    (in K's dtype), and C^(-1/2), which maps a factor of it back."""
+    s, p = k3.shape[1:]
+    half, inv_half = sqrt_psd(_channel_block(sigma, s, p) if full else sigma)
+    return np.einsum("tup,us->tsp", k3, half.astype(k3.dtype), optimize=True), inv_half
+
+
 def data_fit(
     kernel: np.ndarray,
     r_in: int | None,
@@ -209,9 +217,8 @@ def data_fit(
     iterations = 0
     u_in = None
     if r_in is not None and r_in < s:
-        half, inv_half = sqrt_psd(_channel_block(sigma, s, p) if full else sigma)
-        kw = np.einsum("tup,us->tsp", k3, half.astype(dt), optimize=True).reshape(k.shape)
-        tw = tucker2(kw, r_in, min(r_out, t), max_iter=max_iter, tol=tol)
+        kw, inv_half = _whitened(k3, sigma, full)
+        tw = tucker2(kw.reshape(k.shape), r_in, min(r_out, t), max_iter=max_iter, tol=tol)
         del kw
         u_in, iterations = inv_half @ tw.u_in, tw.iterations
     if u_in is not None and not full:
@@ -264,7 +271,5 @@ def data_spectra(kernel: np.ndarray, stats: PatchStats, centered: bool) -> tuple
     outer = np.clip(np.linalg.eigvalsh((out + out.T) / 2)[::-1], 0.0, None).astype(np.float64)
     if kernel.ndim < 3:
         return outer, None
-    half = sqrt_psd(_channel_block(sigma, s, p) if stats.full else sigma)[0]
-    kw = np.einsum("tup,us->tsp", k3, half.astype(dt), optimize=True)
-    inner = np.clip(np.linalg.eigvalsh(mode_gram(kw, 1))[::-1], 0.0, None)
+    inner = np.clip(np.linalg.eigvalsh(mode_gram(_whitened(k3, sigma, stats.full)[0], 1))[::-1], 0.0, None)
     return outer, inner
