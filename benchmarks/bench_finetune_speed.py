@@ -8,8 +8,8 @@ one process, with the same batches, batch size and CPU threads:
 - ONNX Runtime: the fine-tuner's path (``wnc_onnx.finetune.artifacts.generate``, then
   ``onnxruntime.training.api`` CheckpointState / Module / Optimizer, cross-entropy,
   AdamW); a step is ``module(x, y)``, ``optimizer.step()``, ``module.lazy_reset_grad()``;
-- PyTorch: a module translated from the same ONNX graph (so the same factored network,
-  starting from the same weights), torch.optim.AdamW with ORT's hyperparameters,
+- PyTorch: the torch backend's module of the same ONNX graph (``torch_graph.GraphModule``:
+  the same factored network, starting from the same weights), torch.optim.AdamW with ORT's hyperparameters,
   cross-entropy; a step is forward, backward, ``step()``, ``zero_grad()``.
 
 Timed rounds alternate between the runtimes (ORT first in even rounds); the tables give
@@ -45,7 +45,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,6 +54,7 @@ import digits_cnn  # noqa: E402
 
 import wnc_onnx  # noqa: E402
 from wnc_onnx.finetune import artifacts  # noqa: E402
+from wnc_onnx.finetune.torch_graph import GraphModule  # noqa: E402
 from wnc_onnx.report import human  # noqa: E402
 
 SETTLE_S = 0.2  # pause between switching runtimes, so the other side's spinning worker threads go idle
@@ -62,133 +62,6 @@ LOSS_TOL = 1e-4  # first-step losses (equal weights, equal batch) must agree thi
 LATER_LOSS_TOL = 1e-3  # later warm-up steps (same optimizer maths; float rounding may drift a little)
 FORWARD_TOL = 1e-4  # torch translation vs ONNX Runtime, max abs error relative to max(1, max |logit|)
 CONTENDED = 0.25  # CPUs: a round in which other processes took more of the CPUs this run uses is left out
-
-
-# ---------------------------------------------------------------- ONNX -> torch translation
-
-
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _pair(pads: list[int]) -> tuple[tuple[int, int], list[int] | None]:
-    """ONNX 2-D pads [top, left, bottom, right] -> symmetric padding, or F.pad's list when asymmetric."""
-    top, left, bottom, right = pads
-    if (top, left) == (bottom, right):
-        return (top, left), None
-    return (0, 0), [left, right, top, bottom]
-
-
-class OnnxModule:
-    """Factory for a torch.nn.Module that runs an ONNX graph made of the ops a compressed CNN holds.
-
-    Conv (2-D, groups, strides, pads, dilations), Relu, MaxPool, Flatten, Gemm, MatMul,
-    Add, Reshape. Float initializers become parameters (trainable or not as the ORT
-    artifacts treat them), starting equal to the ONNX values.
-    """
-
-    @staticmethod
-    def build(model: onnx.ModelProto, trainable: set[str]) -> Any:
-        import torch
-        import torch.nn.functional as F
-
-        class Net(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                g = model.graph
-                self.consts: dict[str, Any] = {}
-                self.keys: dict[str, str] = {}
-                for i, t in enumerate(g.initializer):
-                    arr = numpy_helper.to_array(t)
-                    if arr.dtype.kind != "f":
-                        self.consts[t.name] = arr
-                        continue
-                    key = f"p{i}"
-                    tensor = torch.from_numpy(arr.copy())
-                    if t.name in trainable:
-                        self.register_parameter(key, torch.nn.Parameter(tensor))
-                    else:
-                        self.register_buffer(key, tensor)
-                    self.keys[t.name] = key
-                inits = {t.name for t in g.initializer}
-                self.input_name = next(vi.name for vi in g.input if vi.name not in inits)
-                self.output_name = g.output[0].name
-                self.nodes = [(n.op_type, list(n.input), n.output[0], _attrs(n)) for n in g.node]
-                for op, *_ in self.nodes:
-                    if not hasattr(self, "_" + op):
-                        raise NotImplementedError(f"no torch translation for ONNX op {op}")
-
-            def forward(self, x: Any) -> Any:
-                env: dict[str, Any] = {self.input_name: x}
-                for name, key in self.keys.items():
-                    env[name] = getattr(self, key)
-                for op, ins, out, a in self.nodes:
-                    args = [env[i] if i in env else self.consts.get(i) for i in ins]
-                    env[out] = getattr(self, "_" + op)(a, *args)
-                return env[self.output_name]
-
-            @staticmethod
-            def _Conv(a: dict[str, Any], x: Any, w: Any, b: Any = None) -> Any:
-                if w.dim() != 4 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-                    raise NotImplementedError("only 2-D Conv with explicit pads")
-                padding, extra = _pair(a.get("pads", [0, 0, 0, 0]))
-                if extra is not None:
-                    x = F.pad(x, extra)
-                return F.conv2d(
-                    x,
-                    w,
-                    b,
-                    tuple(a.get("strides", [1, 1])),
-                    padding,
-                    tuple(a.get("dilations", [1, 1])),
-                    a.get("group", 1),
-                )
-
-            @staticmethod
-            def _MaxPool(a: dict[str, Any], x: Any) -> Any:
-                padding, extra = _pair(a.get("pads", [0, 0, 0, 0]))
-                if extra is not None:
-                    x = F.pad(x, extra, value=float("-inf"))
-                k = tuple(a["kernel_shape"])
-                strides, dilations = tuple(a.get("strides", [1, 1])), tuple(a.get("dilations", [1, 1]))
-                return F.max_pool2d(x, k, strides, padding, dilations, bool(a.get("ceil_mode", 0)))
-
-            @staticmethod
-            def _Relu(a: dict[str, Any], x: Any) -> Any:
-                return F.relu(x)
-
-            @staticmethod
-            def _Flatten(a: dict[str, Any], x: Any) -> Any:
-                axis = a.get("axis", 1) % max(x.dim(), 1)
-                return x.reshape(int(np.prod(x.shape[:axis])), -1)
-
-            @staticmethod
-            def _Reshape(a: dict[str, Any], x: Any, shape: Any) -> Any:
-                dims = [int(d) for d in shape]
-                if not a.get("allowzero", 0):
-                    dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
-                return x.reshape(dims)
-
-            @staticmethod
-            def _Gemm(a: dict[str, Any], x: Any, w: Any, c: Any = None) -> Any:
-                alpha, beta = a.get("alpha", 1.0), a.get("beta", 1.0)
-                if a.get("transA", 0):
-                    x = x.t()
-                if a.get("transB", 0) and alpha == 1.0 and (c is None or beta == 1.0):
-                    return F.linear(x, w, c)
-                y = x @ (w.t() if a.get("transB", 0) else w)
-                y = y * alpha if alpha != 1.0 else y
-                return y if c is None else y + beta * c
-
-            @staticmethod
-            def _MatMul(a: dict[str, Any], x: Any, w: Any) -> Any:
-                return x @ w
-
-            @staticmethod
-            def _Add(a: dict[str, Any], x: Any, y: Any) -> Any:
-                return x + y
-
-        return Net()
 
 
 # ---------------------------------------------------------------- the two runtimes
@@ -270,7 +143,7 @@ class TorchSide:
 
         self.torch, self.lr = torch, lr
         train, _ = artifacts.trainable(model)
-        self.net = OnnxModule.build(model, set(train))
+        self.net = GraphModule(model, train)  # the torch backend's own module (wnc_onnx.finetune.torch_graph)
         # ORT's generated AdamW: betas (0.9, 0.999), eps 1e-6, no weight decay, bias correction on
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0)
         self.moments: list[tuple[Any, Any]] = []  # for check_step

@@ -73,18 +73,29 @@ def task():
 CFG = FinetuneConfig(epochs=3, batch_size=16, lr=3e-3, lr_step=2, seed=3)
 
 
-def test_resume_after_an_epoch_equals_an_uninterrupted_run(task, tmp_path):
+@pytest.fixture(params=["ort", "torch"])
+def backend(request):
+    """The loop's behaviour is the same on both backends (torch: wnc_onnx.finetune.torch_backend)."""
+    return request.param
+
+
+def _cfg(backend, **changes):
+    return FinetuneConfig(**{**CFG.__dict__, "backend": backend, **changes})
+
+
+def test_resume_after_an_epoch_equals_an_uninterrupted_run(task, tmp_path, backend):
     model, train, val = task
-    straight, h1 = finetune(model, train, val, CFG, checkpoint_dir=tmp_path / "a", quiet=True)
-    one = FinetuneConfig(**{**CFG.__dict__, "epochs": 1})
-    first, _ = finetune(model, train, val, one, checkpoint_dir=tmp_path / "b", quiet=True)
+    cfg = _cfg(backend)
+    straight, h1 = finetune(model, train, val, cfg, checkpoint_dir=tmp_path / "a", quiet=True)
+    first, _ = finetune(model, train, val, _cfg(backend, epochs=1), checkpoint_dir=tmp_path / "b", quiet=True)
     assert not np.allclose(_weights(first)["fc.w"], _weights(straight)["fc.w"])
-    resumed, h2 = finetune(model, train, val, CFG, checkpoint_dir=tmp_path / "b", resume=True, quiet=True)
+    resumed, h2 = finetune(model, train, val, cfg, checkpoint_dir=tmp_path / "b", resume=True, quiet=True)
     for name, w in _weights(straight).items():  # the AdamW moments came back too, or this would drift
         np.testing.assert_allclose(_weights(resumed)[name], w, rtol=1e-5, atol=1e-6, err_msg=name)
     assert [e.epoch for e in h2.epochs] == [1, 2, 3] and h2.resumed_at == [1]
     assert [e.lr for e in h2.epochs] == [e.lr for e in h1.epochs] == pytest.approx([3e-3, 3e-3, 3e-4])
-    assert len(list((tmp_path / "b").glob("state-*.ckpt"))) == 1  # older states are removed
+    assert len(list((tmp_path / "b").glob("state-*"))) == 1  # older states are removed
+    assert json.loads((tmp_path / "b" / "progress.json").read_text())["backend"] == backend
 
 
 class _CtrlCAt:
@@ -105,18 +116,21 @@ class _CtrlCAt:
             yield batch
 
 
-def test_ctrl_c_saves_a_checkpoint_mid_epoch_and_resume_finishes_the_same_run(task, tmp_path):
+def test_ctrl_c_saves_a_checkpoint_mid_epoch_and_resume_finishes_the_same_run(task, tmp_path, backend):
     model, train, val = task
-    straight, _ = finetune(model, train, val, CFG, quiet=True)
+    cfg = _cfg(backend)
+    straight, _ = finetune(model, train, val, cfg, quiet=True)
     with pytest.raises(FinetuneInterrupted) as stop:
-        finetune(model, _CtrlCAt(train, 3), val, CFG, checkpoint_dir=tmp_path, quiet=True)
+        finetune(model, _CtrlCAt(train, 3), val, cfg, checkpoint_dir=tmp_path, quiet=True)
     assert (stop.value.epoch, stop.value.batch) == (1, 3)
     progress = json.loads((tmp_path / "progress.json").read_text())
     assert (progress["epochs_done"], progress["batches_done"]) == (0, 3)
-    other_batches = FinetuneConfig(**{**CFG.__dict__, "batch_size": 8})
     with pytest.raises(WncError, match="in the middle of an epoch with batch-size 16, this run asks for 8"):
-        finetune(model, train, val, other_batches, checkpoint_dir=tmp_path, resume=True)
-    resumed, history = finetune(model, train, val, CFG, checkpoint_dir=tmp_path, resume=True, quiet=True)
+        finetune(model, train, val, _cfg(backend, batch_size=8), checkpoint_dir=tmp_path, resume=True)
+    other = "torch" if backend == "ort" else "ort"
+    with pytest.raises(WncError, match=f"made with backend {backend}, this run asks for {other}"):
+        finetune(model, train, val, _cfg(other), checkpoint_dir=tmp_path, resume=True)
+    resumed, history = finetune(model, train, val, cfg, checkpoint_dir=tmp_path, resume=True, quiet=True)
     for name, w in _weights(straight).items():
         np.testing.assert_allclose(_weights(resumed)[name], w, rtol=1e-5, atol=1e-6, err_msg=name)
     assert history.resumed_at == [0] and len(history.epochs) == 3
@@ -136,35 +150,38 @@ def test_a_checkpoint_resumes_only_its_own_run(task, tmp_path):
         finetune(model, train, None, CFG, checkpoint_dir=tmp_path / "empty", resume=True)
 
 
-def test_any_iterable_of_batches_trains(task):
+def test_any_iterable_of_batches_trains(task, backend):
     model, train, val = task
+    cfg = _cfg(backend)
     batches = list(train.batches(16))
-    from_list, h_list = finetune(model, batches, list(val.batches(32)), CFG, quiet=True)
-    from_fn, h_fn = finetune(model, lambda: iter(batches), val, CFG, quiet=True)
+    from_list, h_list = finetune(model, batches, list(val.batches(32)), cfg, quiet=True)
+    from_fn, h_fn = finetune(model, lambda: iter(batches), val, cfg, quiet=True)
     for name, w in _weights(from_list).items():  # same batches in the same order: same weights
         np.testing.assert_allclose(_weights(from_fn)[name], w, rtol=1e-5, atol=1e-6)
     assert h_list.epochs[-1].val_accuracy == pytest.approx(h_fn.epochs[-1].val_accuracy)
     assert h_list.epochs[-1].train_loss < h_list.epochs[0].train_loss
     with pytest.raises(WncError, match="one-shot iterator"):
-        finetune(model, iter(batches), None, CFG)
+        finetune(model, iter(batches), None, cfg)
     with pytest.raises(WncError, match="train data: labels range over 2..9, the model scores 4 classes"):
-        finetune(model, [(train.x[:8], np.arange(8) + 2)], None, CFG)
+        finetune(model, [(train.x[:8], np.arange(8) + 2)], None, cfg)
 
 
-def test_divergence_is_one_clear_error(task):
+def test_divergence_is_one_clear_error(task, backend):
     model, train, _ = task
-    huge = FinetuneConfig(epochs=2, batch_size=16, lr=1e12, optimizer="sgd")
+    huge = FinetuneConfig(epochs=2, batch_size=16, lr=1e12, optimizer="sgd", backend=backend)
     with pytest.raises(WncError, match="training diverged"):
         finetune(model, train, None, huge, quiet=True)
 
 
-def test_batchnorm_statistics_stay_frozen_and_the_node_comes_back(task):
+def test_batchnorm_statistics_stay_frozen_and_the_node_comes_back(task, backend):
     from tests.helpers import with_batchnorm
 
     model, train, val = task
     bn_model = with_batchnorm(model)
-    tuned, history = finetune(bn_model, train, val, CFG, quiet=True)
+    tuned, history = finetune(bn_model, train, val, _cfg(backend), quiet=True)
     before, after = _weights(bn_model), _weights(tuned)
+    if backend == "torch":  # the input graph itself, with new values (ORT's export adds default attributes)
+        assert [n.SerializeToString() for n in tuned.graph.node] == [n.SerializeToString() for n in bn_model.graph.node]
     assert [n.op_type for n in tuned.graph.node] == [n.op_type for n in bn_model.graph.node]
     np.testing.assert_array_equal(after["bn.m"], before["bn.m"])  # ORT training would update these
     np.testing.assert_array_equal(after["bn.v"], before["bn.v"])

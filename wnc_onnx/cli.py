@@ -654,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wnc-onnx: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     a = parsers[cmd].parse_args(rest)
-    quiet = getattr(a, "quiet", False)
+    quiet = getattr(a, "quiet", False) or os.environ.get("RANK", "0") != "0"  # torchrun: rank 0 reports
     # Our progress lines at info; other libraries' (onnxruntime.training logs each artifact it saves) at warning.
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("wnc_onnx").setLevel(logging.WARNING if quiet else logging.INFO)

@@ -53,8 +53,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--lr-step", type=int, default=C.lr_step, metavar="E", help="decay the rate every E epochs")
     t.add_argument("--lr-gamma", type=float, default=C.lr_gamma, metavar="G", help="by this factor (1: constant)")
     t.add_argument("--seed", type=int, default=C.seed, help="shuffling order")
+    t.add_argument("--threads", type=int, default=C.threads, help="CPU threads per process (default: 0, all cores)")
     t.add_argument(
-        "--threads", type=int, default=C.threads, help="onnxruntime intra-op threads (default: 0, all cores)"
+        "--backend",
+        choices=("ort", "torch"),
+        default=C.backend,
+        help="ort: onnxruntime-training, one CPU process; torch: PyTorch, GPUs and torchrun processes "
+        "(docs/finetune.md)",
+    )
+    t.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="--backend torch: where to train (default: cuda when available); under torchrun each process "
+        "takes GPU LOCAL_RANK",
     )
     from wnc_onnx.cli import add_pq_arguments
 
@@ -148,7 +160,7 @@ def run(a: argparse.Namespace) -> int:
     from wnc_onnx.finetune.evaluate import evaluate
     from wnc_onnx.finetune.runtime import require_training
     from wnc_onnx.finetune.sources import model_spec
-    from wnc_onnx.finetune.trainer import FinetuneConfig, FinetuneInterrupted, finetune
+    from wnc_onnx.finetune.trainer import FinetuneConfig, FinetuneInterrupted, finetune, processes
 
     out = check_output_path(a.input, a.output)
     history_path, plot_path, ckpt = _side_paths(a, out)
@@ -168,8 +180,16 @@ def run(a: argparse.Namespace) -> int:
         threads=a.threads,
         pq_lambda=a.pq_lambda,
         pq=_pq(a),
+        backend=a.backend,
+        device=a.device,
     )
-    require_training()
+    dist = processes(cfg)
+    if cfg.backend == "ort":
+        require_training()
+    else:
+        from wnc_onnx.finetune.torch_backend import require_torch
+
+        require_torch()
     if a.resume and not ckpt.is_dir():
         raise WncError(f"no checkpoint folder {ckpt} to resume from", "run without --resume, or pass --checkpoint-dir")
     model = load_model(a.input)
@@ -186,15 +206,26 @@ def run(a: argparse.Namespace) -> int:
         reference = evaluate(ref_model, val, cfg.loss, cfg.batch_size).get("accuracy")
     try:
         tuned, history = finetune(
-            model, train, val, cfg, checkpoint_dir=ckpt, resume=a.resume, reference_accuracy=reference, quiet=a.quiet
+            model,
+            train,
+            val,
+            cfg,
+            checkpoint_dir=ckpt,
+            resume=a.resume,
+            reference_accuracy=reference,
+            quiet=a.quiet or not dist.main,
         )
     except FinetuneInterrupted as stop:
+        if not dist.main:
+            return EXIT_INTERRUPTED
         print(
             f"wnc-onnx: {stop}; nothing else written; resume: add --resume"
             + (f" --checkpoint-dir {ckpt}" if a.checkpoint_dir else ""),
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    if not dist.main:  # rank 0 scores and writes for all processes
+        return 0
     if val is not None:  # score the exported inference model itself, with plain inference
         history.final = evaluate(tuned, val, cfg.loss, cfg.batch_size)
     with staged_model(tuned, out, a.external_data) as stage:

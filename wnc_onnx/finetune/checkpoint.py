@@ -1,8 +1,10 @@
 """Checkpoints of a fine-tuning run, so that it can stop (Ctrl-C, a crash) and resume.
 
-A checkpoint folder holds ``progress.json`` (which model, which loss and optimizer, how
-far the run got, the history so far) and one ONNX Runtime checkpoint file with the
-weights and the optimizer state (AdamW moments, step count). The state file is written
+A checkpoint folder holds ``progress.json`` (which model, which loss, optimizer and
+backend, how far the run got, the history so far) and one state file with the weights and
+the optimizer state (AdamW moments, step count): an ONNX Runtime checkpoint
+(``state-*.ckpt``, ``--backend ort``) or a ``torch.save`` file (``state-*.pt``, ``--backend
+torch``: the trained initializers by ONNX name and the optimizer's state dict). The state file is written
 under a new name first and ``progress.json`` is replaced atomically after it, so the
 folder always describes a complete checkpoint; the older state file is removed last.
 """
@@ -13,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,22 +44,22 @@ class Progress:
     batch_size: int = 0  # with seed: where a stopped epoch's remaining batches start
     seed: int = 0
     format: int = FORMAT
+    backend: str = "ort"
+    world_size: int = 1  # processes of the run (torch.distributed); batches_done counts each one's batches
 
 
 def fingerprint(model: onnx.ModelProto) -> str:
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
 
 
-def save(folder: Path, state: Any, progress: Progress) -> None:
-    """Write the ORT state (with optimizer state) and then ``progress.json``."""
-    from onnxruntime.training.api import CheckpointState
-
+def save(folder: Path, write_state: Callable[[Path], None], suffix: str, progress: Progress) -> None:
+    """Write the state (weights with optimizer state, by ``write_state``) and then ``progress.json``."""
     folder.mkdir(parents=True, exist_ok=True)
-    old = set(folder.glob("state-*.ckpt"))
-    name = f"state-e{progress.epochs_done:04d}-b{progress.batches_done:06d}.ckpt"
+    old = set(folder.glob("state-*.ckpt")) | set(folder.glob("state-*.pt"))
+    name = f"state-e{progress.epochs_done:04d}-b{progress.batches_done:06d}{suffix}"
     tmp = folder / f".{name}.tmp"
     try:
-        CheckpointState.save_checkpoint(state, tmp, include_optimizer_state=True)
+        write_state(tmp)
         os.replace(tmp, folder / name)
         progress.state_file = name
         write_text_atomic(folder / PROGRESS, json.dumps(asdict(progress), indent=1) + "\n")
@@ -91,10 +94,19 @@ def load(folder: Path) -> Progress:
 
 
 def check(
-    progress: Progress, folder: Path, model_sha256: str, loss: str, optimizer: str, batch_size: int, seed: int
+    progress: Progress,
+    folder: Path,
+    model_sha256: str,
+    loss: str,
+    optimizer: str,
+    batch_size: int,
+    seed: int,
+    backend: str = "ort",
+    world_size: int = 1,
 ) -> None:
-    """A checkpoint resumes only the run it was made by: same model, loss and optimizer; and
-    within a stopped epoch the same batch size and seed (or the skipped batches would differ)."""
+    """A checkpoint resumes only the run it was made by: same model, loss, optimizer and
+    backend; and within a stopped epoch the same batch size, seed and number of processes
+    (or the skipped batches would differ). At an epoch's end any number of processes resumes."""
     if progress.model_sha256 != model_sha256:
         raise WncError(
             f"the checkpoint in {folder} was made while fine-tuning another model",
@@ -103,9 +115,16 @@ def check(
     same: list[tuple[str, object, object]] = [
         ("loss", progress.loss, loss),
         ("optimizer", progress.optimizer, optimizer),
+        ("backend", progress.backend, backend),
     ]
     if progress.batches_done:
         same += [("batch-size", progress.batch_size, batch_size), ("seed", progress.seed, seed)]
+        if progress.world_size != world_size:
+            raise WncError(
+                f"the checkpoint in {folder} was made in the middle of an epoch by {progress.world_size} "
+                f"process(es), this run has {world_size}",
+                f"resume with --nproc_per_node {progress.world_size} (torchrun), or start fresh without --resume",
+            )
     for what, had, now in same:
         if had != now:
             where = " in the middle of an epoch" if what in ("batch-size", "seed") else ""

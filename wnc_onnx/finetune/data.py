@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +24,15 @@ class ArrayData:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
-    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
-        for start in range(0, len(self), batch_size):
-            idx = order[start : start + batch_size]
+    def batches(
+        self, batch_size: int, shuffle: bool = False, seed: int = 0, order: Sequence[int] | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Batches in a seeded random order, or in the given ``order`` of sample indices (a shard)."""
+        if order is None:
+            order = np.random.default_rng(seed).permutation(len(self)).tolist() if shuffle else range(len(self))
+        picks = np.asarray(order, dtype=np.int64)
+        for start in range(0, len(picks), batch_size):
+            idx = picks[start : start + batch_size]
             yield self.x[idx], self.y[idx]
 
 

@@ -112,13 +112,17 @@ class ImageFolder:
     def __len__(self) -> int:
         return len(self.files)
 
-    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def batches(
+        self, batch_size: int, shuffle: bool = False, seed: int = 0, order: Sequence[int] | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Batches (x, y), decoded one batch at a time; the order rule of ``ArrayData.batches``."""
         if batch_size < 1:
             raise WncError(f"batch size must be at least 1, got {batch_size}", "pass a positive batch size")
-        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
-        for start in range(0, len(self), batch_size):
-            idx = order[start : start + batch_size]
+        if order is None:
+            order = np.random.default_rng(seed).permutation(len(self)).tolist() if shuffle else range(len(self))
+        picks = np.asarray(order, dtype=np.int64)
+        for start in range(0, len(picks), batch_size):
+            idx = picks[start : start + batch_size]
             yield self.decode([self.files[i] for i in idx]), self.labels[idx]
 
     def to_arrays(self) -> ArrayData:

@@ -7,6 +7,10 @@ Fine-tuning takes any of:
 - a re-iterable of ``(x, y)`` batches (a list, a ``torch.utils.data.DataLoader``);
 - a function returning a fresh iterable of batches, called once per epoch.
 
+Under ``torchrun`` (several processes) a data set is split between them per epoch
+(``distributed.shard``); an iterable or a function is taken as this process's own share, as
+a DataLoader with a DistributedSampler gives it.
+
 A one-shot iterator (a generator object) would be empty from the second epoch on, so it
 is refused with the fix.
 """
@@ -22,6 +26,7 @@ import onnx
 from onnx import helper
 
 from wnc_onnx.errors import WncError
+from wnc_onnx.finetune.distributed import Dist, shard
 
 Batch = tuple[np.ndarray, np.ndarray]
 
@@ -130,13 +135,23 @@ def check_batch(spec: ModelSpec, batch: Any, label: str) -> Batch:
 class BatchSource:
     """One epoch's batches at a time, each checked against the model."""
 
-    def __init__(self, data: Any, spec: ModelSpec, batch_size: int, *, shuffle: bool, label: str) -> None:
+    def __init__(
+        self, data: Any, spec: ModelSpec, batch_size: int, *, shuffle: bool, label: str, dist: Dist | None = None
+    ) -> None:
         self.spec, self.batch_size, self.shuffle = spec, batch_size, shuffle
         self.label = getattr(data, "name", None) or label
         self._epoch: Callable[[int, int], Iterable[Any]]
-        if hasattr(data, "batches"):
+        if hasattr(data, "batches") and dist is not None and dist.active:  # this process's share (torchrun)
+            self._epoch = lambda epoch, seed: data.batches(
+                batch_size, order=shard(len(data), dist, shuffle, seed, epoch)
+            )
+            self.size: int | None = -(-len(data) // dist.world)
+            if not len(data):
+                raise WncError(f"{self.label} holds no samples", "pass a data set with at least one sample")
+            self._check_whole(data)
+        elif hasattr(data, "batches"):
             self._epoch = lambda epoch, seed: data.batches(batch_size, shuffle=shuffle, seed=seed + epoch)
-            self.size: int | None = len(data)
+            self.size = len(data)
             if self.size == 0:
                 raise WncError(f"{self.label} holds no samples", "pass a data set with at least one sample")
             self._check_whole(data)

@@ -1,6 +1,8 @@
-"""The fine-tuning loop (paper section 3.3) on ONNX Runtime's training API.
+"""The fine-tuning loop (paper section 3.3), on ONNX Runtime's training API or on PyTorch.
 
-Forward/backward with ``Module``, updates with ``Optimizer``, the paper's step decay of
+Two backends run the same loop: ``ort`` (forward/backward with ONNX Runtime training's
+``Module``, updates with its ``Optimizer``) and ``torch`` (``torch_backend``: the graph run by
+PyTorch, on GPUs and across processes under torchrun). The loop: the paper's step decay of
 the learning rate (divide by ``lr_gamma`` every ``lr_step`` epochs), validation after
 each epoch, a checkpoint after each epoch and on Ctrl-C (``checkpoint_dir``), resuming
 from one, and the result exported as a plain inference model with the original inputs
@@ -27,6 +29,7 @@ import onnx
 from wnc_onnx.errors import WncError
 from wnc_onnx.finetune import artifacts, checkpoint, frozen_bn
 from wnc_onnx.finetune.data import ArrayData
+from wnc_onnx.finetune.distributed import Dist, any_of, from_env, leave, sum_over
 from wnc_onnx.finetune.history import EpochRecord, History
 from wnc_onnx.finetune.progress import EpochBar
 from wnc_onnx.finetune.runtime import require_training, runtime_errors
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 
 LOSSES = ("cross_entropy", "mse")
 OPTIMIZERS = ("adamw", "sgd")
+BACKENDS = ("ort", "torch")
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,10 @@ class FinetuneConfig:
     # 0: quantize at the end without the pull. ``pq``: CompressConfig's pq_* fields.
     pq_lambda: float | None = None
     pq: dict[str, Any] = field(default_factory=dict)
+    # "ort": onnxruntime-training, one process on the CPU; "torch": PyTorch on ``device``
+    # ("cpu", "cuda"; None: cuda when available), several processes under torchrun
+    backend: str = "ort"
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr_step < 1 or self.threads < 0:
@@ -64,6 +72,12 @@ class FinetuneConfig:
             raise WncError(f"unknown loss {self.loss!r}", f"choose one of {', '.join(LOSSES)}")
         if self.optimizer not in OPTIMIZERS:
             raise WncError(f"unknown optimizer {self.optimizer!r}", f"choose one of {', '.join(OPTIMIZERS)}")
+        if self.backend not in BACKENDS:
+            raise WncError(f"unknown backend {self.backend!r}", f"choose one of {', '.join(BACKENDS)}")
+        if self.device not in (None, "cpu", "cuda"):
+            raise WncError(f"unknown device {self.device!r}", "pass --device cpu or --device cuda")
+        if self.backend == "ort" and self.device == "cuda":
+            raise WncError("the ort backend trains on the CPU only", "use --backend torch for --device cuda")
         if self.pq_lambda is not None and not (self.pq_lambda >= 0 and math.isfinite(self.pq_lambda)):
             raise WncError(f"--pq-lambda must be >= 0, got {self.pq_lambda}", "e.g. --pq-lambda 20")
         if self.pq_lambda is not None:
@@ -92,15 +106,23 @@ def check_data(model: onnx.ModelProto, data: ArrayData, cfg: FinetuneConfig) -> 
 
 
 class _StopRequest:
-    """The first Ctrl-C asks the loop to stop at the next batch boundary; a second one aborts."""
+    """The first Ctrl-C asks the loop to stop at the next batch boundary; a second one aborts.
+
+    Under torchrun a Ctrl-C reaches each process twice at once (from the terminal, and
+    forwarded by torchrun), so signals within ``ECHO_S`` of the first count as one."""
+
+    ECHO_S = 2.0
 
     def __init__(self) -> None:
         self.requested = False
+        self.at = 0.0
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.requested:
+            if time.monotonic() - self.at < self.ECHO_S:
+                return
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.at = True, time.monotonic()
         log.warning("stopping after this batch to save a checkpoint (Ctrl-C again to abort without one)")
 
     @contextlib.contextmanager
@@ -119,7 +141,10 @@ MISFIT = "check that x and y fit the model input and the loss (shape, type)"
 
 
 class _Session:
-    """The ORT training objects of one run."""
+    """The ORT training objects of one run (the methods the loop calls, as ``TorchRun``'s)."""
+
+    suffix = ".ckpt"
+    dist = Dist()
 
     def __init__(self, paths: dict[str, Path], state_file: Path, cfg: FinetuneConfig) -> None:
         import onnxruntime as ort
@@ -139,6 +164,26 @@ class _Session:
     @property
     def params(self) -> Any:
         return self.state.parameters
+
+    def write_state(self, path: Path) -> None:
+        from onnxruntime.training.api import CheckpointState
+
+        CheckpointState.save_checkpoint(self.state, path, include_optimizer_state=True)
+
+    def set_lr(self, lr: float) -> None:
+        self.optimizer.set_learning_rate(lr)
+
+    def train_mode(self) -> None:
+        self.module.train()
+
+    def epoch_context(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def export(self, model: onnx.ModelProto, work: Path, output_name: str) -> onnx.ModelProto:
+        """The trained graph as a plain inference model (``model``: the graph trained, unused here)."""
+        exported = work / "inference.onnx"
+        self.module.export_model_for_inferencing(str(exported), [output_name])
+        return onnx.load(str(exported))
 
     def step(self, x: np.ndarray, y: np.ndarray, where: str) -> float:
         with runtime_errors(f"training step failed at {where}", MISFIT):
@@ -185,11 +230,14 @@ def finetune(
     from that checkpoint up to ``cfg.epochs``.
     """
     cfg = cfg or FinetuneConfig()
-    version = require_training()
+    dist = processes(cfg)
+    runtime = _runtime(cfg, dist)
     spec = model_spec(model, cfg.loss)
-    train_src = BatchSource(train, spec, cfg.batch_size, shuffle=True, label="train data")
+    train_src = BatchSource(train, spec, cfg.batch_size, shuffle=True, label="train data", dist=dist)
     val_src = (
-        BatchSource(val, spec, cfg.batch_size, shuffle=False, label="validation data") if val is not None else None
+        BatchSource(val, spec, cfg.batch_size, shuffle=False, label="validation data", dist=dist)
+        if val is not None
+        else None
     )
     train_src.first()  # misfit data fails here, before any artifact or checkpoint is written
     if val_src is not None:
@@ -201,21 +249,19 @@ def finetune(
         if folder is None:
             raise WncError("resuming needs the checkpoint folder", "pass checkpoint_dir (CLI: --checkpoint-dir)")
         progress = checkpoint.load(folder)
-        checkpoint.check(progress, folder, sha, cfg.loss, cfg.optimizer, cfg.batch_size, cfg.seed)
+        checkpoint.check(
+            progress, folder, sha, cfg.loss, cfg.optimizer, cfg.batch_size, cfg.seed, cfg.backend, dist.world
+        )
     with tempfile.TemporaryDirectory(prefix="wnc-onnx-train-") as tmp:
         work = Path(workdir) if workdir else Path(tmp)
         for_training = onnx.ModelProto()
         for_training.CopyFrom(model)
         frozen = frozen_bn.to_affine(for_training)  # BN statistics stay as they are
         factors = [name for r in frozen for name in (r.a, r.b)]
-        paths = artifacts.generate(
-            for_training, work / "artifacts", cfg.loss, cfg.optimizer, [spec.output_name], factors
-        )
-        del for_training
-        state_file = folder / progress.state_file if folder is not None and progress else paths["checkpoint"]
-        run = _Session(paths, state_file, cfg)
+        saved = folder / progress.state_file if folder is not None and progress else None
+        run = _start(for_training, factors, cfg, dist, saved, work, spec.output_name)
         history = History.from_dict(progress.history) if progress else History()
-        history.runtime, history.config = f"onnxruntime-training {version}", asdict(cfg)
+        history.runtime, history.config = runtime, asdict(cfg)
         penalty = _penalty(model, cfg)
         if penalty is not None:
             penalty.refresh(run.params)
@@ -230,7 +276,7 @@ def finetune(
             history.resumed_at.append(progress.epochs_done)
             log.info("resuming after epoch %d, batch %d", progress.epochs_done, progress.batches_done)
         start = progress.epochs_done if progress else 0
-        with _StopRequest().installed(folder is not None) as stop:
+        with _StopRequest().installed(folder is not None) as stop, _leaving(run):
             loop = _Loop(run, train_src, val_src, cfg, stop, folder, sha, history, quiet, penalty)
             for epoch in range(start, cfg.epochs):
                 resumed = progress if progress and epoch == start else None
@@ -242,16 +288,66 @@ def finetune(
                 loop.save(epoch + 1)
                 if on_epoch is not None:
                     on_epoch(record, history)
-                if stop.requested and folder is not None and epoch + 1 < cfg.epochs:
+                halt = stop.requested and folder is not None
+                if dist.active and folder is not None:  # every process stops after the same epoch
+                    halt = any_of(dist, halt)
+                if halt and folder is not None and epoch + 1 < cfg.epochs:
                     raise FinetuneInterrupted(folder, epoch + 1, 0)
-        exported = work / "inference.onnx"
-        run.module.export_model_for_inferencing(str(exported), [spec.output_name])
-        tuned = onnx.load(str(exported))
+        tuned = run.export(for_training, work, spec.output_name)
+        del for_training
     frozen_bn.restore(tuned, frozen, model)
     _restore_interface(model, tuned, spec.input_name)
     if penalty is not None:
         tuned = _quantized_export(tuned, penalty, history)
     return tuned, history
+
+
+def processes(cfg: FinetuneConfig) -> Dist:
+    """This process's place in a torchrun launch; the ort backend refuses one of several."""
+    dist = from_env()
+    if dist.active and cfg.backend != "torch":
+        raise WncError(
+            f"torchrun started {dist.world} processes, and the ort backend trains in one",
+            "add --backend torch (torch.distributed), or run without torchrun",
+        )
+    return dist
+
+
+def _runtime(cfg: FinetuneConfig, dist: Dist) -> str:
+    """What trains, for the history; a WncError with the install command when it is missing."""
+    if cfg.backend == "ort":
+        return f"onnxruntime-training {require_training()}"
+    from wnc_onnx.finetune.torch_backend import require_torch
+
+    return f"torch {require_torch()}" + (f", {dist.world} processes (torch.distributed)" if dist.active else "")
+
+
+def _start(
+    for_training: onnx.ModelProto,
+    factors: list[str],
+    cfg: FinetuneConfig,
+    dist: Dist,
+    saved: Path | None,
+    work: Path,
+    output_name: str,
+) -> Any:
+    """The backend's run object (``_Session`` or ``TorchRun``), from a saved state when resuming."""
+    if cfg.backend == "torch":
+        from wnc_onnx.finetune.torch_backend import TorchRun
+
+        return TorchRun(for_training, artifacts.trainable(for_training, factors)[0], cfg, dist, saved)
+    paths = artifacts.generate(for_training, work / "artifacts", cfg.loss, cfg.optimizer, [output_name], factors)
+    return _Session(paths, saved or paths["checkpoint"], cfg)
+
+
+@contextlib.contextmanager
+def _leaving(run: Any) -> Iterator[None]:
+    """Leave the process group this run joined, however the loop ends."""
+    try:
+        yield
+    finally:
+        if getattr(run, "joined", False):
+            leave()
 
 
 def _penalty(model: onnx.ModelProto, cfg: FinetuneConfig) -> Any:
@@ -307,7 +403,7 @@ class _Loop:
     penalty: Any = None  # PQPenalty, with --pq-lambda
 
     def save(self, epochs_done: int, batches_done: int = 0, partial: dict[str, float] | None = None) -> None:
-        if self.folder is None:
+        if self.folder is None or not self.run.dist.main:  # rank 0 writes for all
             return
         cfg = self.cfg
         progress = checkpoint.Progress(
@@ -320,35 +416,46 @@ class _Loop:
             self.history.to_dict(),
             batch_size=cfg.batch_size,
             seed=cfg.seed,
+            backend=cfg.backend,
+            world_size=self.run.dist.world,
         )
-        checkpoint.save(self.folder, self.run.state, progress)
+        checkpoint.save(self.folder, self.run.write_state, self.run.suffix, progress)
 
     def train_epoch(self, epoch: int, skip: int, partial: dict[str, float]) -> EpochRecord:
         """One epoch; the first ``skip`` batches were applied before a stop (``partial`` sums them)."""
         cfg = self.cfg
         lr = cfg.lr_at(epoch)
-        self.run.optimizer.set_learning_rate(lr)
-        self.run.module.train()
+        self.run.set_lr(lr)
+        self.run.train_mode()
         total, seen = partial.get("loss_sum", 0.0), int(partial.get("seen", 0))
         bar = EpochBar(self.train.size, epoch, cfg.epochs, self.quiet)
         t0 = time.perf_counter() - partial.get("seconds", 0.0)
         done = 0
-        for xb, yb in self.train.epoch(epoch, cfg.seed):
-            done += 1
-            if done <= skip:
-                continue
-            loss = self.run.step(xb, yb, f"epoch {epoch + 1}, batch {done}")
-            if self.penalty is not None:
-                self.penalty.pull(self.run.params, lr)
-            total += loss * len(xb)
-            seen += len(xb)
-            bar.update(seen, total / seen)
-            if self.stop.requested and self.folder is not None:
-                bar.close()
-                self.save(epoch, done, {"loss_sum": total, "seen": seen, "seconds": time.perf_counter() - t0})
-                raise FinetuneInterrupted(self.folder, epoch + 1, done)
+        dist = self.run.dist
+        even = self.train.size is not None  # a data set split evenly: every process stops at the same batch
+        with self.run.epoch_context():
+            for xb, yb in self.train.epoch(epoch, cfg.seed):
+                done += 1
+                if done <= skip:
+                    continue
+                loss = self.run.step(xb, yb, f"epoch {epoch + 1}, batch {done}")
+                if self.penalty is not None:
+                    self.penalty.pull(self.run.params, lr)
+                total += loss * len(xb)
+                seen += len(xb)
+                bar.update(seen, total / seen)
+                stop = self.stop.requested and self.folder is not None
+                if dist.active and even and self.folder is not None:
+                    stop = any_of(dist, stop)
+                if stop:
+                    assert self.folder is not None
+                    bar.close()
+                    self.save(epoch, done, {"loss_sum": total, "seen": seen, "seconds": time.perf_counter() - t0})
+                    raise FinetuneInterrupted(self.folder, epoch + 1, done)
         seconds = time.perf_counter() - t0
         bar.close()
+        total, seen_all = sum_over(dist, [total, seen])  # the epoch over every process
+        seen = int(seen_all)
         v_loss, v_acc = self.run.evaluate(self.val, cfg.loss) if self.val is not None else (None, None)
         record = EpochRecord(epoch + 1, lr, total / seen, v_loss, v_acc, round(seconds, 3), seen / max(seconds, 1e-9))
         if self.penalty is not None:  # new codebooks for the next epoch; the model as it would be exported now
@@ -387,7 +494,11 @@ def _restore_interface(original: onnx.ModelProto, tuned: onnx.ModelProto, input_
     tuned.graph.output.extend(original.graph.output)
     del tuned.metadata_props[:]
     tuned.metadata_props.extend(original.metadata_props)
-    tuned.producer_name, tuned.producer_version = original.producer_name, original.producer_version
+    for key in ("producer_name", "producer_version"):  # as set or unset as they were (proto2 keeps presence)
+        if original.HasField(key):
+            setattr(tuned, key, getattr(original, key))
+        else:
+            tuned.ClearField(key)
     names = [vi.name for vi in tuned.graph.input]
     if input_name not in names:
         raise RuntimeError(f"the exported model lost input '{input_name}' (a bug)")
