@@ -142,7 +142,8 @@ class TorchRun:
             # the buffers are the graph's constants, equal everywhere: no syncing per forward pass
             newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
             quiet: dict[str, Any] = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
-            self.model = DistributedDataParallel(self.net, device_ids=ids, **quiet)
+            # gradients in DDP's buckets: one copy less per step
+            self.model = DistributedDataParallel(self.net, device_ids=ids, gradient_as_bucket_view=True, **quiet)
         params = list(self.named.values())
         self.optimizer = (
             _ort_adamw()(params, cfg.lr) if cfg.optimizer == "adamw" else torch.optim.SGD(params, lr=cfg.lr)
@@ -245,10 +246,11 @@ class TorchRun:
         total, correct_f, seen_f = sum_over(self.dist, [total, correct, seen])
         return total / seen_f, (correct_f / seen_f if loss == "cross_entropy" else None)
 
-    def export(self, model: onnx.ModelProto, work: Path, output_name: str) -> onnx.ModelProto:
+    def export(self, model: onnx.ModelProto | None, work: Path, output_name: str) -> onnx.ModelProto:
         """``model`` (the graph trained) with the trained values in its initializers."""
         from wnc_onnx.finetune.torch_graph import write_back
 
+        assert model is not None, "the torch backend writes into the graph it trained"
         tuned = onnx.ModelProto()
         tuned.CopyFrom(model)
         write_back(tuned, self.values())

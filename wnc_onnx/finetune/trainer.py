@@ -179,8 +179,8 @@ class _Session:
     def epoch_context(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
-    def export(self, model: onnx.ModelProto, work: Path, output_name: str) -> onnx.ModelProto:
-        """The trained graph as a plain inference model (``model``: the graph trained, unused here)."""
+    def export(self, model: onnx.ModelProto | None, work: Path, output_name: str) -> onnx.ModelProto:
+        """The trained graph as a plain inference model (ORT re-creates it: ``model`` is not needed)."""
         exported = work / "inference.onnx"
         self.module.export_model_for_inferencing(str(exported), [output_name])
         return onnx.load(str(exported))
@@ -260,6 +260,8 @@ def finetune(
         factors = [name for r in frozen for name in (r.a, r.b)]
         saved = folder / progress.state_file if folder is not None and progress else None
         run = _start(for_training, factors, cfg, dist, saved, work, spec.output_name)
+        trained_graph = for_training if cfg.backend == "torch" else None  # torch writes its values back into it
+        del for_training  # memory: ORT holds its own copy
         history = History.from_dict(progress.history) if progress else History()
         history.runtime, history.config = runtime, asdict(cfg)
         penalty = _penalty(model, cfg)
@@ -293,8 +295,7 @@ def finetune(
                     halt = any_of(dist, halt)
                 if halt and folder is not None and epoch + 1 < cfg.epochs:
                     raise FinetuneInterrupted(folder, epoch + 1, 0)
-        tuned = run.export(for_training, work, spec.output_name)
-        del for_training
+        tuned = run.export(trained_graph, work, spec.output_name)
     frozen_bn.restore(tuned, frozen, model)
     _restore_interface(model, tuned, spec.input_name)
     if penalty is not None:
