@@ -184,6 +184,19 @@ def test_an_op_the_backend_cannot_run_is_named(small, capsys):
     assert not (small / "out.onnx").exists()
 
 
+def test_a_form_of_an_op_the_backend_lacks_is_named_when_it_runs(small, capsys):
+    model = small_classifier()
+    g = model.graph
+    g.node[-1].output[0] = "raw"
+    g.node.append(helper.make_node("Dropout", ["raw", "ratio0", "train0"], ["logits"], name="drop"))
+    g.initializer.extend([numpy_helper.from_array(np.array(0.5, np.float32), "ratio0"),
+                          numpy_helper.from_array(np.array(True), "train0")])  # fmt: skip
+    onnx.save(model, small / "small.onnx")
+    assert _cli(small, "--backend", "torch") == 2
+    _one_line(capsys, "Dropout in training mode (node 'drop')")
+    assert not (small / "out.onnx").exists()
+
+
 def test_an_opset_outside_the_range_is_one_line(small, capsys):
     model = small_classifier()
     model.opset_import[0].version = 23
@@ -267,3 +280,37 @@ def test_torchrun_two_processes_tune_a_compressed_digits_cnn(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     resumed = json.loads((tmp_path / "tuned.history.json").read_text())
     assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3, 4, 5] and resumed["resumed_at"] == [4]
+
+
+def test_shards_split_each_epoch_between_processes(tmp_path):
+    from PIL import Image
+
+    from wnc_onnx.finetune.distributed import Dist
+    from wnc_onnx.finetune.images import load_image_folder
+    from wnc_onnx.finetune.sources import BatchSource, model_spec
+
+    spec = model_spec(small_classifier(), "cross_entropy")
+    data = ArrayData(np.arange(10, dtype=np.float32)[:, None, None, None] * np.ones((1, 1, 8, 8), np.float32),
+                     np.arange(10) % 4)  # fmt: skip
+
+    def seen(source, epoch):
+        return [int(x[0, 0, 0]) for xb, _ in source.epoch(epoch, seed=3) for x in xb]
+
+    for shuffle in (True, False):
+        parts = [seen(BatchSource(data, spec, 3, shuffle=shuffle, label="d", dist=Dist(r, 3, r)), 0) for r in range(3)]
+        everything = sorted(i for p in parts for i in p)
+        if shuffle:  # DistributedSampler: as many samples each, padded with repeats
+            assert [len(p) for p in parts] == [4, 4, 4] and set(everything) == set(range(10))
+            other = [seen(BatchSource(data, spec, 3, shuffle=True, label="d", dist=Dist(r, 3, r)), 1) for r in range(3)]
+            assert other != parts  # re-shuffled per epoch
+        else:  # scoring: every sample once
+            assert everything == list(range(10))
+    # image folders take the same per-process order, decoding only their share
+    for c in range(2):
+        (tmp_path / f"c{c}").mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 40 * (3 * c + i), np.uint8)).save(tmp_path / f"c{c}" / f"{i}.png")
+    folder = load_image_folder(tmp_path, (8, 8), 1, (0.0,), (1.0,))
+    xs, ys = zip(*folder.batches(2, order=[5, 0, 3]), strict=True)
+    assert np.concatenate(ys).tolist() == [1, 0, 1]
+    assert np.round(np.concatenate(xs)[:, 0, 0, 0] * 255).tolist() == [200, 0, 120]

@@ -24,6 +24,7 @@ import onnx
 
 from wnc_onnx.errors import WncError, one_line
 from wnc_onnx.finetune.distributed import Dist, join, sum_over
+from wnc_onnx.finetune.trainer import MISFIT, finite
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,6 @@ class TorchRun:
         self.device = pick_device(cfg.device, dist)
         if cfg.threads and self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
         self.joined = join(dist, self.device)
         self.net = GraphModule(model, trainable).to(self.device)
         self.named = self.net.named_onnx_parameters()
@@ -223,10 +223,7 @@ class TorchRun:
             raise WncError(f"training step failed at {where}: {one_line(exc, 240)}", MISFIT) from None
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        value = float(loss.item())
-        if not math.isfinite(value):
-            raise WncError(f"training diverged: the loss is {value} at {where}", "lower --lr (e.g. 10x)")
-        return value
+        return finite(float(loss.item()), where)
 
     def evaluate(self, source: Any, loss: str) -> tuple[float, float | None]:
         self.net.eval()
@@ -236,6 +233,10 @@ class TorchRun:
                 xt, yt = self._tensors(xb, yb)
                 try:
                     out = self.net(xt)
+                except NotImplementedError as exc:
+                    raise WncError(
+                        f"the torch backend cannot run this model: {one_line(exc)}", "use --backend ort"
+                    ) from None
                 except RuntimeError as exc:
                     raise WncError(f"evaluating {source.label} failed: {one_line(exc, 240)}", MISFIT) from None
                 total += float(self._loss(out, yt).item()) * len(xb)
@@ -255,6 +256,3 @@ class TorchRun:
         tuned.CopyFrom(model)
         write_back(tuned, self.values())
         return tuned
-
-
-MISFIT = "check that x and y fit the model input and the loss (shape, type)"

@@ -110,7 +110,7 @@ class GraphModule(torch.nn.Module):
         self.inputs = [vi.name for vi in g.input if vi.name not in inits]
         self.outputs = [o.name for o in g.output]
         opset = default_opset(model)
-        self._nodes: list[tuple[str, list[str], list[str], dict[str, Any]]] = []
+        self._nodes: list[tuple[str, list[str], list[str], dict[str, Any], str]] = []
         for i, n in enumerate(g.node):
             if n.op_type == "Constant":
                 key = f"k{i}"
@@ -119,7 +119,7 @@ class GraphModule(torch.nn.Module):
                 continue
             attrs = {a.name: _attribute(helper.get_attribute_value(a)) for a in n.attribute}
             attrs["_opset"], attrs["_outputs"] = opset, len(n.output)
-            self._nodes.append((n.op_type, list(n.input), list(n.output), attrs))
+            self._nodes.append((n.op_type, list(n.input), list(n.output), attrs, n.name or f"#{i}"))
 
     def named_onnx_parameters(self) -> dict[str, torch.nn.Parameter]:
         """ONNX initializer name -> its parameter."""
@@ -130,9 +130,13 @@ class GraphModule(torch.nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> Any:
         env: dict[str, Any] = dict(zip(self.inputs, inputs, strict=True))
-        for op_type, ins, outs, attrs in self._nodes:
+        for op_type, ins, outs, attrs, node in self._nodes:
             args = [None if not name else env[name] if name in env else self._value(self._keys[name]) for name in ins]
-            for name, value in zip(outs, OPS[op_type](attrs, args), strict=False):
+            try:
+                values = OPS[op_type](attrs, args)
+            except NotImplementedError as exc:  # a form of the op the backend does not have: name the node
+                raise NotImplementedError(f"{exc} (node '{node}')") from None
+            for name, value in zip(outs, values, strict=False):
                 if name:
                     env[name] = value
         values = [env[name] if name in env else self._value(self._keys[name]) for name in self.outputs]

@@ -140,6 +140,13 @@ class _StopRequest:
 MISFIT = "check that x and y fit the model input and the loss (shape, type)"
 
 
+def finite(loss: float, where: str) -> float:
+    """The step's loss, or one WncError when training diverged."""
+    if not math.isfinite(loss):
+        raise WncError(f"training diverged: the loss is {loss} at {where}", "lower --lr (e.g. 10x)")
+    return loss
+
+
 class _Session:
     """The ORT training objects of one run (the methods the loop calls, as ``TorchRun``'s)."""
 
@@ -190,9 +197,7 @@ class _Session:
             loss = float(self.module(x, y)[0])
             self.optimizer.step()
         self.module.lazy_reset_grad()
-        if not math.isfinite(loss):
-            raise WncError(f"training diverged: the loss is {loss} at {where}", "lower --lr (e.g. 10x)")
-        return loss
+        return finite(loss, where)
 
     def evaluate(self, source: BatchSource, loss: str) -> tuple[float, float | None]:
         self.module.eval()
