@@ -35,6 +35,20 @@ def test_mixed_install_is_detected(monkeypatch):
         rt.require_training()
 
 
+@pytest.mark.parametrize("has_torch", [True, False])
+def test_without_the_training_build_torch_is_offered_when_present(monkeypatch, has_torch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(rt, "installed", lambda: {"onnxruntime": "1.32.0"})
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: (object() if has_torch else None) if n == "torch" else real(n, *a)
+    )
+    with pytest.raises(WncError) as exc:
+        rt.require_training()
+    assert ("--backend torch" in str(exc.value)) == has_torch
+
+
 @pytest.fixture
 def model():
     return demo_cnn()  # input (N, 3, 32, 32), output (N, 10)

@@ -44,7 +44,10 @@ def require_training() -> str:
             f"keep them apart: compress with the plain runtime, fine-tune in its own environment: {INSTALL}",
         )
     if not training:
-        raise WncError("fine-tuning needs onnxruntime-training-cpu 1.19.2, which is not installed", INSTALL)
+        import importlib.util
+
+        other = "; or, with torch installed here: --backend torch" if importlib.util.find_spec("torch") else ""
+        raise WncError("fine-tuning needs onnxruntime-training-cpu 1.19.2, which is not installed", INSTALL + other)
     try:
         import onnxruntime.training.api  # noqa: F401
     except Exception as exc:  # torch missing, or a broken build
