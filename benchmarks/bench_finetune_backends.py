@@ -69,7 +69,7 @@ def worker(model_path: str, data_path: str, steps: int, warmup: int, out: str) -
     """One torchrun process: time ``steps`` steps; rank 0 writes the images/s of all processes."""
     import torch
 
-    from wnc_onnx.finetune.distributed import any_of, from_env
+    from wnc_onnx.finetune.distributed import any_of, from_env, leave
 
     torch.set_num_threads(1)
     dist = from_env()
@@ -81,8 +81,6 @@ def worker(model_path: str, data_path: str, steps: int, warmup: int, out: str) -
         rate = _rate(run, batches, steps, warmup)
     if dist.main:
         Path(out).write_text(json.dumps({"rate": rate * dist.world}))
-    from wnc_onnx.finetune.distributed import leave
-
     leave()
     return 0
 

@@ -173,27 +173,27 @@ def test_cuda_without_a_gpu_is_one_line(small, capsys):
     _one_line(capsys, "use --backend torch")
 
 
-def test_an_op_the_backend_cannot_run_is_named(small, capsys):
-    model = small_classifier()
-    g = model.graph
-    g.node[-1].output[0] = "raw"
-    g.node.append(helper.make_node("Hardmax", ["raw"], ["logits"], name="pick"))
-    onnx.save(model, small / "small.onnx")
-    assert _cli(small, "--backend", "torch") == 2
-    _one_line(capsys, "cannot run op Hardmax (node 'pick')")
-    assert not (small / "out.onnx").exists()
-
-
-def test_a_form_of_an_op_the_backend_lacks_is_named_when_it_runs(small, capsys):
-    model = small_classifier()
-    g = model.graph
-    g.node[-1].output[0] = "raw"
+def _dropout_in_training(g):
     g.node.append(helper.make_node("Dropout", ["raw", "ratio0", "train0"], ["logits"], name="drop"))
     g.initializer.extend([numpy_helper.from_array(np.array(0.5, np.float32), "ratio0"),
                           numpy_helper.from_array(np.array(True), "train0")])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "add,needle",
+    [  # an op it has not (found before training), a form of an op it has not (found when it runs)
+        (lambda g: g.node.append(helper.make_node("Hardmax", ["raw"], ["logits"], name="pick")),
+         "cannot run op Hardmax (node 'pick')"),
+        (_dropout_in_training, "Dropout in training mode (node 'drop')"),
+    ],
+)  # fmt: skip
+def test_what_the_backend_cannot_run_is_named_with_its_node(small, capsys, add, needle):
+    model = small_classifier()
+    model.graph.node[-1].output[0] = "raw"
+    add(model.graph)
     onnx.save(model, small / "small.onnx")
     assert _cli(small, "--backend", "torch") == 2
-    _one_line(capsys, "Dropout in training mode (node 'drop')")
+    _one_line(capsys, needle)
     assert not (small / "out.onnx").exists()
 
 

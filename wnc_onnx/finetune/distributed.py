@@ -91,13 +91,6 @@ def any_of(dist: Dist, flag: bool) -> bool:
     return bool(sum_over(dist, [1.0 if flag else 0.0])[0]) if dist.active else flag
 
 
-def barrier(dist: Dist) -> None:
-    if dist.active:
-        import torch.distributed as td
-
-        td.barrier()
-
-
 def shard(n: int, dist: Dist, shuffle: bool, seed: int, epoch: int) -> list[int]:
     """This process's sample indices of an epoch over ``n`` samples: for training (``shuffle``)
     DistributedSampler's, padded with repeats so that every process has as many batches; for

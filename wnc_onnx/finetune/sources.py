@@ -141,19 +141,17 @@ class BatchSource:
         self.spec, self.batch_size, self.shuffle = spec, batch_size, shuffle
         self.label = getattr(data, "name", None) or label
         self._epoch: Callable[[int, int], Iterable[Any]]
-        if hasattr(data, "batches") and dist is not None and dist.active:  # this process's share (torchrun)
-            self._epoch = lambda epoch, seed: data.batches(
-                batch_size, order=shard(len(data), dist, shuffle, seed, epoch)
-            )
-            self.size: int | None = -(-len(data) // dist.world)
-            if not len(data):
+        if hasattr(data, "batches"):
+            if len(data) == 0:
                 raise WncError(f"{self.label} holds no samples", "pass a data set with at least one sample")
-            self._check_whole(data)
-        elif hasattr(data, "batches"):
-            self._epoch = lambda epoch, seed: data.batches(batch_size, shuffle=shuffle, seed=seed + epoch)
-            self.size = len(data)
-            if self.size == 0:
-                raise WncError(f"{self.label} holds no samples", "pass a data set with at least one sample")
+            if dist is not None and dist.active:  # this process's share (torchrun)
+                self._epoch = lambda epoch, seed: data.batches(
+                    batch_size, order=shard(len(data), dist, shuffle, seed, epoch)
+                )
+                self.size: int | None = -(-len(data) // dist.world)
+            else:
+                self._epoch = lambda epoch, seed: data.batches(batch_size, shuffle=shuffle, seed=seed + epoch)
+                self.size = len(data)
             self._check_whole(data)
         elif callable(data):
             self._epoch, self.size = (lambda epoch, seed: data()), None

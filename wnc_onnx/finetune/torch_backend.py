@@ -45,8 +45,6 @@ def pick_device(name: str | None, dist: Dist) -> Any:
     """``cpu``, ``cuda`` (this process's GPU under torchrun) or None: cuda when there is one."""
     import torch
 
-    if name not in (None, "cpu", "cuda"):
-        raise WncError(f"unknown device {name!r}", "pass --device cpu or --device cuda")
     if name == "cuda" or (name is None and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise WncError("--device cuda: no CUDA GPU is visible to this torch build", "pass --device cpu")
@@ -212,15 +210,21 @@ class TorchRun:
             self.device
         )
 
-    def step(self, x: np.ndarray, y: np.ndarray, where: str) -> float:
-        xt, yt = self._tensors(x, y)
+    @contextlib.contextmanager
+    def _running(self, what: str) -> Iterator[None]:
+        """An op form the backend lacks, or a run-time failure (data that do not fit), as one WncError."""
         try:
-            loss = self._loss(self.model(xt), yt)
-            loss.backward()
+            yield
         except NotImplementedError as exc:
             raise WncError(f"the torch backend cannot run this model: {one_line(exc)}", "use --backend ort") from None
         except RuntimeError as exc:
-            raise WncError(f"training step failed at {where}: {one_line(exc, 240)}", MISFIT) from None
+            raise WncError(f"{what}: {one_line(exc, 240)}", MISFIT) from None
+
+    def step(self, x: np.ndarray, y: np.ndarray, where: str) -> float:
+        xt, yt = self._tensors(x, y)
+        with self._running(f"training step failed at {where}"):
+            loss = self._loss(self.model(xt), yt)
+            loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return finite(float(loss.item()), where)
@@ -231,14 +235,8 @@ class TorchRun:
         with self.torch.no_grad():
             for xb, yb in source.epoch(0):
                 xt, yt = self._tensors(xb, yb)
-                try:
+                with self._running(f"evaluating {source.label} failed"):
                     out = self.net(xt)
-                except NotImplementedError as exc:
-                    raise WncError(
-                        f"the torch backend cannot run this model: {one_line(exc)}", "use --backend ort"
-                    ) from None
-                except RuntimeError as exc:
-                    raise WncError(f"evaluating {source.label} failed: {one_line(exc, 240)}", MISFIT) from None
                 total += float(self._loss(out, yt).item()) * len(xb)
                 if loss == "cross_entropy":
                     correct += int((out.argmax(1) == yt).sum().item())

@@ -16,7 +16,7 @@ structural match. Here parameters are the initializers themselves.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -150,13 +150,3 @@ def write_back(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> None:
             dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
             new = numpy_helper.from_array(np.asarray(values[t.name], dtype=dtype).reshape(tuple(t.dims)), t.name)
             model.graph.initializer[i].CopyFrom(new)
-
-
-def as_numpy(params: dict[str, torch.nn.Parameter]) -> dict[str, np.ndarray]:
-    return {name: p.detach().cpu().numpy() for name, p in params.items()}
-
-
-def trainable_names(model: onnx.ModelProto, extra: Sequence[str] = ()) -> list[str]:
-    from wnc_onnx.finetune.artifacts import trainable
-
-    return trainable(model, extra)[0]
