@@ -5,7 +5,7 @@ real structure), compresses it with ``wnc_onnx.compress``, then times training s
 both the original and the compressed (Tucker-2 factored) network on both runtimes, in
 one process, with the same batches, batch size and CPU threads:
 
-- ONNX Runtime: the fine-tuner's path (``wnc_onnx.finetune.artifacts.generate``, then
+- ONNX Runtime: the fine-tuner's path (``wnc_onnx.finetune.backends.ort.artifacts.generate``, then
   ``onnxruntime.training.api`` CheckpointState / Module / Optimizer, cross-entropy,
   AdamW); a step is ``module(x, y)``, ``optimizer.step()``, ``module.lazy_reset_grad()``;
 - PyTorch: the torch backend's module of the same ONNX graph (``torch_graph.GraphModule``:
@@ -53,8 +53,9 @@ sys.path.insert(0, str(ROOT / "examples"))
 import digits_cnn  # noqa: E402
 
 import wnc_onnx  # noqa: E402
-from wnc_onnx.finetune import artifacts  # noqa: E402
-from wnc_onnx.finetune.torch_graph import GraphModule  # noqa: E402
+from wnc_onnx.finetune.backends.ort import artifacts  # noqa: E402
+from wnc_onnx.finetune.backends.torch.graph import GraphModule  # noqa: E402
+from wnc_onnx.finetune.common import trainable  # noqa: E402
 from wnc_onnx.report import human  # noqa: E402
 
 SETTLE_S = 0.2  # pause between switching runtimes, so the other side's spinning worker threads go idle
@@ -142,8 +143,8 @@ class TorchSide:
         import torch
 
         self.torch, self.lr = torch, lr
-        train, _ = artifacts.trainable(model)
-        self.net = GraphModule(model, train)  # the torch backend's own module (wnc_onnx.finetune.torch_graph)
+        train, _ = trainable(model)
+        self.net = GraphModule(model, train)  # the torch backend's own module (wnc_onnx.finetune.backends.torch.graph)
         # ORT's generated AdamW: betas (0.9, 0.999), eps 1e-6, no weight decay, bias correction on
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0)
         self.moments: list[tuple[Any, Any]] = []  # for check_step

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from wnc_onnx import compress  # noqa: E402
 from wnc_onnx.bench import BenchConfig, measure  # noqa: E402
-from wnc_onnx.bench.session import session  # noqa: E402
-from wnc_onnx.verify import random_inputs  # noqa: E402
+from wnc_onnx.data.feeds import random_inputs  # noqa: E402
+from wnc_onnx.io.session import session  # noqa: E402
 from wnc_onnx.zoo import vgg16  # noqa: E402
 
 

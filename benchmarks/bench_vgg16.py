@@ -43,7 +43,7 @@ import sys, time, numpy as np, onnx
 from onnx import numpy_helper
 import tensorly as tl
 from tensorly.decomposition import partial_tucker
-from wnc_onnx.numeric.vbmf import evbmf_from_singular_values
+from wnc_onnx.analyze.numeric.vbmf import evbmf_from_singular_values
 model = onnx.load(sys.argv[1])
 t0 = time.perf_counter()
 for init in model.graph.initializer:

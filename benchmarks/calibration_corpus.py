@@ -72,9 +72,9 @@ def main() -> int:
     a = ap.parse_args()
     import wnc_onnx
     from tests.corpus import fetch
-    from wnc_onnx.budget import _scaled, _spec
-    from wnc_onnx.model_io import load_model
-    from wnc_onnx.verify import verify
+    from wnc_onnx.check.verify import verify
+    from wnc_onnx.io.model_io import load_model
+    from wnc_onnx.rewrite.budget import _scaled, _spec
 
     scales = [float(s) for s in a.scales.split(",")]
     curves: dict[str, dict[str, list[tuple[float, float]]]] = {}

@@ -44,7 +44,7 @@ def main() -> int:
     a = ap.parse_args()
     import torch
 
-    from wnc_onnx.verify import verify
+    from wnc_onnx.check.verify import verify
 
     torch.set_num_threads(2)
     budgets = [float(b) for b in a.max_error.split(",") if b]

@@ -35,7 +35,7 @@ def child(path: str, folder: str | None, threads: int) -> None:
     import wnc_onnx
 
     logging.basicConfig(level=logging.INFO, format="  %(message)s", stream=sys.stderr)
-    logging.getLogger("wnc_onnx.passes.lowrank").setLevel(logging.WARNING)
+    logging.getLogger("wnc_onnx.rewrite.passes.lowrank").setLevel(logging.WARNING)
     t0 = time.perf_counter()
     _, rep = wnc_onnx.compress(path, calibration=folder, calibration_mean=MEAN, calibration_std=STD, threads=threads)
     seconds = time.perf_counter() - t0

@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 from tests.corpus import CORPUS, fetch, verify_inputs  # noqa: E402
 from wnc_onnx import compress  # noqa: E402
 from wnc_onnx.bench import BenchConfig, measure  # noqa: E402
-from wnc_onnx.bench.session import parse_session_options  # noqa: E402
-from wnc_onnx.model_io import load_model  # noqa: E402
-from wnc_onnx.verify import random_inputs  # noqa: E402
+from wnc_onnx.data.feeds import random_inputs  # noqa: E402
+from wnc_onnx.io.model_io import load_model  # noqa: E402
+from wnc_onnx.io.session import parse_session_options  # noqa: E402
 
 # the sizes these models run at (their inputs are dynamic; 64 x 64 would measure little)
 SIZES = {

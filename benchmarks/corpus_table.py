@@ -27,9 +27,10 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     import wnc_onnx
     from tests.corpus import CORPUS, fetch, verify_inputs
-    from wnc_onnx.model_io import load_model
+    from wnc_onnx.check.verify import verify
+    from wnc_onnx.data.feeds import random_inputs
+    from wnc_onnx.io.model_io import load_model
     from wnc_onnx.report import human
-    from wnc_onnx.verify import random_inputs, verify
 
     head = "| model | layers decomposed | weights | MACs | worst output error | top-1 | seconds |"
     print(head)

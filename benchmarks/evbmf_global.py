@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def brent_rank(sv: np.ndarray, shape: tuple[int, int]) -> int:
     """One bounded Brent search of the free energy over the whole admissible interval."""
     from tests.evbmf_reference import omega
-    from wnc_onnx.numeric.vbmf import search_interval
+    from wnc_onnx.analyze.numeric.vbmf import search_interval
 
     L, M = sorted(shape)
     s = np.sort(sv)[::-1][:L]
@@ -60,7 +60,7 @@ def main() -> int:
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from tests.evbmf_reference import brute_force, kernel_matricizations, omega_at
-    from wnc_onnx.numeric.vbmf import evbmf_from_singular_values
+    from wnc_onnx.analyze.numeric.vbmf import evbmf_from_singular_values
 
     total = {"n": 0, "global": 0, "brent": 0}
     for model_id in a.models:

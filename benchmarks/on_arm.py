@@ -39,8 +39,9 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from wnc_onnx.check.verify import compare_output  # noqa: E402
+from wnc_onnx.data.feeds import parse_input_shapes, parse_input_values, random_inputs  # noqa: E402
 from wnc_onnx.errors import WncError, one_line  # noqa: E402
-from wnc_onnx.verify import compare_output, parse_input_shapes, parse_input_values, random_inputs  # noqa: E402
 
 RUNNER = Path(__file__).with_name("on_arm_runner.py")
 # What Python 3.11 from Debian 12 needs to run numpy and onnxruntime (no sqlite, curses, ...)

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from wnc_onnx import compress  # noqa: E402
 from wnc_onnx.bench import BenchConfig, measure  # noqa: E402
-from wnc_onnx.bench.session import parse_session_options  # noqa: E402
+from wnc_onnx.io.session import parse_session_options  # noqa: E402
 from wnc_onnx.zoo import TableLayer, table_model, vgg16  # noqa: E402
 
 TABLES = ROOT.parent / "shared" / "paper" / "kim2016_tables.json"

@@ -46,7 +46,7 @@ def main() -> int:
     import scipy.cluster.vq as vq
     from threadpoolctl import threadpool_limits
 
-    from wnc_onnx.numeric.pq import SAMPLE_PER_CENTROID, kmeans, nearest, product_quantize, subvectors
+    from wnc_onnx.analyze.numeric.pq import SAMPLE_PER_CENTROID, kmeans, nearest, product_quantize, subvectors
 
     print(f"load before: {os.getloadavg()[0]:.2f}; threads {a.threads}; weight {a.rows}x{a.cols}, d={a.d}, k={a.k}")
     w = weight(a.rows, a.cols)

@@ -36,7 +36,7 @@ def main() -> int:
     a = ap.parse_args()
     import digits_finetune
 
-    from wnc_onnx.numeric.pq import product_quantize, stored_bytes
+    from wnc_onnx.analyze.numeric.pq import product_quantize, stored_bytes
 
     print(f"load before: {os.getloadavg()[0]:.2f}")
     digits_finetune.quiet_onnxruntime()

@@ -62,8 +62,8 @@ def main() -> int:
     a = ap.parse_args()
     from wnc_onnx import compress
     from wnc_onnx.bench import BenchConfig, measure
-    from wnc_onnx.bench.session import session
-    from wnc_onnx.model_io import save_model
+    from wnc_onnx.io.model_io import save_model
+    from wnc_onnx.io.session import session
 
     print(f"load before: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -41,11 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import digits_cnn  # noqa: E402
 
 import wnc_onnx  # noqa: E402
-from wnc_onnx.api import count_params  # noqa: E402
 from wnc_onnx.finetune import ArrayData, FinetuneConfig, History, finetune  # noqa: E402
-from wnc_onnx.plot import available as plot_available  # noqa: E402
-from wnc_onnx.plot import plot_history  # noqa: E402
 from wnc_onnx.report import Report, human  # noqa: E402
+from wnc_onnx.report.plot import available as plot_available  # noqa: E402
+from wnc_onnx.report.plot import plot_history  # noqa: E402
+from wnc_onnx.rewrite.pipeline import count_params  # noqa: E402
 
 # PyTorch epochs for the original network: where test accuracy has levelled off.
 TORCH_EPOCHS = {"mnist": 8, "digits": 30}

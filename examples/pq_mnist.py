@@ -44,10 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import digits_finetune  # noqa: E402
 
+from wnc_onnx.analyze.numeric.pq import scalar_quantize  # noqa: E402
+from wnc_onnx.analyze.numeric.svd import truncated_svd  # noqa: E402
 from wnc_onnx.api import compress  # noqa: E402
 from wnc_onnx.finetune import FinetuneConfig, finetune  # noqa: E402
-from wnc_onnx.numeric.pq import scalar_quantize  # noqa: E402
-from wnc_onnx.numeric.svd import truncated_svd  # noqa: E402
 
 FC = ("linear11.weight", "linear13.weight")  # digits_cnn's two Linear layers, as to_onnx names them
 PQ_SETTINGS = [(4, 256), (4, 16), (8, 256), (16, 256)]  # (d, k)
@@ -222,7 +222,7 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def plot(res: dict[str, Any], path: Path) -> None:
-    from wnc_onnx.plot import pyplot
+    from wnc_onnx.report.plot import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))

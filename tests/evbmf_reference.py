@@ -1,4 +1,4 @@
-"""A brute-force EVBMF noise search, independent of wnc_onnx.numeric.vbmf's piecewise solver.
+"""A brute-force EVBMF noise search, independent of wnc_onnx.analyze.numeric.vbmf's piecewise solver.
 
 The free energy Omega(sigma^2) is written out term by term as in evbmf.md (no dropped
 constants, no derivative), evaluated on a dense log-spaced grid over the admissible
@@ -80,10 +80,10 @@ def kernel_matricizations(model_id: str) -> list[tuple[str, np.ndarray]]:
     import onnx
 
     from tests.corpus import fetch
+    from wnc_onnx.analyze.graph import GraphContext
     from wnc_onnx.config import CompressConfig
-    from wnc_onnx.graph import GraphContext
-    from wnc_onnx.passes import build_passes
     from wnc_onnx.report import Report
+    from wnc_onnx.rewrite.passes import build_passes
 
     model = onnx.load(fetch(model_id))
     report = Report()

@@ -117,7 +117,7 @@ def test_product_quantization_on_every_layer_case(cases):
     """--pq alone on the layer cases with constant weights (k=2, d=1: small weights qualify):
     the run finishes or refuses in one line, and every quantized model runs in onnxruntime
     and equals the same model with its dequantized weights written back."""
-    from wnc_onnx.passes.pq import dequantize_model
+    from wnc_onnx.rewrite.passes.pq import dequantize_model
 
     layer_cases = [c for c in cases if any(n.op_type in LAYER_OPS for n in c.model.graph.node) and c.data_sets]
     quantized = 0

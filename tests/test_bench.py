@@ -265,7 +265,7 @@ def test_per_layer_plot_stays_readable_for_many_layers(tmp_path):
     from PIL import Image
 
     from wnc_onnx.bench.result import LayerComparison, LayerTime
-    from wnc_onnx.plot import plot_layer_times
+    from wnc_onnx.report.plot import plot_layer_times
 
     comp = LayerComparison(baseline="a.onnx", model="b.onnx", threads=1, runs=5)
     for i in range(120):

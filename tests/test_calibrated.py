@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from wnc_onnx.numeric.calibrated import PatchStats, data_fit, error_terms, sqrt_psd
-from wnc_onnx.numeric.svd import truncated_svd
-from wnc_onnx.numeric.tucker import tucker2
+from wnc_onnx.analyze.numeric.calibrated import PatchStats, data_fit, error_terms, sqrt_psd
+from wnc_onnx.analyze.numeric.svd import truncated_svd
+from wnc_onnx.analyze.numeric.tucker import tucker2
 
 
 def correlated(n, dim, rng, decay=0.7):
@@ -82,7 +82,7 @@ def images(n, s, rng, size=12):
 
 def test_patches_are_the_convolution_s_view_of_its_input():
     """Patches at every position reproduce the convolution (pads, strides, dilations, SAME)."""
-    from wnc_onnx.calibration import Window
+    from wnc_onnx.analyze.calibration import Window
 
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 3, 9, 8))
@@ -121,7 +121,7 @@ def test_patches_are_the_convolution_s_view_of_its_input():
 
 
 def conv_stats(x, kernel_hw, full=True):
-    from wnc_onnx.calibration import Window
+    from wnc_onnx.analyze.calibration import Window
 
     s = x.shape[1]
     rows = Window(kernel_hw, (1, 1), (1, 1, 1, 1), (1, 1)).patches(x, 10**7, np.random.default_rng(0))
@@ -174,7 +174,7 @@ def _demo_taps():
     import onnx
 
     from wnc_onnx import inspect, zoo
-    from wnc_onnx.calibration import Tap
+    from wnc_onnx.analyze.calibration import Tap
 
     model = zoo.demo_cnn()
     plan = inspect(model)
@@ -190,7 +190,7 @@ def _demo_taps():
 def test_gathered_moments_equal_numpy_on_all_the_data_at_once(tmp_path):
     import onnxruntime as ort
 
-    from wnc_onnx.calibration import gather
+    from wnc_onnx.analyze.calibration import gather
 
     model, taps = _demo_taps()
     x = np.random.default_rng(5).standard_normal((37, 3, 32, 32)).astype(np.float32)
@@ -220,8 +220,8 @@ def test_gathered_moments_equal_numpy_on_all_the_data_at_once(tmp_path):
 def test_patch_moments_full_and_channel_only_agree(monkeypatch):
     """Wide patches keep only the channel covariance (MAX_FULL); it equals the full one's average
     diagonal block, and few patches fall back to it too."""
-    from wnc_onnx import calibration
-    from wnc_onnx.calibration import Moments, Window
+    from wnc_onnx.analyze import calibration
+    from wnc_onnx.analyze.calibration import Moments, Window
 
     rng = np.random.default_rng(9)
     x = images(6, 5, rng) + 1.5
@@ -244,7 +244,7 @@ def test_patch_moments_full_and_channel_only_agree(monkeypatch):
 def test_float32_moments_keep_a_small_spread_under_a_large_mean():
     """The sums are float32, taken about the first batch's mean: inputs of mean 300 and
     spread 1 (where E[x x^T] - m m^T would cancel 5 digits) still give the covariance."""
-    from wnc_onnx.calibration import Moments
+    from wnc_onnx.analyze.calibration import Moments
 
     rng = np.random.default_rng(4)
     mix = rng.standard_normal((6, 6))
@@ -278,7 +278,7 @@ def onnx_with_outputs(model, names):
     ],
 )
 def test_calibration_data_that_do_not_fit_are_one_error(tmp_path, data, needle):
-    from wnc_onnx.calibration import gather
+    from wnc_onnx.analyze.calibration import gather
     from wnc_onnx.errors import WncError
 
     model, taps = _demo_taps()
@@ -367,7 +367,7 @@ def test_a_pointwise_conv_and_a_fixed_batch_model_calibrate(tmp_path):
     model whose batch size is fixed at 1 reads an .npz of many samples one batch at a time."""
     from tests.helpers import conv_model
     from wnc_onnx import compress
-    from wnc_onnx.calibration import Tap, gather
+    from wnc_onnx.analyze.calibration import Tap, gather
 
     model = conv_model(16, 32, (1, 1), (12, 12))  # input x: [1, 16, 12, 12]
     rng = np.random.default_rng(6)
@@ -405,9 +405,9 @@ def _demo_split(tmp_path):
 def test_max_error_holds_on_held_out_inputs_with_fewer_macs_for_a_looser_budget(tmp_path, monkeypatch):
     """... and each layer is fitted once per ranks, however many builds reuse them."""
     from wnc_onnx import compress
-    from wnc_onnx.budget import SCALES
-    from wnc_onnx.passes import lowrank
-    from wnc_onnx.verify import verify
+    from wnc_onnx.check.verify import verify
+    from wnc_onnx.rewrite.budget import SCALES
+    from wnc_onnx.rewrite.passes import lowrank_factor as lowrank
 
     fits = []
     real = lowrank.data_fit
@@ -443,7 +443,7 @@ def test_max_error_bad_use_is_one_line_and_exit_2(tmp_path, capsys):
     np.savez(tmp_path / "cal.npz", image=_images(96, 1))
     out = tmp_path / "o.onnx"
     for args, needle in (
-        (["--max-error", "0.05"], "give calibration"),
+        (["--max-error", "0.05"], "--max-error measures the error on calibration data: give --calibration"),
         (["--max-error", "-1", "--calibration", str(tmp_path / "cal.npz")], "must be > 0"),
         (["--max-error", "1e-9", "--calibration", str(tmp_path / "cal.npz")], "cannot be met"),
     ):
@@ -497,7 +497,7 @@ def test_batches_from_a_generator_are_read_once_and_measured_on_the_kept_samples
     import onnxruntime as ort
 
     from wnc_onnx import compress, zoo
-    from wnc_onnx.verify import _kind, compare_output
+    from wnc_onnx.check.verify import compare_output, output_kind
 
     model = zoo.demo_cnn()
     x = _images(96, 1)
@@ -514,7 +514,7 @@ def test_batches_from_a_generator_are_read_once_and_measured_on_the_kept_samples
         ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": x[:64]})[0]
         for m in (model, small)
     )
-    want = compare_output(name, _kind(model, name, a), a, b).error
+    want = compare_output(name, output_kind(model, name, a), a, b).error
     assert rep.extras["calibration"]["output_error"] == pytest.approx(want, rel=1e-4)
     _, rep = compress(model, exclude="^fc", calibration=gen(), max_error=0.1)
     assert rep.extras["calibration"]["samples"] == 96 and rep.extras["calibration"]["output_error"] <= 0.1
@@ -524,7 +524,7 @@ def test_data_spectra_give_the_output_error_of_the_best_output_projection():
     """The output covariance's eigenvalues past R are the output error of the data fit at R
     output channels with the input side whole (Tucker-1; the mean's error moved into the bias):
     what --target-speedup weighs with data, relative to the output's variance."""
-    from wnc_onnx.numeric.calibrated import data_spectra
+    from wnc_onnx.analyze.numeric.calibrated import data_spectra
 
     rng = np.random.default_rng(6)
     k = rng.standard_normal((20, 8, 3, 3))

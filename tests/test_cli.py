@@ -167,10 +167,10 @@ def bad_cases(tmp_path, demo):
         "missing ranks file": ([demo, out, "--ranks", tmp_path / "none.json"], "not found"),
         "no output dir": ([demo, tmp_path / "no" / "dir" / "o.onnx"], "does not exist"),
         "bad regex": ([demo, out, "--include", "("], "invalid option"),
-        "bad op type": ([demo, out, "--op-types", "Conv,LSTM"], "unsupported op types"),
+        "bad op type": ([demo, out, "--op-types", "Conv,LSTM"], "unsupported --op-types"),
         "unknown flag": ([demo, out, "--frobnicate"], "unrecognized arguments"),
-        "bad boost": ([demo, out, "--rank-boost", "2"], "rank_boost"),
-        "bad pass": ([demo, out, "--skip-pass", "lowrank"], "cannot skip passes"),
+        "bad boost": ([demo, out, "--rank-boost", "2"], "--rank-boost must be in"),
+        "bad pass": ([demo, out, "--skip-pass", "lowrank"], "--skip-pass names"),
     }
 
 

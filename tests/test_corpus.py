@@ -13,8 +13,9 @@ import pytest
 import wnc_onnx
 from tests.corpus import CORPUS, fetch, verify_inputs
 from tests.helpers import session
-from wnc_onnx.api import count_params
-from wnc_onnx.verify import random_inputs, verify
+from wnc_onnx.check.verify import verify
+from wnc_onnx.data.feeds import random_inputs
+from wnc_onnx.rewrite.pipeline import count_params
 
 
 @pytest.fixture(scope="module", params=sorted(CORPUS))

@@ -9,9 +9,9 @@ import pytest
 
 import wnc_onnx
 from tests.helpers import random_feeds
-from wnc_onnx import external_data
 from wnc_onnx.cli import main
-from wnc_onnx.model_io import load_model
+from wnc_onnx.io import external_data
+from wnc_onnx.io.model_io import load_model
 from wnc_onnx.zoo import demo_cnn
 
 

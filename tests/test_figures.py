@@ -11,9 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import wnc_onnx
 from tests.helpers import conv_model
+from wnc_onnx.check.verify import compare_output, verify
 from wnc_onnx.cli import main
 from wnc_onnx.errors import WncError
-from wnc_onnx.verify import compare_output, verify
 from wnc_onnx.zoo import demo_cnn, planted_kernel
 
 
@@ -300,8 +300,8 @@ def _png_size(path):
 
 def test_ranks_plot_stays_readable_for_many_layers(tmp_path):
     """150 layers: the figure grows in height only, at a fixed width; rows stay >= 15 px."""
-    from wnc_onnx.plot import plot_report
     from wnc_onnx.report import LayerReport, Report
+    from wnc_onnx.report.plot import plot_report
 
     report = Report()
     for i in range(150):

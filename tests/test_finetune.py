@@ -8,7 +8,7 @@ import pytest
 
 from wnc_onnx.errors import WncError
 from wnc_onnx.finetune import ArrayData, FinetuneConfig, load_npz
-from wnc_onnx.finetune import runtime as rt
+from wnc_onnx.finetune.backends.ort import runtime as rt
 from wnc_onnx.finetune.trainer import check_data
 from wnc_onnx.zoo import demo_cnn
 

@@ -15,7 +15,7 @@ else:
 
 from tests.helpers import labelled_images, run, small_classifier  # noqa: E402
 from wnc_onnx.cli import main  # noqa: E402
-from wnc_onnx.passes.pq import MARK, dequantize_model  # noqa: E402
+from wnc_onnx.rewrite.passes.pq import MARK, dequantize_model  # noqa: E402
 
 PQ = ["--pq-k", "16", "--pq-dim", "4"]  # the classifier's fc.w is 4 x 96: 96 sub-vectors of 4
 

@@ -27,8 +27,8 @@ from tests.helpers import labelled_images, run, small_classifier  # noqa: E402
 from wnc_onnx.cli import main  # noqa: E402
 from wnc_onnx.errors import WncError  # noqa: E402
 from wnc_onnx.finetune import ArrayData, FinetuneConfig, finetune  # noqa: E402
+from wnc_onnx.finetune.backends.torch.graph import GraphModule  # noqa: E402
 from wnc_onnx.finetune.checkpoint import Progress, check  # noqa: E402
-from wnc_onnx.finetune.torch_graph import GraphModule  # noqa: E402
 from wnc_onnx.zoo import demo_cnn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +102,7 @@ def test_the_output_is_the_input_graph_with_new_values(compressed):
     assert [t.name for t in after.graph.initializer] == [t.name for t in before.graph.initializer]
     changed = [t.name for t, u in zip(after.graph.initializer, before.graph.initializer, strict=True)
                if t.SerializeToString() != u.SerializeToString()]  # fmt: skip
-    trained = set(wnc_onnx.finetune.artifacts.trainable(model)[0])
+    trained = set(wnc_onnx.finetune.common.trainable(model)[0])
     assert changed and set(changed) <= trained  # the rest bit-identical
     del before.graph.initializer[:], after.graph.initializer[:]
     assert after.SerializeToString() == before.SerializeToString()  # nodes, names, attributes, opsets, IR, metadata
@@ -285,8 +285,8 @@ def test_torchrun_two_processes_tune_a_compressed_digits_cnn(tmp_path):
 def test_shards_split_each_epoch_between_processes(tmp_path):
     from PIL import Image
 
+    from wnc_onnx.data.images import load_image_folder
     from wnc_onnx.finetune.distributed import Dist
-    from wnc_onnx.finetune.images import load_image_folder
     from wnc_onnx.finetune.sources import BatchSource, model_spec
 
     spec = model_spec(small_classifier(), "cross_entropy")

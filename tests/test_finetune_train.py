@@ -75,7 +75,7 @@ CFG = FinetuneConfig(epochs=3, batch_size=16, lr=3e-3, lr_step=2, seed=3)
 
 @pytest.fixture(params=["ort", "torch"])
 def backend(request):
-    """The loop's behaviour is the same on both backends (torch: wnc_onnx.finetune.torch_backend)."""
+    """The loop's behaviour is the same on both backends (torch: wnc_onnx.finetune.backends.torch.run)."""
     return request.param
 
 

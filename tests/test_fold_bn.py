@@ -7,8 +7,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import wnc_onnx
 from tests.helpers import rel_diff
-from wnc_onnx.passes import FoldBatchNormPass
 from wnc_onnx.report import Report
+from wnc_onnx.rewrite.passes import FoldBatchNormPass
 
 
 def bn_params(rng, c, prefix):

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 import wnc_onnx
 from tests.helpers import rel_diff, with_output_shapes
 from wnc_onnx.errors import WncError
-from wnc_onnx.passes import cleanup, fold_constants, gs_tools
+from wnc_onnx.rewrite.passes import cleanup, fold_constants, gs_tools
 from wnc_onnx.zoo import planted_kernel
 
 FULL = {"require_savings": False}
@@ -211,7 +211,7 @@ def test_warnings_are_printed_under_the_table(monkeypatch):
 def test_without_onnxruntime_folding_is_skipped_and_verify_names_the_extra(monkeypatch):
     import importlib.util
 
-    from wnc_onnx.verify import verify
+    from wnc_onnx.check.verify import verify
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a))

@@ -1,4 +1,4 @@
-"""Image-folder training data (wnc_onnx.finetune.images): labels, decoding, shuffling, errors."""
+"""Image-folder training data (wnc_onnx.data.images): labels, decoding, shuffling, errors."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from wnc_onnx.data.arrays import ArrayData
+from wnc_onnx.data.images import ImageFolder, load_image_folder
 from wnc_onnx.errors import WncError
-from wnc_onnx.finetune.data import ArrayData
-from wnc_onnx.finetune.images import ImageFolder, load_image_folder
 
 
 def solid(path: Path, value: int | tuple[int, int, int], size: tuple[int, int] = (6, 5), mode: str = "RGB") -> Path:
@@ -64,7 +64,7 @@ def test_mixed_formats_sizes_and_ignored_files(tmp_path, caplog):
     solid(root / ".git" / "img.png", (9, 9, 9))  # a hidden folder is no class
     solid(root / "loose.png", (9, 9, 9))  # not in a class folder
     (root / "README").write_text("about the data")
-    with caplog.at_level(logging.INFO, logger="wnc_onnx.finetune.images"):
+    with caplog.at_level(logging.INFO, logger="wnc_onnx.data.images"):
         data = ImageFolder(root, (8, 8), 3)
     assert data.classes == ["a", "b"]
     assert sorted(p.name for p in data.files) == ["big.PNG", "deep.bmp", "grey.jpg", "x.gif", "y.tiff", "z.webp"]
@@ -241,7 +241,7 @@ def test_class_folder_without_images_is_named(tmp_path):
 
 def test_single_class_only_warns(tmp_path, caplog):
     root = make_folder(tmp_path / "d", {"only": 2})
-    with caplog.at_level(logging.WARNING, logger="wnc_onnx.finetune.images"):
+    with caplog.at_level(logging.WARNING, logger="wnc_onnx.data.images"):
         data = ImageFolder(root, (3, 3), 3)
     assert len(data) == 2 and "only 1 class(es)" in caplog.text
 

@@ -12,14 +12,14 @@ import pytest
 
 from tests.helpers import rel_diff
 from wnc_onnx import compress
+from wnc_onnx.analyze.graph import GraphContext
+from wnc_onnx.check.latency import oracle as oracle_mod
+from wnc_onnx.check.latency.allocate import LayerOptions, allocate, never_slower
+from wnc_onnx.check.latency.forms import ORIGINAL, Form, ModeSpectra, at_least_as_accurate, ladder
+from wnc_onnx.check.latency.isolate import isolated
+from wnc_onnx.check.latency.oracle import Measured
 from wnc_onnx.cli import main
-from wnc_onnx.graph import GraphContext
-from wnc_onnx.latency import oracle as oracle_mod
-from wnc_onnx.latency.allocate import LayerOptions, allocate, never_slower
-from wnc_onnx.latency.forms import ORIGINAL, Form, ModeSpectra, at_least_as_accurate, ladder
-from wnc_onnx.latency.isolate import isolated
-from wnc_onnx.latency.oracle import Measured
-from wnc_onnx.passes.rules import DEFAULT_RULES
+from wnc_onnx.rewrite.passes.rules import DEFAULT_RULES
 from wnc_onnx.zoo import demo_cnn
 
 
@@ -167,7 +167,7 @@ def test_a_pointwise_conv_is_timed_in_its_svd_form(monkeypatch, tmp_path):
     from tests.helpers import conv_model
 
     monkeypatch.setenv("WNC_ONNX_CACHE", str(tmp_path))
-    monkeypatch.setattr("wnc_onnx.api._slower_in_context", lambda *a, **k: [])
+    monkeypatch.setattr("wnc_onnx.rewrite.on_target.slower_in_context", lambda *a, **k: [])
     model = conv_model(64, 64, (1, 1), (8, 8))
     _, report = compress(model, latency_aware=True, threads=1, ranks={"conv": 8})
     lat = report.layers[0].latency
@@ -201,9 +201,9 @@ def stub(monkeypatch, tmp_path):
     monkeypatch.setenv("WNC_ONNX_CACHE", str(tmp_path / "cache"))
     timer = StubTimer(slow={"conv2"})
     monkeypatch.setattr(oracle_mod.Oracle, "_time", lambda self, cases: timer(self, cases))
-    monkeypatch.setattr("wnc_onnx.latency.choose.LatencyChooser.time_whole", _whole)
-    monkeypatch.setattr("wnc_onnx.api._measured_on_target", lambda *a, **k: None)
-    monkeypatch.setattr("wnc_onnx.api._slower_in_context", lambda *a, **k: [])
+    monkeypatch.setattr("wnc_onnx.check.latency.choose.LatencyChooser.time_whole", _whole)
+    monkeypatch.setattr("wnc_onnx.rewrite.on_target.measure_whole", lambda *a, **k: None)
+    monkeypatch.setattr("wnc_onnx.rewrite.on_target.slower_in_context", lambda *a, **k: [])
     return timer
 
 
@@ -243,7 +243,7 @@ def test_layers_slower_inside_the_model_are_kept_whole(stub, monkeypatch):
         seen.append(sorted(r.name for r in report.decomposed))
         return [{"layer": "conv3", "original_ms": 1.0, "compressed_ms": 1.2}] if len(seen) == 1 else []
 
-    monkeypatch.setattr("wnc_onnx.api._slower_in_context", profiled)
+    monkeypatch.setattr("wnc_onnx.rewrite.on_target.slower_in_context", profiled)
     out, report = compress(demo_cnn(), latency_aware=True, threads=1)
     assert "conv3" in seen[0] and "conv3" not in seen[1] and len(seen) == 2
     rec = next(r for r in report.layers if r.name == "conv3")
@@ -300,12 +300,12 @@ def test_a_missed_prediction_is_calibrated_once(stub, monkeypatch):
 
     def measured(original, result, report, cfg, threads):
         lat = report.extras["latency"]
-        calls.append(cfg.target_calibration)
+        calls.append(lat["calibration"])  # the run state's scale, as the report records it
         # the whole model runs 30% faster than the layers alone predicted, then on target
         got = lat["predicted_speedup"] * 1.3 if len(calls) == 1 else cfg.target_speedup
         lat["measured"] = {"original_ms": 8.0, "compressed_ms": 8.0 / got, "speedup": got, "spread": 0.01}
 
-    monkeypatch.setattr("wnc_onnx.api._measured_on_target", measured)
+    monkeypatch.setattr("wnc_onnx.rewrite.on_target.measure_whole", measured)
     _, report = compress(demo_cnn(), target_speedup=1.5, threads=1)
     lat = report.extras["latency"]
     assert calls[0] == 1.0 and calls[1] == pytest.approx(1 / 1.3)
@@ -316,7 +316,10 @@ def test_a_missed_prediction_is_calibrated_once(stub, monkeypatch):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["--target-speedup", "0"], "target_speedup must be > 0"),
+        (
+            ["--target-speedup", "0"],
+            "--target-speedup must be > 0 (e.g. 2 for twice as fast); fix: see 'wnc-onnx compress --help'",
+        ),
         (["--latency-aware", "--provider", "nope"], "installed: CPUExecutionProvider"),
         (["--latency-aware", "--session-option", "x"], "KEY=VALUE"),
     ],
@@ -331,17 +334,15 @@ def test_bad_latency_options(tmp_path, args, needle, capsys):
 
 
 def test_a_slower_layer_left_whole_blames_the_decomposed_layer_feeding_it():
-    from wnc_onnx.api import _decomposed_upstream
+    from wnc_onnx.rewrite.on_target import decomposed_neighbour, decomposed_upstream
 
     model = demo_cnn()  # conv1 -> relu -> conv2 -> relu -> pool -> conv3 ...
-    assert _decomposed_upstream(model, "conv3", {"conv2"}) == "conv2"
-    assert _decomposed_upstream(model, "conv3", {"conv1"}) is None  # conv2 stands between, whole
-    assert _decomposed_upstream(model, "conv3", {"conv1"}, depth=10) is None
-    assert _decomposed_upstream(model, "conv1", {"conv2"}) is None
-    from wnc_onnx.api import _decomposed_neighbour
-
-    assert _decomposed_neighbour(model, "conv1", {"conv2"}) == "conv2"  # the reorder before conv2 runs after conv1
-    assert _decomposed_neighbour(model, "conv2", {"conv1", "conv3"}) == "conv1"
+    assert decomposed_upstream(model, "conv3", {"conv2"}) == "conv2"
+    assert decomposed_upstream(model, "conv3", {"conv1"}) is None  # conv2 stands between, whole
+    assert decomposed_upstream(model, "conv3", {"conv1"}, depth=10) is None
+    assert decomposed_upstream(model, "conv1", {"conv2"}) is None
+    assert decomposed_neighbour(model, "conv1", {"conv2"}) == "conv2"  # the reorder before conv2 runs after conv1
+    assert decomposed_neighbour(model, "conv2", {"conv1", "conv3"}) == "conv1"
 
 
 def test_target_speedup_with_calibration_ranks_by_the_data_and_checks_max_error(stub, tmp_path):

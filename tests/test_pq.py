@@ -13,10 +13,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.helpers import random_feeds, run, single_node_model
 from wnc_onnx import zoo
+from wnc_onnx.analyze.numeric.pq import pack4, product_quantize, scalar_quantize, stored_bytes, subvectors, unpack4
 from wnc_onnx.api import compress
 from wnc_onnx.cli import main
-from wnc_onnx.numeric.pq import pack4, product_quantize, scalar_quantize, stored_bytes, subvectors, unpack4
-from wnc_onnx.passes.pq import MARK, dequantize_model
+from wnc_onnx.rewrite.passes.pq import MARK, dequantize_model
 
 
 def _clustered(rows: int, cols: int, d: int, distinct: int, seed: int = 0) -> np.ndarray:
@@ -181,7 +181,7 @@ def test_after_the_lowrank_pass_the_factors_are_quantized():
     assert all("/wnc/" in e["weight"] for e in pq["weights"])  # the factors the low-rank pass wrote
     assert pq["totals"]["ratio"] > 10
     # the weights count stays the logical one (codes are bytes, not weights)
-    from wnc_onnx.api import count_params
+    from wnc_onnx.rewrite.pipeline import count_params
 
     assert rep.totals.params_after == count_params(dequantize_model(out))
     meta = json.loads(next(p.value for p in out.metadata_props if p.key == "wnc_onnx"))

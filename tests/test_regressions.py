@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 import wnc_onnx
 from tests.helpers import session
 from wnc_onnx.cli import main
-from wnc_onnx.passes import gs_tools
+from wnc_onnx.rewrite.passes import gs_tools
 from wnc_onnx.zoo import demo_cnn, planted_kernel
 
 FULL = {"rank_boost": 1.0, "require_savings": False}
@@ -218,7 +218,7 @@ def test_help_is_for_users(capsys):
 
 
 def test_training_install_message_names_torch_first():
-    from wnc_onnx.finetune.runtime import INSTALL
+    from wnc_onnx.finetune.backends.ort.runtime import INSTALL
 
     assert INSTALL.index("torch==2.13.0") < INSTALL.index("'.[train]'")
 
@@ -300,7 +300,7 @@ def _rel_rms(a_model, b_model):
 def test_a_broken_rewrite_is_a_bug_also_for_a_path_input(tmp_path, monkeypatch):
     """The passes rewrite a loaded model in place: the strict check of the input must be
     judged before they run, or a broken output passes as 'the input fails it too'."""
-    from wnc_onnx.passes.lowrank import LowRankPass
+    from wnc_onnx.rewrite.passes.lowrank import LowRankPass
 
     real = LowRankPass.__call__
 
@@ -366,7 +366,7 @@ def test_an_input_rewritten_in_place_is_not_copied_from(tmp_path):
     import os
 
     from tests.test_wire import big_model
-    from wnc_onnx.model_io import load_model_and_source, staged_model
+    from wnc_onnx.io.model_io import load_model_and_source, staged_model
 
     path = tmp_path / "m.onnx"
     onnx.save(big_model(), path)
@@ -384,8 +384,8 @@ def test_an_input_rewritten_in_place_is_not_copied_from(tmp_path):
 
 def test_unknown_fields_survive_the_copying_writer(tmp_path):
     from tests.test_wire import big_model
-    from wnc_onnx import wire
-    from wnc_onnx.model_io import load_model_and_source, staged_model
+    from wnc_onnx.io import wire
+    from wnc_onnx.io.model_io import load_model_and_source, staged_model
 
     path = tmp_path / "m.onnx"
     path.write_bytes(big_model().SerializeToString() + wire._key(99, 0) + wire._encode_varint(7))

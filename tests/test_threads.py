@@ -2,7 +2,7 @@
 
 import pytest
 
-from wnc_onnx import threads
+from wnc_onnx.io import threads
 
 
 @pytest.fixture(autouse=True)

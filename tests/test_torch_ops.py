@@ -20,8 +20,8 @@ import torch.nn.functional as F  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx.backend.test.loader import load_model_tests  # noqa: E402
 
-from wnc_onnx.finetune.torch_graph import GraphModule, default_opset, unsupported  # noqa: E402
-from wnc_onnx.finetune.torch_ops import MAX_OPSET, MIN_OPSET  # noqa: E402
+from wnc_onnx.finetune.backends.torch.graph import GraphModule, default_opset, unsupported  # noqa: E402
+from wnc_onnx.finetune.backends.torch.ops import MAX_OPSET, MIN_OPSET  # noqa: E402
 
 RTOL, ATOL = 1e-4, 1e-5
 

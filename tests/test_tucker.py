@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from wnc_onnx.numeric import truncated_svd, tucker1, tucker2
+from wnc_onnx.analyze.numeric import truncated_svd, tucker1, tucker2
 from wnc_onnx.zoo import planted_kernel
 
 

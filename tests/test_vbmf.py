@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from onnx import numpy_helper
 
-from wnc_onnx.numeric import evbmf, evbmf_from_eigenvalues, mode_gram, sym_eigvals
-from wnc_onnx.numeric.vbmf import evbmf_from_singular_values, tau_bar
+from wnc_onnx.analyze.numeric import evbmf, evbmf_from_eigenvalues, mode_gram, sym_eigvals
+from wnc_onnx.analyze.numeric.vbmf import evbmf_from_singular_values, tau_bar
 
 
 def planted(rng, L, M, r, noise):

@@ -9,9 +9,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import wnc_onnx
-from wnc_onnx import wire
 from wnc_onnx.errors import WncError
-from wnc_onnx.model_io import load_model, load_model_and_source, staged_model
+from wnc_onnx.io import wire
+from wnc_onnx.io.model_io import load_model, load_model_and_source, staged_model
 from wnc_onnx.zoo import demo_cnn, planted_kernel
 
 

@@ -3,15 +3,20 @@
 import wnc_onnx
 model, report = wnc_onnx.compress("model.onnx")
 print(report.to_table())
+
+The package follows the flow of a run (docs/how-it-works.md draws the map):
+``io`` (model files, sessions, threads) and ``data`` (what is fed to a model) ->
+``analyze`` (graph facts, numeric core, calibration statistics) -> ``rewrite`` (the
+passes and the flows that run them) -> ``check`` (verify, latency choices) and ``bench``
+-> ``report``; ``finetune`` beside it and ``cli`` on top; ``api`` is the facade.
 """
 
-__version__ = "0.1.0"
-
-from wnc_onnx.api import compress, inspect, load_ranks  # noqa: E402
-from wnc_onnx.config import CompressConfig  # noqa: E402
-from wnc_onnx.errors import NothingToCompressError, WncError  # noqa: E402
-from wnc_onnx.model_io import load_model, save_model  # noqa: E402
-from wnc_onnx.report import LayerReport, Report  # noqa: E402
+from wnc_onnx.api import compress, inspect, load_ranks
+from wnc_onnx.config import CompressConfig
+from wnc_onnx.errors import NothingToCompressError, WncError
+from wnc_onnx.io.model_io import load_model, save_model
+from wnc_onnx.report import LayerReport, Report
+from wnc_onnx.version import __version__
 
 __all__ = [
     "CompressConfig",

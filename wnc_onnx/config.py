@@ -7,8 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from wnc_onnx.analyze.numeric.pq import BACKENDS, LAYOUTS, MAX_K
+
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul")
-# The graph passes, in the order they run (wnc_onnx.passes.build_passes builds them).
+# The graph passes, in the order they run (wnc_onnx.rewrite.passes.build_passes builds them).
 PASS_NAMES: tuple[str, ...] = (
     "name_nodes",
     "initializer_inputs",
@@ -27,9 +29,30 @@ RankSpec = int | tuple[int, int]
 GRAPH_OPT_LEVELS = ("all", "extended", "basic", "disable")
 
 
+# CompressConfig fields whose flag is not the field's name with dashes
+_FLAG_NAMES = {
+    "pq_layout": "--pq-codebook",
+    "hooi_max_iter": "--hooi-iters",
+    "input_shapes": "--input-shape",
+    "skip_passes": "--skip-pass",
+    "require_savings": "--allow-no-saving",
+    "lowrank=False": "--no-lowrank",
+    "pointwise": "--no-pointwise",
+    "fc_tucker": "--no-fc-tucker",
+    "latency_cache": "--no-latency-cache",
+}
+
+
+def flag_of(field: str) -> str:
+    """The command-line flag that sets a CompressConfig field."""
+    return _FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
 @dataclass(frozen=True)
 class CompressConfig:
-    """Knobs of the low-rank pass. Defaults follow the README's measurements."""
+    """The options of a compression run (frozen; a run's own state lives in ``rewrite.state``).
+    Defaults follow the README's measurements. A bad value raises ValueError whose text names
+    the field in backticks (the command line puts the flag there)."""
 
     # Which layers: op types, regexes on node names (search, not full match).
     op_types: tuple[str, ...] = SUPPORTED_OPS
@@ -53,7 +76,7 @@ class CompressConfig:
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     # BLAS and onnxruntime threads; 0: the cores that are free when the run starts
     threads: int = 0
-    # Latency-aware choices (wnc_onnx.latency): each layer's forms are timed on the target
+    # Latency-aware choices (wnc_onnx.check.latency): each layer's forms are timed on the target
     # (provider, threads, session options) and the fastest that keeps the policy's accuracy
     # wins, the original included; target_speedup allocates ranks to reach a measured speed-up.
     latency_aware: bool = False
@@ -62,23 +85,18 @@ class CompressConfig:
     session_options: Mapping[str, str] = field(default_factory=dict)
     graph_opt: str = "all"
     latency_cache: bool = True  # reuse timings from earlier runs on the same target
-    # the speed-up target's prediction scaled by what the first run measured (set by compress)
-    target_calibration: float = 1.0
-    # layers left whole because they ran slower inside the model than alone (set by compress)
-    keep_whole: tuple[str, ...] = ()
-    keep_whole_why: str = "latency-aware: kept whole (its chosen form ran slower inside the model, profiled)"
-    # Calibration data (issue 12, wnc_onnx.calibration): an .npz of model inputs or an iterable
-    # of feed dicts. Each Conv / Gemm / MatMul is then fitted to its inputs' patch covariance.
+    # Calibration data (docs/calibration.md): an .npz of model inputs, a folder of images, or an
+    # iterable of feed dicts. Each Conv / Gemm / MatMul is then fitted to its inputs' patch covariance.
     calibration: Any = None
     # image folders given as calibration: pixels in [0, 1], then (x - mean) / std per channel
     calibration_mean: tuple[float, ...] = (0.0,)
     calibration_std: tuple[float, ...] = (1.0,)
     # With calibration data: choose the ranks so the network's output error on them (relative
-    # RMS, as --verify measures it) stays under max_error with the fewest MACs (wnc_onnx.budget).
+    # RMS, as --verify measures it) stays under max_error with the fewest MACs (wnc_onnx.rewrite.budget).
     max_error: float | None = None
     # The low-rank pass (off: product quantization alone, --no-lowrank).
     lowrank: bool = True
-    # Product quantization (wnc_onnx.passes.pq, docs/pq.md): weights of pq_op_types cut into
+    # Product quantization (wnc_onnx.rewrite.passes.pq, docs/pq.md): weights of pq_op_types cut into
     # sub-vectors of pq_dim, each stored as the uint8 index of one of pq_k centroids.
     pq: bool = False
     pq_dim: int = 8
@@ -96,62 +114,62 @@ class CompressConfig:
         object.__setattr__(self, "ranks", ranks)
         shapes = {k: tuple(int(d) for d in v) for k, v in self.input_shapes.items()}
         if any(d <= 0 for v in shapes.values() for d in v):
-            raise ValueError(f"input_shapes must hold positive dims, got {shapes}")
+            raise ValueError(f"`input_shapes` must hold positive dims, got {shapes}")
         object.__setattr__(self, "input_shapes", shapes)
         bad = [op for op in self.op_types if op not in SUPPORTED_OPS]
         if bad:
-            raise ValueError(f"unsupported op types {bad}; choose from {list(SUPPORTED_OPS)}")
+            raise ValueError(f"unsupported `op_types` {bad}; choose from {list(SUPPORTED_OPS)}")
         for pat in (self.include, self.exclude):
             if pat is not None:
                 re.compile(pat)
         if self.min_rank < 0:
-            raise ValueError("min_rank must be >= 0")
+            raise ValueError("`min_rank` must be >= 0")
         if self.rank_multiple < 1:
-            raise ValueError("rank_multiple must be >= 1")
+            raise ValueError("`rank_multiple` must be >= 1")
         if not 0.0 <= self.rank_boost <= 1.0:
-            raise ValueError("rank_boost must be in [0, 1]")
+            raise ValueError("`rank_boost` must be in [0, 1]")
         unknown = [p for p in self.skip_passes if p not in PASS_NAMES or p in ("lowrank", "pq")]
         if unknown:
-            raise ValueError(f"cannot skip passes {unknown}; skippable: {list(SKIPPABLE_PASSES)}")
+            raise ValueError(f"`skip_passes` names {unknown}; skippable: {list(SKIPPABLE_PASSES)}")
         if self.threads < 0:
-            raise ValueError("threads must be >= 0 (0: automatic)")
+            raise ValueError("`threads` must be >= 0 (0: automatic)")
         if self.target_speedup is not None and not self.target_speedup > 0:
-            raise ValueError("target_speedup must be > 0 (e.g. 2 for twice as fast)")
+            raise ValueError("`target_speedup` must be > 0 (e.g. 2 for twice as fast)")
         if self.max_error is not None:
             if not self.max_error > 0:
-                raise ValueError("max_error must be > 0 (e.g. 0.05 for a 5% output error)")
+                raise ValueError("`max_error` must be > 0 (e.g. 0.05 for a 5% output error)")
             if self.calibration is None:
-                raise ValueError("max_error measures the error on calibration data: give calibration (--calibration)")
+                raise ValueError("`max_error` measures the error on calibration data: give `calibration`")
             if self.latency_aware and self.target_speedup is None:
                 raise ValueError(
-                    "max_error chooses ranks for an error budget, latency_aware keeps what is faster layer by "
-                    "layer: give one, or max_error with target_speedup (the least error at that speed-up)"
+                    "`max_error` chooses ranks for an error budget, `latency_aware` keeps what is faster layer by "
+                    "layer: give one, or `max_error` with `target_speedup` (the least error at that speed-up)"
                 )
         if self.graph_opt not in GRAPH_OPT_LEVELS:
-            raise ValueError(f"graph_opt must be one of {', '.join(GRAPH_OPT_LEVELS)}")
+            raise ValueError(f"`graph_opt` must be one of {', '.join(GRAPH_OPT_LEVELS)}")
         self._check_pq()
         if self.hooi_max_iter < 0 or self.hooi_tol < 0:
-            raise ValueError("hooi_max_iter and hooi_tol must be >= 0")
+            raise ValueError("`hooi_max_iter` and `hooi_tol` must be >= 0")
 
     def _check_pq(self) -> None:
-        from wnc_onnx.numeric.pq import BACKENDS, LAYOUTS, MAX_K
-
         if not 1 <= self.pq_k <= MAX_K:
-            raise ValueError(f"pq_k (--pq-k) must be in 1..{MAX_K} (codes are one byte), got {self.pq_k}")
+            raise ValueError(f"`pq_k` must be in 1..{MAX_K} (codes are one byte), got {self.pq_k}")
         if self.pq_dim < 1:
-            raise ValueError(f"pq_dim (--pq-dim) must be >= 1, got {self.pq_dim}")
+            raise ValueError(f"`pq_dim` must be >= 1, got {self.pq_dim}")
         if self.pq_layout not in LAYOUTS:
-            raise ValueError(f"pq_layout (--pq-codebook) must be one of {', '.join(LAYOUTS)}")
+            raise ValueError(f"`pq_layout` must be one of {', '.join(LAYOUTS)}")
         if self.pq_kmeans not in BACKENDS:
-            raise ValueError(f"pq_kmeans (--pq-kmeans) must be one of {', '.join(BACKENDS)}")
+            raise ValueError(f"`pq_kmeans` must be one of {', '.join(BACKENDS)}")
         bad = [op for op in self.pq_op_types if op not in SUPPORTED_OPS]
         if bad:
-            raise ValueError(f"unsupported --pq-op-types {bad}; choose from {list(SUPPORTED_OPS)}")
+            raise ValueError(f"unsupported `pq_op_types` {bad}; choose from {list(SUPPORTED_OPS)}")
         for pat in (self.pq_include, self.pq_exclude):
             if pat is not None:
                 re.compile(pat)
         if not self.lowrank and not self.pq:
-            raise ValueError("with the low-rank pass off (--no-lowrank) there is nothing to do; add --pq")
+            raise ValueError(
+                "the low-rank pass is off (`lowrank=False`) and product quantization too: nothing to do; add `pq`"
+            )
 
     @property
     def timed(self) -> bool:
@@ -160,8 +178,6 @@ class CompressConfig:
 
     def selects(self, name: str, op_type: str) -> str | None:
         """None when the layer is selected, else the reason it is not."""
-        if name in self.keep_whole:
-            return self.keep_whole_why
         if name in self.ranks:
             return None
         if op_type not in self.op_types:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 
 class WncError(Exception):
     """A problem with the user's input; the CLI prints it as one line and exits 2."""
@@ -27,3 +30,15 @@ def one_line(exc: BaseException | str, limit: int = 300) -> str:
 
 class NothingToCompressError(WncError):
     """The model holds no layer that the pass could rewrite."""
+
+
+def option_error(
+    exc: BaseException, flag: Callable[[str], str] | None = None, where: str = "the fields of wnc_onnx.CompressConfig"
+) -> WncError:
+    """A configuration's ValueError as one WncError. Its text names fields in backticks
+    (`target_speedup`); ``flag`` (field -> command-line flag) puts the flag there instead."""
+
+    def name(m: re.Match[str]) -> str:
+        return flag(m.group(1)) if flag is not None else m.group(0)
+
+    return WncError(f"invalid option: {re.sub(r'`([^`]+)`', name, str(exc))}", f"see {where}")

@@ -6,7 +6,8 @@ compression pass rewrote. The latency-aware pass times single layers with the sa
 session code, so what it chooses is measured the way ``bench`` measures.
 """
 
-from wnc_onnx.bench.measure import BenchConfig, measure
+from wnc_onnx.bench.config import BenchConfig
+from wnc_onnx.bench.measure import measure
 from wnc_onnx.bench.result import BenchResult
 
 __all__ = ["BenchConfig", "BenchResult", "measure"]

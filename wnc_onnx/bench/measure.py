@@ -7,52 +7,24 @@ import logging
 import os
 import platform
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from wnc_onnx import external_data
+from wnc_onnx.bench.config import BenchConfig
 from wnc_onnx.bench.energy import EnergyMeter
+from wnc_onnx.bench.feeds import model_feeds
 from wnc_onnx.bench.memory import peak_memory
+from wnc_onnx.bench.profile import profile_layers
 from wnc_onnx.bench.result import BenchResult, ModelRun
-from wnc_onnx.bench.session import default_threads, ort, resolve_provider, session
 from wnc_onnx.bench.timing import BUSY_LOAD, load_average, ratio_range, time_interleaved
-from wnc_onnx.config import GRAPH_OPT_LEVELS
 from wnc_onnx.errors import WncError, one_line
-from wnc_onnx.graph import data_inputs
+from wnc_onnx.io import external_data
+from wnc_onnx.io.session import default_threads, ort, resolve_provider, session
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    provider: str = "cpu"
-    threads: tuple[int, ...] = (0,)  # intra-op threads per configuration; 0: every core of this process
-    batches: tuple[int, ...] = (1,)
-    rounds: int = 10
-    warmup: int = 5
-    min_round_seconds: float = 0.1  # each model's share of a round
-    session_options: Mapping[str, str] = field(default_factory=dict)
-    graph_opt: str = "all"
-    input_shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
-    input_values: Mapping[str, float] = field(default_factory=dict)
-    inputs: Mapping[str, np.ndarray] | None = None  # real inputs (--inputs); their batch is the batch
-    memory: bool = True
-    per_layer: bool = False
-    profile_runs: int = 20
-
-    def __post_init__(self) -> None:
-        if self.rounds < 2:
-            raise ValueError("rounds must be >= 2 (the spread between rounds is reported)")
-        if any(t < 0 for t in self.threads) or not self.threads:
-            raise ValueError("threads must be >= 0 (0: every core)")
-        if any(b < 1 for b in self.batches) or not self.batches:
-            raise ValueError("batch sizes must be >= 1")
-        if self.graph_opt not in GRAPH_OPT_LEVELS:
-            raise ValueError(f"graph_opt must be one of {', '.join(GRAPH_OPT_LEVELS)}")
 
 
 def _load(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -63,49 +35,6 @@ def _load(path: str | os.PathLike[str]) -> onnx.ModelProto:
         return onnx.load(str(p), load_external_data=False)
     except Exception as exc:
         raise WncError(f"cannot read {p} as an ONNX model: {one_line(exc, 150)}", "pass an .onnx file") from None
-
-
-def model_feeds(
-    model: onnx.ModelProto, cfg: BenchConfig, batch: int, label: str, seed: int = 0
-) -> dict[str, np.ndarray]:
-    """The inputs of one run at ``batch``: --inputs as given, else random at --input-shape sizes."""
-    from wnc_onnx.verify import random_inputs
-
-    inputs = data_inputs(model)
-    if cfg.inputs is not None:
-        missing = [vi.name for vi in inputs if vi.name not in cfg.inputs]
-        if missing:
-            raise WncError(f"--inputs lacks arrays for input(s) {missing} of {label}", "store one array per input")
-        return {vi.name: cfg.inputs[vi.name] for vi in inputs}
-    shapes: dict[str, list[int]] = {k: list(v) for k, v in cfg.input_shapes.items()}
-    explicit = tuple(cfg.batches) != (1,)  # --batch given: it sets the first dim of every input
-    for vi in inputs:
-        dims = vi.type.tensor_type.shape.dim
-        if not dims or vi.name in cfg.input_values:
-            continue
-        first = dims[0].dim_value if dims[0].HasField("dim_value") else 0
-        if vi.name in shapes:
-            if explicit:
-                shapes[vi.name][0] = batch
-        elif first <= 0 or any(not (d.HasField("dim_value") and d.dim_value > 0) for d in dims):
-            rest = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in list(dims)[1:]]
-            shapes[vi.name] = [batch if first <= 0 or explicit else first, *rest]
-        elif explicit and first != batch:
-            raise WncError(
-                f"{label}: input '{vi.name}' has a fixed batch of {first}; cannot measure batch {batch}",
-                f"use --batch {first}, or export the model with a dynamic batch dimension",
-            )
-    unknown = {k: v for k, v in shapes.items() if any(d < 0 for d in v)}
-    if unknown:
-        name = next(iter(unknown))
-        vi = next(v for v in inputs if v.name == name)
-        from wnc_onnx.graph import shape_hint
-
-        raise WncError(
-            f"{label}: input '{name}' has dynamic dims that only you know",
-            f"give them, e.g. --input-shape {shape_hint(vi)}",
-        )
-    return random_inputs(model, shapes, seed=seed, values=cfg.input_values)
 
 
 def _sessions(paths: Sequence[str], cfg: BenchConfig, provider: str, threads: int) -> list[Any]:
@@ -252,8 +181,6 @@ def measure(paths: Sequence[str | os.PathLike[str]], cfg: BenchConfig | None = N
     load1 = load_average()
     result.machine["load_after"] = load1
     if cfg.per_layer:
-        from wnc_onnx.bench.profile import profile_layers
-
         result.per_layer = profile_layers(names, protos, labels, cfg, provider)
     return result
 

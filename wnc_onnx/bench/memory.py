@@ -19,7 +19,7 @@ _CHILD = """
 import json, sys
 import numpy as np
 import onnxruntime
-from wnc_onnx.bench.session import session
+from wnc_onnx.io.session import session
 def hwm():
     with open("/proc/self/status") as fh:
         return next(int(ln.split()[1]) for ln in fh if ln.startswith("VmHWM:"))

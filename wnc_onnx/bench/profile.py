@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import onnx
 
+from wnc_onnx.analyze.graph import infer_shapes
+from wnc_onnx.bench.feeds import model_feeds
 from wnc_onnx.bench.result import LayerComparison, LayerTime
-from wnc_onnx.bench.session import default_threads, session
 from wnc_onnx.errors import WncError, one_line
-from wnc_onnx.graph import infer_shapes
+from wnc_onnx.io.session import default_threads, session
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +221,6 @@ def profile_layers(
     provider: str,
 ) -> list[LayerComparison]:
     """Profile every model (runs interleaved) and compare each later one with the first, layer by layer."""
-    from wnc_onnx.bench.measure import model_feeds
-
     threads = cfg.threads[0] or default_threads()
     batch = cfg.batches[0]
     warm, runs = 3, cfg.profile_runs

@@ -23,7 +23,7 @@ from typing import Any
 import onnx
 
 from wnc_onnx.errors import WncError, one_line
-from wnc_onnx.model_io import write_text_atomic
+from wnc_onnx.io.model_io import write_text_atomic
 
 log = logging.getLogger(__name__)
 

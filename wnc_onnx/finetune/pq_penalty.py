@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from wnc_onnx.config import CompressConfig
-from wnc_onnx.errors import WncError
-from wnc_onnx.numeric.pq import product_quantize
-from wnc_onnx.passes.pq import Candidate, from_matrix, plan_weights, to_matrix
+from wnc_onnx.analyze.numeric.pq import product_quantize
+from wnc_onnx.config import CompressConfig, flag_of
+from wnc_onnx.errors import WncError, option_error
+from wnc_onnx.rewrite.passes.pq import Candidate, from_matrix, plan_weights, to_matrix
 
 log = logging.getLogger(__name__)
 
@@ -101,4 +101,4 @@ def pq_config(options: dict[str, Any]) -> CompressConfig:
     try:
         return CompressConfig(lowrank=False, pq=True, **options)
     except (TypeError, ValueError) as exc:
-        raise WncError(f"invalid product quantization option: {exc}", "see 'wnc-onnx finetune --help'") from None
+        raise option_error(exc, flag_of, "'wnc-onnx finetune --help'") from None

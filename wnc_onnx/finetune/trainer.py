@@ -23,17 +23,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
+from wnc_onnx.data.arrays import ArrayData
 from wnc_onnx.errors import WncError
-from wnc_onnx.finetune import artifacts, checkpoint, frozen_bn
-from wnc_onnx.finetune.data import ArrayData
+from wnc_onnx.finetune import checkpoint, frozen_bn
+from wnc_onnx.finetune.backends.ort import artifacts
+from wnc_onnx.finetune.backends.ort.run import OrtRun
+from wnc_onnx.finetune.backends.ort.runtime import require_training
+from wnc_onnx.finetune.backends.torch.run import TorchRun, require_torch
+from wnc_onnx.finetune.common import trainable
 from wnc_onnx.finetune.distributed import Dist, any_of, from_env, leave, sum_over
 from wnc_onnx.finetune.history import EpochRecord, History
+from wnc_onnx.finetune.pq_penalty import PQPenalty, pq_config
 from wnc_onnx.finetune.progress import EpochBar
-from wnc_onnx.finetune.runtime import require_training, runtime_errors
 from wnc_onnx.finetune.sources import BatchSource, check_samples, check_targets, model_spec
+from wnc_onnx.report import Report
+from wnc_onnx.rewrite.passes.pq import PQPass
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +87,6 @@ class FinetuneConfig:
         if self.pq_lambda is not None and not (self.pq_lambda >= 0 and math.isfinite(self.pq_lambda)):
             raise WncError(f"--pq-lambda must be >= 0, got {self.pq_lambda}", "e.g. --pq-lambda 20")
         if self.pq_lambda is not None:
-            from wnc_onnx.finetune.pq_penalty import pq_config
-
             pq_config(self.pq)
 
     def lr_at(self, epoch: int) -> float:
@@ -135,82 +139,6 @@ class _StopRequest:
             yield self
         finally:
             signal.signal(signal.SIGINT, previous)
-
-
-MISFIT = "check that x and y fit the model input and the loss (shape, type)"
-
-
-def finite(loss: float, where: str) -> float:
-    """The step's loss, or one WncError when training diverged."""
-    if not math.isfinite(loss):
-        raise WncError(f"training diverged: the loss is {loss} at {where}", "lower --lr (e.g. 10x)")
-    return loss
-
-
-class _Session:
-    """The ORT training objects of one run (the methods the loop calls, as ``TorchRun``'s)."""
-
-    suffix = ".ckpt"
-    dist = Dist()
-
-    def __init__(self, paths: dict[str, Path], state_file: Path, cfg: FinetuneConfig) -> None:
-        import onnxruntime as ort
-        from onnxruntime.training.api import CheckpointState, Module, Optimizer
-
-        options = ort.SessionOptions()
-        if cfg.threads:
-            options.intra_op_num_threads = cfg.threads
-        with runtime_errors(
-            "onnxruntime training cannot load this model",
-            "fine-tune a float CNN of standard ops (opset <= 21), or report the model",
-        ):
-            self.state = CheckpointState.load_checkpoint(str(state_file))
-            self.module = Module(str(paths["training"]), self.state, str(paths["eval"]), session_options=options)
-            self.optimizer = Optimizer(str(paths["optimizer"]), self.module)
-
-    @property
-    def params(self) -> Any:
-        return self.state.parameters
-
-    def write_state(self, path: Path) -> None:
-        from onnxruntime.training.api import CheckpointState
-
-        CheckpointState.save_checkpoint(self.state, path, include_optimizer_state=True)
-
-    def set_lr(self, lr: float) -> None:
-        self.optimizer.set_learning_rate(lr)
-
-    def train_mode(self) -> None:
-        self.module.train()
-
-    def epoch_context(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
-    def export(self, model: onnx.ModelProto | None, work: Path, output_name: str) -> onnx.ModelProto:
-        """The trained graph as a plain inference model (ORT re-creates it: ``model`` is not needed)."""
-        exported = work / "inference.onnx"
-        self.module.export_model_for_inferencing(str(exported), [output_name])
-        return onnx.load(str(exported))
-
-    def step(self, x: np.ndarray, y: np.ndarray, where: str) -> float:
-        with runtime_errors(f"training step failed at {where}", MISFIT):
-            loss = float(self.module(x, y)[0])
-            self.optimizer.step()
-        self.module.lazy_reset_grad()
-        return finite(loss, where)
-
-    def evaluate(self, source: BatchSource, loss: str) -> tuple[float, float | None]:
-        self.module.eval()
-        total, correct, seen = 0.0, 0, 0
-        for xb, yb in source.epoch(0):
-            with runtime_errors(f"evaluating {source.label} failed", MISFIT):
-                loss_value, scores = self.module(xb, yb)
-            total += float(loss_value) * len(xb)
-            if loss == "cross_entropy":
-                correct += int((np.asarray(scores).argmax(1) == yb).sum())
-            seen += len(xb)
-        self.module.train()
-        return total / seen, (correct / seen if loss == "cross_entropy" else None)
 
 
 def finetune(
@@ -323,7 +251,6 @@ def _runtime(cfg: FinetuneConfig, dist: Dist) -> str:
     """What trains, for the history; a WncError with the install command when it is missing."""
     if cfg.backend == "ort":
         return f"onnxruntime-training {require_training()}"
-    from wnc_onnx.finetune.torch_backend import require_torch
 
     return f"torch {require_torch()}" + (f", {dist.world} processes (torch.distributed)" if dist.active else "")
 
@@ -337,13 +264,11 @@ def _start(
     work: Path,
     output_name: str,
 ) -> Any:
-    """The backend's run object (``_Session`` or ``TorchRun``), from a saved state when resuming."""
+    """The backend's run object (``OrtRun`` or ``TorchRun``), from a saved state when resuming."""
     if cfg.backend == "torch":
-        from wnc_onnx.finetune.torch_backend import TorchRun
-
-        return TorchRun(for_training, artifacts.trainable(for_training, factors)[0], cfg, dist, saved)
+        return TorchRun(for_training, trainable(for_training, factors)[0], cfg, dist, saved)
     paths = artifacts.generate(for_training, work / "artifacts", cfg.loss, cfg.optimizer, [output_name], factors)
-    return _Session(paths, saved or paths["checkpoint"], cfg)
+    return OrtRun(paths, saved or paths["checkpoint"], cfg)
 
 
 @contextlib.contextmanager
@@ -359,7 +284,6 @@ def _leaving(run: Any) -> Iterator[None]:
 def _penalty(model: onnx.ModelProto, cfg: FinetuneConfig) -> Any:
     if cfg.pq_lambda is None:
         return None
-    from wnc_onnx.finetune.pq_penalty import PQPenalty, pq_config
 
     penalty = PQPenalty(model, pq_config(cfg.pq), cfg.pq_lambda)
     log.info("compression-aware training: %d weight(s) pulled toward their product quantization", len(penalty.names))
@@ -370,9 +294,6 @@ def _quantized_export(tuned: onnx.ModelProto, penalty: Any, history: History) ->
     """The tuned model through the product-quantization pass, with the penalty's weights and settings."""
     import re
     from dataclasses import replace
-
-    from wnc_onnx.passes.pq import PQPass
-    from wnc_onnx.report import Report
 
     only = "^(" + "|".join(re.escape(t.cand.entry.layer) for t in penalty.targets) + ")$"
     cfg = replace(penalty.cfg, pq_include=only, pq_exclude=None)
@@ -397,7 +318,7 @@ def _quantized_export(tuned: onnx.ModelProto, penalty: Any, history: History) ->
 
 @dataclass
 class _Loop:
-    run: _Session
+    run: Any
     train: BatchSource
     val: BatchSource | None
     cfg: FinetuneConfig

@@ -1,0 +1,126 @@
+"""The latency-aware step of the low-rank pass: time each layer's forms, choose, explain."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+
+from wnc_onnx.analyze.graph import GraphContext
+from wnc_onnx.analyze.layer import Layer
+from wnc_onnx.check.latency.allocate import LayerOptions
+from wnc_onnx.check.latency.forms import ORIGINAL, Form, ModeSpectra, at_least_as_accurate, ladder
+from wnc_onnx.check.latency.isolate import NotTimeable, isolated
+from wnc_onnx.check.latency.oracle import Oracle, Target
+from wnc_onnx.data.feeds import random_inputs
+from wnc_onnx.errors import WncError, one_line
+
+log = logging.getLogger(__name__)
+
+
+class LatencyChooser:
+    """Builds each layer's measured options; ``wide``: also the rank ladder (speed-up target)."""
+
+    def __init__(self, target: Target, speedup: float | None = None, oracle: Oracle | None = None) -> None:
+        self.target = target
+        self.speedup = speedup
+        self.oracle = oracle or Oracle(target)
+        self.whole_ms: float | None = None
+
+    def options(
+        self,
+        layer: Layer,
+        rule: Any,
+        ctx: GraphContext,
+        base: Form,
+        spectra: ModeSpectra,
+        check: Callable[[Form], str | None],
+    ) -> LayerOptions | str:
+        """The layer's forms, timed; or why it cannot be timed alone."""
+        forms = at_least_as_accurate(base, layer.s, layer.t, layer.tucker_capable)
+        if self.speedup is not None:
+            forms += [f for f in ladder(base, layer.s, layer.t) if f not in forms]
+        rejected: dict[Form, str] = {}
+        candidates = [ORIGINAL]
+        for f in forms:
+            why = check(f)
+            if why is None:
+                candidates.append(f)
+            else:
+                rejected[f] = why
+        try:
+            cases = [isolated(layer, rule, ctx, f) for f in candidates]
+        except NotTimeable as exc:
+            return str(exc)
+        except Exception as exc:  # a layer onnxruntime cannot run alone keeps the policy's choice
+            return f"cannot be timed alone ({one_line(exc, 120)})"
+        try:
+            measured = self.oracle.measure(cases)
+        except Exception as exc:
+            return f"onnxruntime cannot run it alone ({one_line(exc, 120)})"
+        return LayerOptions(
+            layer.name,
+            base,
+            dict(zip(candidates, measured, strict=True)),
+            {f: spectra.rel_error(f) for f in candidates},
+            rejected,
+        )
+
+    def time_whole(self, model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> float:
+        """The whole model's time on the target (ms), alone: the base of a speed-up target."""
+
+        t = self.target
+        try:
+            feeds = random_inputs(model, input_shapes)
+            sess = t.open(model)
+            sess.run(None, feeds)
+        except WncError:
+            raise
+        except Exception as exc:
+            raise WncError(
+                f"--target-speedup needs the whole model to run in onnxruntime: {one_line(exc, 150)}",
+                "give the sizes of dynamic inputs with --input-shape NAME=D1,D2,...",
+            ) from None
+        timing = t.time([(sess, feeds)], min_round_seconds=0.1)[0]
+        self.whole_ms = timing.median * 1e3
+        return self.whole_ms
+
+
+def mode_spectra(values_out: list[np.ndarray], values_in: list[np.ndarray] | None) -> ModeSpectra:
+    return ModeSpectra([np.asarray(v, dtype=np.float64) for v in values_out], values_in)
+
+
+def describe(opt: LayerOptions, chosen: Form, why: str, rejected: Mapping[Form, str]) -> dict[str, Any]:
+    """The report's record of a latency choice."""
+    return {
+        "chosen": chosen.label,
+        "why": why,
+        "measured_ms": {f.label: round(opt.ms(f), 4) for f in opt.times},
+        "spread": {f.label: round(opt.times[f].spread, 3) for f in opt.times},
+        "kernel_error": {f.label: round(opt.errors[f], 4) for f in opt.times},
+        "rejected": {f.label: r for f, r in rejected.items() if f != chosen},
+        "cached": all(m.cached for m in opt.times.values()),
+    }
+
+
+def measure_pair(
+    target: Target, original: onnx.ModelProto, compressed: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]
+) -> dict[str, Any]:
+    """The whole original and compressed models timed side by side on the target (interleaved)."""
+
+    feeds = random_inputs(original, input_shapes)
+    a, b = target.time(
+        [(target.open(m), feeds) for m in (original, compressed)],
+        rounds=max(5, target.rounds),
+        warmup=3,
+        min_round_seconds=0.1,
+    )
+    return {
+        "original_ms": round(a.median * 1e3, 4),
+        "compressed_ms": round(b.median * 1e3, 4),
+        "speedup": round(a.median / b.median, 3),
+        "spread": round(max(a.spread, b.spread), 3),
+    }

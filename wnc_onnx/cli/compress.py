@@ -1,0 +1,212 @@
+"""``wnc-onnx [compress]`` and ``wnc-onnx inspect``: the compression flow on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+from wnc_onnx.api import compress, inspect
+from wnc_onnx.check.verify import verify
+from wnc_onnx.cli.options import (
+    EXIT_VERIFY_FAILED,
+    add_calibration,
+    add_latency,
+    add_output,
+    add_pq_arguments,
+    add_selection,
+    add_sizes,
+    add_verify,
+    compress_config,
+    require_faiss,
+)
+from wnc_onnx.config import CompressConfig
+from wnc_onnx.data.feeds import load_inputs, parse_input_values
+from wnc_onnx.errors import WncError
+from wnc_onnx.io.model_io import check_output_path, load_model, staged_model, write_text_atomic
+from wnc_onnx.report import Report
+from wnc_onnx.report.plot import plot_report, pyplot
+from wnc_onnx.rewrite.pipeline import pq_quantized
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="model to compress (.onnx); never modified")
+    p.add_argument("output", help="where to write the compressed model (written atomically)")
+    p.add_argument(
+        "--external-data",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write weights to OUTPUT.data beside the model (--no-external-data: inline); "
+        "default: external when the input's weights are, or above 2 GB",
+    )
+    add_selection(p)
+    add_sizes(p)
+    add_latency(p)
+    add_pq_arguments(p)
+    add_calibration(p)
+    add_verify(p)
+    add_output(p)
+
+
+def add_inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="model to inspect (.onnx)")
+    add_selection(p)
+    add_sizes(p)
+    add_calibration(p, budget=False)
+    add_output(p)
+
+
+def _emit(report: Report, a: argparse.Namespace) -> None:
+    if a.plot:
+        plot_report(report, a.plot)
+    if a.report:
+        write_text_atomic(a.report, report.to_json() + "\n")
+    print(report.to_json() if a.json else report.to_table())
+
+
+def _check_side_outputs(a: argparse.Namespace) -> None:
+    for path in (a.report, a.plot):
+        if path:
+            check_output_path(a.input, path)
+    if a.plot:
+        pyplot()  # a missing matplotlib fails now, not after the work
+
+
+def _nothing_compressed(report: Report, quiet: bool) -> WncError:
+    """The refusal when every layer was skipped: its fix fits the reasons."""
+    if not quiet:
+        print(report.to_table())
+    reasons = [r.reason for r in report.layers]
+    if all(r.startswith("quantized") or "DequantizeLinear" in r for r in reasons):
+        return WncError(
+            "the model is quantized: no float Conv/Gemm/MatMul to factor",
+            "compress the float model, then quantize the result",
+        )
+    rank_bound = sum("VBMF rank" in r or "no saving" in r for r in reasons)
+    inputs = sum("graph input" in r for r in reasons)
+    fixes = []
+    if inputs:
+        fixes.append("drop --keep-initializer-inputs (weights that are also graph inputs are then compressed)")
+    if rank_bound:
+        fixes.append("give ranks with --ranks, or lower --min-rank / --rank-boost where no saving is possible")
+    if not fixes:
+        fixes.append("see the reasons per layer (wnc-onnx inspect)")
+    common = Counter(r.split(":")[0] for r in reasons).most_common(2)
+    why = "; ".join(f"{n} x {text}" if n > 1 else text for text, n in common)
+    return WncError(
+        f"no layer was compressed: all {report.totals.layers} candidate layers were skipped ({why}"
+        + (")" if quiet else "; reasons above)"),
+        "; ".join(fixes),
+    )
+
+
+def _error_fixes(report: Report) -> str | None:
+    """What lowers the output error, for the passes that made it: None = the low-rank knobs."""
+    if not pq_quantized(report):
+        return None
+    d = int(report.extras["pq"]["settings"]["d"])
+    lower = f"lower --pq-dim (e.g. {max(1, d // 2)})" if d > 1 else "raise --pq-k"
+    pq = f"{lower}, leave weights out with --pq-exclude, or train for it (wnc-onnx finetune --pq-lambda)"
+    if report.decomposed:
+        return f"fine-tune it (wnc-onnx finetune), raise --rank-boost (e.g. 0.3), {pq}"
+    return pq
+
+
+def _nothing_quantized(report: Report, quiet: bool) -> WncError:
+    """The refusal when --pq found no weight worth quantizing: the reasons and their fix."""
+    pq = report.extras.get("pq") or {"weights": []}
+    reasons = [w["reason"] for w in pq["weights"]]
+    if not reasons:
+        return WncError(
+            "nothing to quantize: the model has no Gemm / MatMul / Conv weight",
+            "product quantization applies to the weights of those layers",
+        )
+    if not quiet:
+        print(report.to_table())
+    if all(r == "already product-quantized" for r in reasons):
+        return WncError("the model is already product-quantized", "quantize the float model instead")
+    common = Counter(r.split(";")[0].split(":")[0] for r in reasons).most_common(2)
+    why = "; ".join(f"{n} x {text}" if n > 1 else text for text, n in common)
+    fixes = []
+    if any("sub-vectors" in r or "no saving" in r for r in reasons):
+        fixes.append("lower --pq-k or --pq-dim")
+    if any("not selected" in r for r in reasons):
+        fixes.append("add the op type to --pq-op-types (e.g. Gemm,MatMul,Conv)")
+    if not fixes:
+        fixes.append("see the reasons per weight above")
+    return WncError(f"nothing to quantize: all {len(reasons)} weights were skipped ({why})", "; ".join(fixes))
+
+
+def run(a: argparse.Namespace) -> int:
+    out = check_output_path(a.input, a.output)
+    _check_side_outputs(a)
+    cfg = compress_config(a)
+    if cfg.pq and cfg.pq_kmeans == "faiss":
+        require_faiss()
+    model, report = compress(a.input, cfg)
+    quantized = pq_quantized(report)
+    if cfg.pq and not quantized and (not cfg.lowrank or report.totals.decomposed == 0):
+        raise _nothing_quantized(report, a.quiet)
+    if report.totals.decomposed == 0 and not quantized:
+        raise _nothing_compressed(report, a.quiet)
+    checking = bool(a.verify or a.inputs or a.input_value or a.tolerance is not None)
+    with staged_model(model, out, a.external_data, source=report.source) as stage:
+        if checking and not _verified(a, stage.path, report, cfg):
+            stage.keep = False
+            return EXIT_VERIFY_FAILED
+    report.totals.file_bytes_after = stage.nbytes
+    report.model["output"] = str(out)
+    if stage.data_path is not None:
+        report.model["output_data"] = str(stage.data_path)
+    _emit(report, a)
+    advice = report.extras.get("verify_advice")
+    if advice:
+        print(advice, file=sys.stderr)
+    return 0
+
+
+def _verified(a: argparse.Namespace, written: Path, report: Report, cfg: CompressConfig) -> bool:
+    """Run the input and the written (staged) output in onnxruntime; False: over --tolerance."""
+
+    feeds = load_inputs(a.inputs, load_model(a.input)) if a.inputs else None
+    layers = [
+        (r.name, r.input_tensor, r.output_tensor)
+        for r in report.decomposed
+        if r.input_tensor is not None and r.output_tensor is not None
+    ]
+    result = verify(
+        a.input,
+        written,
+        inputs=feeds,
+        input_shapes=cfg.input_shapes,
+        input_values=parse_input_values(a.input_value),
+        tolerance=a.tolerance,
+        threads=report.config.get("threads_used", 0),
+        layers=layers,
+    )
+    report.extras["verify"] = result.to_dict()
+    print(result.to_table(), file=sys.stderr)
+    fix = _error_fixes(report)
+    if result.passed:
+        advice = result.advice(fix)
+        if advice:
+            report.extras["verify_advice"] = advice
+        return True
+    if not a.quiet:
+        print(report.to_table())
+    knobs = fix or "raise --rank-boost or --min-rank, or exclude layers"
+    print(
+        f"wnc-onnx: verify failed: worst output error {result.worst_rel:.3g} exceeds "
+        f"--tolerance {a.tolerance:g}; nothing written; fix: {knobs}"
+        + (f" ({result.advice(fix)})" if result.advice(fix) and not a.quiet else ""),
+        file=sys.stderr,
+    )
+    return False
+
+
+def run_inspect(a: argparse.Namespace) -> int:
+    _check_side_outputs(a)
+    report = inspect(a.input, compress_config(a))
+    _emit(report, a)
+    return 0

@@ -1,0 +1,1 @@
+"""Fine-tuning backends: ONNX Runtime training (``ort``) and PyTorch (``torch``)."""

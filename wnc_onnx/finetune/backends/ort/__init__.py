@@ -1,0 +1,1 @@
+"""The ONNX Runtime training backend: runtime checks, training artifacts, the run object."""

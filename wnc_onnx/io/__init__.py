@@ -1,0 +1,2 @@
+"""Loading and writing models: files, external data, the protobuf wire format, onnxruntime sessions,
+threads."""

@@ -1,0 +1,206 @@
+"""The latency policy of the low-rank pass (--latency-aware, --target-speedup).
+
+The pass plans every layer of a graph first; this policy then times each planned layer's
+forms on the target (``check.latency``) and, per layer, keeps the fastest form that is as
+accurate as the plan (never-slower), or, for a speed-up target, allocates forms over the
+network. A layer kept whole is skipped with the reason. The pass factors what is left.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+
+from wnc_onnx.analyze.graph import GraphContext
+from wnc_onnx.analyze.layer import Layer
+from wnc_onnx.analyze.numeric.calibrated import PatchStats, data_spectra
+from wnc_onnx.analyze.numeric.gram import mode_gram, sym_eigvals
+from wnc_onnx.check.latency.allocate import Allocation, Choice, allocate, never_slower
+from wnc_onnx.check.latency.choose import LatencyChooser, describe, mode_spectra
+from wnc_onnx.check.latency.forms import ORIGINAL, Form, ModeSpectra
+from wnc_onnx.check.latency.oracle import Oracle, Target
+from wnc_onnx.config import CompressConfig
+from wnc_onnx.report import LayerReport, Report
+from wnc_onnx.rewrite.passes.lowrank_plan import LayerState, Skip, checked, describe_plan, plan_at
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Planned:
+    """One layer as the pass planned it: ``state`` is None once it is left whole."""
+
+    layer: Layer
+    rule: Any
+    rec: LayerReport
+    state: LayerState | None
+    stats: PatchStats | None = None  # its calibration statistics, if any
+
+    def keep_whole(self, reason: str) -> None:
+        rec = self.rec
+        rec.status, rec.reason, rec.method = "skipped", reason, None
+        rec.ranks, rec.params_after, rec.macs_after, rec.params_split, rec.macs_split = {}, None, None, [], []
+        self.state = None
+
+    def base(self) -> Form:
+        assert self.state is not None
+        plan = self.state.plan
+        return Form(plan.method, plan.r3, plan.r4)
+
+    def spectra(self) -> ModeSpectra:
+        """Each group's spectra: of the output covariance and the whitened input Gram on the
+        calibration data (the forms' errors as output errors), else of the kernel's modes."""
+        state = self.state
+        assert state is not None
+        if self.stats is None:
+            return mode_spectra(
+                [sp.values for sp in state.spectra["out"]] or [sym_eigvals(g) for g in state.grams_out],
+                ([sp.values for sp in state.spectra["in"]] or [sym_eigvals(g) for g in state.grams_in])
+                if state.grams_in is not None
+                else None,
+            )
+        layer, outs, ins = self.layer, [], []
+        for gi, k in enumerate(state.kernels):
+            st = self.stats.group(gi, layer.s) if layer.groups > 1 else self.stats
+            o, i = data_spectra(k, st, centered=bool(layer.extra.get("shift_bias")))
+            outs.append(o)
+            if i is not None:
+                ins.append(i)
+        known = state.grams_in is not None and len(ins) == len(outs)
+        return mode_spectra(outs, ins if known else None)
+
+    def check(self, form: Form, cfg: CompressConfig) -> str | None:
+        """None when ``form`` saves weights and MACs as the policy requires, else why not."""
+        assert self.state is not None
+        try:
+            checked(self.layer, plan_at(self.layer, form.method, form.r3, form.r4, self.state.plan), cfg)
+        except Skip as skip:
+            return str(skip)
+        return None
+
+    def adopt(self, form: Form) -> None:
+        """Factor the layer in ``form`` instead of the plan's."""
+        state = self.state
+        assert state is not None
+        if form != self.base():
+            state.plan = plan_at(self.layer, form.method, form.r3, form.r4, state.plan)
+            if form.method == "tucker2" and state.grams_in is None:
+                state.grams_in = [mode_gram(k, 1) for k in state.kernels]
+            describe_plan(self.rec, state.plan)
+        self.rec.rank_source = "latency" if state.plan.source == "vbmf" else state.plan.source
+
+
+class LatencyPolicy:
+    """Chooses each layer's form by its time on the target; ``target_scale`` multiplies a speed-up
+    target (the flow's rerun when the first allocation's measured speed-up missed)."""
+
+    def __init__(self, cfg: CompressConfig, threads: int, target_scale: float = 1.0) -> None:
+        self.cfg = cfg
+        self.target_scale = target_scale
+        target = Target(cfg.provider, max(1, threads), dict(cfg.session_options), cfg.graph_opt)
+        self.chooser = LatencyChooser(target, cfg.target_speedup, Oracle(target, cache=cfg.latency_cache))
+        self.allocation: Allocation | None = None
+
+    def start(self, model: onnx.ModelProto, report: Report) -> None:
+        oracle, target = self.chooser.oracle, self.chooser.target
+        log.info(
+            "latency-aware: timing each layer's forms on %s, %d thread(s)%s",
+            target.provider,
+            target.threads,
+            f", options {dict(target.session_options)}" if target.session_options else "",
+        )
+        if oracle.busy:
+            report.warnings.append(
+                f"the machine was busy when the layers were timed (load average {oracle.load:.2f}): "
+                "the latency-aware choices may be noisy; rerun on a quiet machine"
+            )
+        if self.cfg.target_speedup is not None:
+            whole = self.chooser.time_whole(model, self.cfg.input_shapes)
+            log.info("latency-aware: the whole model takes %.3f ms on the target", whole)
+
+    def choose(self, ctx: GraphContext, planned: list[Planned]) -> None:
+        """Time every planned layer's forms on the target; keep the fastest that is as accurate
+        (or, with a speed-up target, the allocation); a layer kept whole is skipped with the reason."""
+        cfg = self.cfg
+        options = {}
+        todo = [p for p in planned if p.state is not None]
+        for k, p in enumerate(todo, 1):
+            assert p.state is not None
+            base = p.base()
+            found = self.chooser.options(p.layer, p.rule, ctx, base, p.spectra(), functools.partial(_check, p, cfg=cfg))
+            if isinstance(found, str):
+                log.info("  [%d/%d] %s: not timed (%s)", k, len(todo), p.layer.name, found)
+                if cfg.target_speedup is not None:  # the allocation leaves it as the policy chose
+                    p.rec.latency = {"chosen": base.label, "why": f"not timed: {found}"}
+                    continue
+                # never slower: what cannot be measured stays as it was
+                p.rec.latency = {"chosen": "original", "why": f"not timed: {found}"}
+                p.keep_whole(f"latency-aware: kept whole (not timed alone: {found})")
+                continue
+            options[p.layer.name] = found
+            log.info(
+                "  [%d/%d] %s: %s",
+                k,
+                len(todo),
+                p.layer.name,
+                ", ".join(f"{f.label} {found.ms(f):.3f} ms" for f in list(found.times)[:4])
+                + (" ..." if len(found.times) > 4 else ""),
+            )
+        choices: dict[str, Choice] = {}
+        if cfg.target_speedup is not None and options and not ctx.prefix and self.chooser.whole_ms:
+            alloc = allocate(options, self.chooser.whole_ms, cfg.target_speedup * self.target_scale)
+            self.allocation = alloc
+            for name, form in alloc.forms.items():
+                opt = options[name]
+                why = "speed-up target: " + (
+                    "the policy's ranks" if form == opt.base else "kept whole" if form == ORIGINAL else "ranks moved"
+                )
+                choices[name] = Choice(form, why, dict(opt.rejected))
+        else:
+            choices = {name: never_slower(opt) for name, opt in options.items()}
+        for p in todo:
+            choice = choices.get(p.layer.name)
+            if choice is None or p.state is None:
+                continue
+            p.rec.latency = describe(options[p.layer.name], choice.form, choice.why, choice.rejected)
+            if choice.form == ORIGINAL:
+                p.keep_whole(f"latency-aware: kept whole ({choice.why})")
+                continue
+            p.adopt(choice.form)
+
+    def finish(self, report: Report) -> None:
+        oracle = self.chooser.oracle
+        oracle.save()
+        info: dict[str, object] = {
+            "target": self.chooser.target.key(),
+            "timings_cached": oracle.hits,
+            "timings_measured": oracle.misses,
+            "cache": str(oracle.cache_path) if oracle.cache_path else None,
+        }
+        alloc = self.allocation
+        if alloc is not None:
+            info.update(
+                {
+                    "target_speedup": self.cfg.target_speedup,
+                    "calibration": self.target_scale,
+                    "original_ms": round(alloc.original_ms, 4),
+                    "predicted_ms": round(alloc.predicted_ms, 4),
+                    "predicted_speedup": round(alloc.predicted_speedup, 3),
+                    "reached": alloc.reached,
+                }
+            )
+            if not alloc.reached and self.target_scale <= 1.0:
+                report.warnings.append(
+                    f"--target-speedup {self.cfg.target_speedup:g} cannot be reached by these layers: the fastest "
+                    f"forms measured give x{alloc.predicted_speedup:.2f} (predicted); the rest of the model "
+                    "(other nodes) bounds it"
+                )
+        report.extras["latency"] = info
+
+
+def _check(p: Planned, form: Form, cfg: CompressConfig) -> str | None:
+    return p.check(form, cfg)
