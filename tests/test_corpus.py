@@ -100,12 +100,8 @@ def test_subgraph_layers_reading_outer_weights_are_compressed():
 
 def test_full_rank_round_trip_is_exact(real_model):
     model_id, path = real_model
-    try:
-        small, report = wnc_onnx.compress(str(path), rank_boost=1.0, require_savings=False)
-    except wnc_onnx.WncError as exc:
-        assert "nothing to compress" in str(exc), exc
-        return
-    assert report.totals.decomposed > 0
+    small, report = wnc_onnx.compress(str(path), rank_boost=1.0, require_savings=False)
+    assert report.totals.decomposed > 0  # every corpus model holds layers to rewrite
     result = verify(onnx.load(path), small, inputs=verify_inputs(model_id))
     for o in result.outputs:
         ref_max = max(abs(o.ref_range[0]), abs(o.ref_range[1]))

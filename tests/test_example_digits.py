@@ -64,7 +64,10 @@ def test_compression_cuts_macs_and_weights_and_finetuning_recovers(run):
     assert res["dataset"] == "digits" and res["quick"] is True
     assert small["macs"] < orig["macs"] / 3 and small["weights"] < orig["weights"]
     assert tuned["macs"] == small["macs"] and tuned["weights"] == small["weights"]  # same graph, new weights
-    assert tuned["accuracy"] >= small["accuracy"] - 0.02
+    # recovers: gains back at least half of what compression cost (quick mode: 73.9% -> 65.0% -> 79.4%)
+    lost = orig["accuracy"] - small["accuracy"]
+    assert lost > 0.02, "the quick run's compression should cost accuracy for this test to mean something"
+    assert tuned["accuracy"] - small["accuracy"] >= 0.5 * lost, (orig, small, tuned)
     assert 0.5 < orig["accuracy"] <= 1.0  # the original did learn (10 classes: chance is 0.1)
     decomposed = {name: d for name, d in res["layers"].items() if "ranks" in d}
     assert decomposed and all(min(d["ranks"].values()) >= 1 for d in decomposed.values())

@@ -29,9 +29,17 @@ def test_pure_noise_is_rank_zero(shape):
     assert evbmf(rng.standard_normal(shape)).rank == 0
 
 
-def test_degenerate_inputs_do_not_crash():
+def test_degenerate_inputs_get_their_global_solution():
     assert evbmf(np.zeros((5, 8))).rank == 0
-    assert evbmf(np.ones((1, 6))).rank in (0, 1)
+    # One row: its single singular value g sets the noise too. sigma^2 = g^2 / M (the mean square)
+    # puts g at sqrt(M sigma^2), below the threshold sqrt(M sigma^2 (1 + tau)(1 + alpha / tau)) for
+    # every alpha: a lone row cannot be told from noise, and the optimum is rank 0 at that noise.
+    for row in (np.ones((1, 6)), np.arange(1.0, 7.0)[None, :], np.ones((6, 1))):
+        res = evbmf(row)
+        assert res.rank == 0 and res.sigma2 == pytest.approx(float(np.mean(row**2)))
+    # two equal rows: rank 1 with nothing left for the noise (floored at the spectrum's resolution)
+    res = evbmf(np.ones((2, 6)))
+    assert res.rank == 1 and res.sigma2 < 1e-9
     exact = np.outer(np.arange(1, 7), np.arange(1, 9)).astype(float)  # rank 1, no noise
     assert evbmf(exact).rank == 1
 
