@@ -192,3 +192,26 @@ def test_runtime_errors_become_one_line_and_nothing_else_is_caught():
         raise RuntimeError("Invalid rank for input:\n  target")  # what onnxruntime's bindings raise
     with pytest.raises(ValueError, match="a bug elsewhere"), rt.runtime_errors("training step failed", "check it"):
         raise ValueError("a bug elsewhere")
+
+
+def test_scoring_a_model_too_large_to_serialize_goes_through_external_data(monkeypatch):
+    """evaluate builds its session with the one session builder: above protobuf's 2 GB (here a
+    limit lowered to a few KB) the model is written with external data instead of serialized."""
+    from wnc_onnx.finetune.evaluate import evaluate
+    from wnc_onnx.io import external_data, session
+
+    model = demo_cnn()
+    rng = np.random.default_rng(0)
+    data = ArrayData(rng.standard_normal((40, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, 40))
+    written = []
+    real = external_data.write_data_file
+
+    def spy(m, path, location):
+        written.append(path)
+        real(m, path, location)
+
+    monkeypatch.setattr(session.external_data, "write_data_file", spy)
+    inline = evaluate(model, data)
+    assert written == []  # small: serialized in memory
+    monkeypatch.setattr(external_data, "INLINE_LIMIT", 4096)
+    assert evaluate(model, data) == inline and len(written) == 1

@@ -188,22 +188,27 @@ def test_cleanup_removes_dead_code_and_adds_shapes():
     assert "tucker2" in core.doc_string
 
 
-def test_cleanup_falls_back_to_the_builtin_pruner(monkeypatch):
+def test_cleanup_failure_leaves_the_graph_valid_with_a_note(monkeypatch):
+    """No second pruner: when graphsurgeon fails the input's own dead code stays, with a note,
+    and what the rewrite replaced is gone anyway (the low-rank pass removes it itself)."""
+
     def broken(model):
         raise ValueError("simulated graphsurgeon failure")
 
-    monkeypatch.setattr(cleanup, "_apply_gs_order", broken)
+    monkeypatch.setattr(cleanup, "_apply_gs_decision", broken)
     model = two_convs(names=("c1", "c2"), dead=True)
     out, report = wnc_onnx.compress(model, ranks={"c2": (8, 8)}, **FULL)
     entry = next(p for p in report.passes if p["name"] == "cleanup")
-    assert entry["tool"] == "built-in"
-    assert any("used the built-in pruner" in w for w in report.warnings)
-    assert "dead_mul" not in node_names(out) and "unused_scale" not in {t.name for t in out.graph.initializer}
+    assert entry["tool"] == "none" and entry["removed_nodes"] == 0
+    assert any("onnx-graphsurgeon failed (simulated" in w and "not removed" in w for w in report.warnings)
+    assert "dead_mul" in node_names(out)  # the input's dead code, left as it was
+    assert not any(t.name == "W2" for t in out.graph.initializer)  # the replaced weight went with its layer
+    onnx.checker.check_model(out, full_check=True)
     assert rel_diff(model, out) < 0.2
 
 
 def test_warnings_are_printed_under_the_table(monkeypatch):
-    monkeypatch.setattr(cleanup, "_apply_gs_order", lambda m: (_ for _ in ()).throw(ValueError("boom")))
+    monkeypatch.setattr(cleanup, "_apply_gs_decision", lambda m: (_ for _ in ()).throw(ValueError("boom")))
     _, report = wnc_onnx.compress(two_convs(names=("c1", "c2")), **FULL)
     assert "note: cleanup: onnx-graphsurgeon failed (boom)" in report.to_table()
 

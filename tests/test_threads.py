@@ -41,3 +41,20 @@ def test_the_choice_is_kept_briefly(monkeypatch):
     first = threads.resolve(0)
     monkeypatch.setattr(threads, "_cpu_times", lambda: pytest.fail("sampled again"))
     assert threads.resolve(0) == first
+
+
+def test_without_proc_stat_or_a_load_average_all_cores_are_used(monkeypatch):
+    """Platforms without /proc/stat fall back to os.getloadavg; where that is missing too
+    (Windows), the count is every usable core, not an AttributeError."""
+    monkeypatch.setattr(threads, "_cpu_times", lambda: None)
+    monkeypatch.delattr(threads.os, "getloadavg", raising=False)
+    assert threads.load_average() is None
+    assert threads.free_cores() == 4.0
+    assert threads.resolve(0)[0] == 4
+
+
+def test_without_proc_stat_the_load_average_counts(monkeypatch):
+    monkeypatch.setattr(threads, "_cpu_times", lambda: None)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (2.5, 0.0, 0.0))
+    assert threads.free_cores() == 1.5
+    assert threads.resolve(0)[0] == 2

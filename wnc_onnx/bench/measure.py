@@ -19,10 +19,11 @@ from wnc_onnx.bench.feeds import model_feeds
 from wnc_onnx.bench.memory import peak_memory
 from wnc_onnx.bench.profile import profile_layers
 from wnc_onnx.bench.result import BenchResult, ModelRun
-from wnc_onnx.bench.timing import BUSY_LOAD, load_average, ratio_range, time_interleaved
+from wnc_onnx.bench.timing import BUSY_LOAD, ratio_range, time_interleaved
 from wnc_onnx.errors import WncError, one_line
 from wnc_onnx.io import external_data
 from wnc_onnx.io.session import default_threads, ort, resolve_provider, session
+from wnc_onnx.io.threads import load_average
 
 log = logging.getLogger(__name__)
 

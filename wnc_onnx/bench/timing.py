@@ -6,7 +6,6 @@ layers. Pure Python over callables: tests drive it with stubs."""
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -105,10 +104,3 @@ def time_interleaved(
 
 
 BUSY_LOAD = 0.5  # 1-minute load average above which other work shares the cores: timings get noisy
-
-
-def load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None

@@ -53,6 +53,14 @@ def _cpu_times() -> tuple[int, int] | None:
     return idle, sum(values)
 
 
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the platform has none (Windows: no os.getloadavg)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def free_cores(cores: int | None = None) -> float:
     """Cores not used by other processes right now (sampled over 50 ms); ``cores`` if unknown.
 
@@ -60,10 +68,8 @@ def free_cores(cores: int | None = None) -> float:
     cores = usable_cores() if cores is None else cores
     first = _cpu_times()
     if first is None:
-        try:
-            return max(0.0, cores - os.getloadavg()[0])
-        except OSError:
-            return float(cores)
+        load = load_average()
+        return float(cores) if load is None else max(0.0, cores - load)
     time.sleep(_SAMPLE_SECONDS)
     second = _cpu_times()
     if second is None or second[1] <= first[1]:

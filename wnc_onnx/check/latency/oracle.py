@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from wnc_onnx.bench.timing import BUSY_LOAD, Timing, load_average, time_interleaved
+from wnc_onnx.bench.timing import BUSY_LOAD, Timing, time_interleaved
 from wnc_onnx.io.session import ort, resolve_provider, session
+from wnc_onnx.io.threads import load_average
 
 log = logging.getLogger(__name__)
 

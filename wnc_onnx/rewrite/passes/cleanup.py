@@ -1,10 +1,14 @@
 """Pass: a clean output graph. Dead nodes and initializers go, nodes are in topological
 order and intermediate tensors carry shapes from ONNX shape inference (Netron shows them).
 
-onnx-graphsurgeon decides what is dead and the order, on a weight-free view of the model
-(``skeleton``: the weights are never copied); the decision is applied to the model's own
-nodes, so their names, doc strings and metadata stay as they are. When graphsurgeon is
-missing or fails on a model, the built-in pruner does the job and the report says so.
+onnx-graphsurgeon decides which nodes are dead and the order, on a weight-free view of the
+model (``skeleton``: large weights become typed graph inputs, so they are never copied); the
+decision is applied to the model's own nodes, so their names, doc strings and metadata stay
+as they are, and an initializer that no kept node reads (in its graph or a nested one) goes
+with them. A graph input stays (it is the interface; before IR 4, where every initializer is
+also an input, an initializer and its input entry go together). When graphsurgeon fails on a model
+the graph is left as it is, with a note: the rewriting passes remove what they replace
+themselves, so only dead code the input already had would remain.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import time
 
 import onnx
 
-from wnc_onnx.analyze.graph import mirrors_inputs, prune_unread, skeleton, subgraphs
-from wnc_onnx.analyze.walk import all_graphs, count_initializers, count_nodes
+from wnc_onnx.analyze.graph import mirrors_inputs, referenced_names, skeleton, subgraphs
+from wnc_onnx.analyze.walk import count_initializers, count_nodes
 from wnc_onnx.errors import one_line
 from wnc_onnx.report import Report
 from wnc_onnx.rewrite.passes import gs_tools
@@ -31,21 +35,18 @@ class CleanupPass:
         start = time.perf_counter()
         model = working_copy(model, in_place)
         nodes_before, inits_before = count_nodes(model), count_initializers(model)
-        tool = "built-in"
+        tool = "none"
         version = gs_tools.version()
         if version is None:
-            report.warnings.append("cleanup: onnx-graphsurgeon is not importable; used the built-in pruner")
+            report.warnings.append("cleanup: onnx-graphsurgeon is not importable; dead nodes were not removed")
         else:
             try:
-                _apply_gs_order(model)
+                _apply_gs_decision(model)
                 tool = f"onnx-graphsurgeon {version}"
             except Exception as exc:  # a helper library is never a single point of failure
                 msg = one_line(exc, 200)
-                log.info("cleanup: onnx-graphsurgeon failed (%s); using the built-in pruner", msg)
-                report.warnings.append(f"cleanup: onnx-graphsurgeon failed ({msg}); used the built-in pruner")
-        for g in all_graphs(model.graph):  # what is left unread, in every graph
-            everything = {o for n in g.node for o in n.output} | {t.name for t in g.initializer}
-            prune_unread(g, everything, mirrors_inputs(model, g))
+                log.info("cleanup: onnx-graphsurgeon failed (%s); the graph is left as it is", msg)
+                report.warnings.append(f"cleanup: onnx-graphsurgeon failed ({msg}); dead nodes were not removed")
         shapes = _infer_value_info(model, report)
         removed_nodes = nodes_before - count_nodes(model)
         removed_inits = inits_before - count_initializers(model)
@@ -64,17 +65,17 @@ class CleanupPass:
         return PassResult(model=model, report=report, modified=modified)
 
 
-def _apply_gs_order(model: onnx.ModelProto) -> None:
-    """graphsurgeon cleanup + toposort on the skeleton; keep and order our nodes likewise."""
+def _apply_gs_decision(model: onnx.ModelProto) -> None:
+    """graphsurgeon cleanup + toposort on the skeleton; keep and order our nodes as it decided."""
     import onnx_graphsurgeon as gs
 
     graph = gs.import_onnx(skeleton(model))
     graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True).toposort(recurse_subgraphs=True)
     decided = gs.export_onnx(graph, do_type_check=False)
-    _apply(model.graph, decided.graph)
+    _apply(model.graph, decided.graph, mirrors_inputs(model, model.graph))
 
 
-def _apply(mine: onnx.GraphProto, theirs: onnx.GraphProto) -> None:
+def _apply(mine: onnx.GraphProto, theirs: onnx.GraphProto, mirrored: bool = False) -> None:
     by_name = {n.name: n for n in mine.node}
     if len(by_name) != len(mine.node):
         raise ValueError("node names are not unique")
@@ -96,6 +97,24 @@ def _apply(mine: onnx.GraphProto, theirs: onnx.GraphProto) -> None:
         copies.append(c)
     del mine.node[:]
     mine.node.extend(copies)
+    # initializers that no kept node reads go with the nodes (graph outputs count as reads)
+    kept = referenced_names(mine) | {o.name for o in mine.output}
+    interface = set() if mirrored else {vi.name for vi in mine.input}
+    gone = {t.name for t in mine.initializer if t.name not in kept and t.name not in interface}
+    if gone:
+        for i in range(len(mine.initializer) - 1, -1, -1):
+            if mine.initializer[i].name in gone:
+                del mine.initializer[i]
+        if mirrored:
+            keep_inputs = [vi for vi in mine.input if vi.name not in gone]
+            del mine.input[:]
+            mine.input.extend(keep_inputs)
+    alive = {o for n in mine.node for o in n.output} | {vi.name for vi in mine.input}
+    alive |= {t.name for t in mine.initializer}
+    if any(vi.name not in alive for vi in mine.value_info):
+        fresh = [vi for vi in mine.value_info if vi.name in alive]
+        del mine.value_info[:]
+        mine.value_info.extend(fresh)
 
 
 def _infer_value_info(model: onnx.ModelProto, report: Report) -> int:
