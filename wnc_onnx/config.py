@@ -12,6 +12,7 @@ from wnc_onnx.analyze.numeric.pq import BACKENDS, LAYOUTS, MAX_K
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul")
 # The graph passes, in the order they run (wnc_onnx.rewrite.passes.build_passes builds them).
 PASS_NAMES: tuple[str, ...] = (
+    "simplify",
     "name_nodes",
     "initializer_inputs",
     "fold_constants",
@@ -21,7 +22,8 @@ PASS_NAMES: tuple[str, ...] = (
     "cleanup",
 )
 
-SKIPPABLE_PASSES = tuple(p for p in PASS_NAMES if p not in ("lowrank", "pq"))  # those two have their flags
+OPT_IN_PASSES = ("simplify", "lowrank", "pq")  # turned on and off by their own flags
+SKIPPABLE_PASSES = tuple(p for p in PASS_NAMES if p not in OPT_IN_PASSES)
 
 RankSpec = int | tuple[int, int]
 
@@ -69,6 +71,7 @@ class CompressConfig:
     fc_tucker: bool = True  # Flatten/Reshape -> Gemm as a Tucker-2 convolution (paper's fc6)
     require_savings: bool = True  # skip a layer whose rewrite would not cut weights and MACs
     skip_passes: tuple[str, ...] = ()  # e.g. ("fold_batchnorm", "cleanup"); see PASS_NAMES
+    simplify: bool = False  # run onnx-simplifier first (the [simplify] extra; docs/how-it-works.md)
     hooi_max_iter: int = 20
     hooi_tol: float = 1e-5
     # Shapes of graph inputs with dynamic dims, e.g. {"images": (1, 3, 640, 640)}: MACs are
@@ -128,7 +131,7 @@ class CompressConfig:
             raise ValueError("`rank_multiple` must be >= 1")
         if not 0.0 <= self.rank_boost <= 1.0:
             raise ValueError("`rank_boost` must be in [0, 1]")
-        unknown = [p for p in self.skip_passes if p not in PASS_NAMES or p in ("lowrank", "pq")]
+        unknown = [p for p in self.skip_passes if p not in SKIPPABLE_PASSES]
         if unknown:
             raise ValueError(f"`skip_passes` names {unknown}; skippable: {list(SKIPPABLE_PASSES)}")
         if self.threads < 0:

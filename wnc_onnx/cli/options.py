@@ -78,6 +78,12 @@ def add_selection(p: argparse.ArgumentParser) -> None:
         help="do not fold BatchNormalization / per-channel Mul, Add into the preceding Conv/Gemm",
     )
     g.add_argument(
+        "--simplify",
+        action="store_true",
+        help="run onnx-simplifier (onnxsim) before the passes: folds constant subgraphs and redundant ops "
+        "(pip install 'wnc-onnx[simplify]'; measured to change little on real exports, docs/how-it-works.md)",
+    )
+    g.add_argument(
         "--skip-pass",
         action="append",
         default=[],
@@ -346,6 +352,7 @@ def compress_config(a: argparse.Namespace) -> CompressConfig:
                     ]
                 )
             ),
+            simplify=a.simplify,
             hooi_max_iter=a.hooi_iters,
             hooi_tol=a.hooi_tol,
             input_shapes=_input_shapes(a),

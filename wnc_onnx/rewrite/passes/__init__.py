@@ -1,7 +1,8 @@
 """The ordered list of graph passes.
 
-The low-rank pass runs unless ``cfg.lowrank`` is off; product quantization (``pq``)
-runs after it when ``cfg.pq`` is on, so it quantizes the factors the low-rank pass wrote.
+onnx-simplifier runs first when ``cfg.simplify`` is on. The low-rank pass runs unless
+``cfg.lowrank`` is off; product quantization (``pq``) runs after it when ``cfg.pq`` is on,
+so it quantizes the factors the low-rank pass wrote.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from wnc_onnx.rewrite.passes.lowrank import LowRankPass
 from wnc_onnx.rewrite.passes.lowrank_latency import LatencyPolicy
 from wnc_onnx.rewrite.passes.name_nodes import NameNodesPass
 from wnc_onnx.rewrite.passes.pq import PQPass
+from wnc_onnx.rewrite.passes.simplify import SimplifyPass
 from wnc_onnx.rewrite.state import RunState
 
 
@@ -30,7 +32,10 @@ def build_passes(
     for name in PASS_NAMES:
         if name in cfg.skip_passes:
             continue
-        if name == "name_nodes":
+        if name == "simplify":
+            if cfg.simplify:
+                passes.append(SimplifyPass())
+        elif name == "name_nodes":
             passes.append(NameNodesPass())
         elif name == "initializer_inputs":
             passes.append(InitializerInputsPass())
@@ -58,6 +63,7 @@ __all__ = [
     "LowRankPass",
     "NameNodesPass",
     "PQPass",
+    "SimplifyPass",
     "Pass",
     "PassResult",
     "build_passes",
