@@ -324,6 +324,49 @@ def test_ranks_plot_stays_readable_for_many_layers(tmp_path):
     assert width <= 1600 and height / 150 >= 15
 
 
+def _bars_under_legends(fig) -> list[str]:
+    """Labels of legends that overlap a bar of their axes, once drawn."""
+    from matplotlib.patches import Rectangle
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    hits = []
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        box = legend.get_window_extent(renderer)
+        bars = [p for p in ax.patches if isinstance(p, Rectangle) and p.get_width() and p.get_height()]
+        hits += [t.get_text() for t in legend.get_texts() for b in bars if box.overlaps(b.get_window_extent(renderer))]
+    return hits
+
+
+@pytest.mark.parametrize("layers", [3, 40])
+def test_plot_legends_cover_no_bar(layers):
+    """The legends sat in the lower right, over the last layers' bars."""
+    from wnc_onnx.bench.result import LayerComparison, LayerTime
+    from wnc_onnx.report import LayerReport, Report
+    from wnc_onnx.report.plot import layer_times_figure, pyplot, report_figure
+
+    plt = pyplot()
+    report = Report()
+    for i in range(layers):
+        report.layers.append(
+            LayerReport(f"conv{i}", "Conv", "decomposed", S=64, T=512, ranks={"R3": 16, "R4": 500},
+                        params_before=9000, params_after=1000, macs_before=9000, macs_after=1000)  # fmt: skip
+        )
+    comp = LayerComparison(baseline="a.onnx", model="b.onnx", threads=1, runs=3, unmapped=[])
+    for i in range(layers):
+        comp.layers.append(
+            LayerTime(layer=f"conv{i}", op_type="Conv", before_ms=5.0, after_ms=4.9,
+                      parts=[["in_1x1", 1.0], ["core_3x3", 2.9], ["out_1x1", 1.0]], macs_before=9, macs_after=1)  # fmt: skip
+        )
+    for fig in (report_figure(report, plt), layer_times_figure([comp], plt)):
+        assert [ax.get_legend() is not None for ax in fig.axes].count(True) >= 1
+        assert _bars_under_legends(fig) == []
+        plt.close(fig)
+
+
 # -- threads -------------------------------------------------------------------------------
 
 

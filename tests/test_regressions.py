@@ -394,3 +394,33 @@ def test_unknown_fields_survive_the_copying_writer(tmp_path):
     with staged_model(model, tmp_path / "o.onnx", source=source):
         pass
     assert (tmp_path / "o.onnx").read_bytes() == model.SerializeToString()  # the plain path, which keeps them
+
+
+def test_compress_says_what_it_wrote(tmp_path, capsys):
+    """`compress` printed no 'wrote ...' line (demo and finetune do): one line on stderr names
+    every file it wrote, the table alone stays on stdout."""
+    src, out, rep = tmp_path / "d.onnx", tmp_path / "o.onnx", tmp_path / "r.json"
+    onnx.save(demo_cnn(), src)
+    assert main([str(src), str(out), "--report", str(rep), "-q"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [f"wrote {out}, {rep}"]
+    assert "layers decomposed" in captured.out and "wrote" not in captured.out
+    assert main([str(src), str(tmp_path / "e.onnx"), "--external-data", "-q", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"wrote {tmp_path / 'e.onnx'}, {tmp_path / 'e.onnx.data'}"
+    assert json.loads(captured.out)["model"]["output_data"] == str(tmp_path / "e.onnx.data")
+
+
+def test_a_bad_config_value_names_the_flag_and_the_help_that_lists_it(tmp_path, capsys):
+    """`--target-speedup 0` named the Python field (target_speedup) and pointed to
+    'wnc-onnx --help', which does not list compress options."""
+    src = tmp_path / "d.onnx"
+    onnx.save(demo_cnn(), src)
+    for flag, value in (("--target-speedup", "0"), ("--min-rank", "-1"), ("--pq-k", "999")):
+        assert main([str(src), str(tmp_path / "o.onnx"), flag, value, "-q"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"wnc-onnx: error: invalid option: {flag} must be"), err
+        assert err.endswith("fix: see 'wnc-onnx compress --help'") and "_" not in err.split("fix:")[0], err
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    assert "--target-speedup" in capsys.readouterr().out

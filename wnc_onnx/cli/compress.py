@@ -163,6 +163,9 @@ def run(a: argparse.Namespace) -> int:
     advice = report.extras.get("verify_advice")
     if advice:
         print(advice, file=sys.stderr)
+    written = [str(out), *([str(stage.data_path)] if stage.data_path is not None else [])]
+    written += [p for p in (a.report, a.plot) if p]
+    print(f"wrote {', '.join(written)}", file=sys.stderr)
     return 0
 
 

@@ -65,15 +65,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--backend",
         choices=("ort", "torch"),
         default=C.backend,
-        help="ort: onnxruntime-training, one CPU process; torch: PyTorch, GPUs and torchrun processes "
-        "(docs/finetune.md)",
+        help="ort: onnxruntime-training, one CPU process; torch: PyTorch, also several processes under torchrun "
+        "(run on CPUs with gloo; GPUs and NCCL not yet run: docs/finetune.md)",
     )
     t.add_argument(
         "--device",
         choices=("cpu", "cuda"),
         default=None,
-        help="--backend torch: where to train (default: cuda when available); under torchrun each process "
-        "takes GPU LOCAL_RANK",
+        help="--backend torch: where to train (default: cuda when available; cuda is not yet run); under torchrun "
+        "each process takes GPU LOCAL_RANK",
     )
 
     add_pq_arguments(p, finetune=True)

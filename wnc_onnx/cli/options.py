@@ -170,8 +170,10 @@ def add_latency(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--latency-aware",
         action="store_true",
-        help="time each layer's forms (original, Tucker-2, Tucker-1, SVD, ranks rounded to 8/16) at its real input "
-        "size and keep the fastest that is as accurate as the chosen ranks; never a layer slower than the original",
+        help="time each layer's forms (original, Tucker-2, Tucker-1, SVD, ranks rounded to 8/16) alone at its real "
+        "input size and keep the fastest that is as accurate as the chosen ranks, or the original where none is "
+        "faster; then profile the whole model, keep whole the layers that got slower there and compress again (up "
+        "to 3 reruns). Layers can still end slower: those left are named in a warning",
     )
     g.add_argument(
         "--target-speedup",

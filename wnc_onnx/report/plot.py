@@ -38,6 +38,14 @@ def _save(fig: Any, plt: Any, path: str | os.PathLike[str]) -> None:
     plt.close(fig)
 
 
+def _legend_above(ax: Any, title: str, **kw: Any) -> None:
+    """The title, and the legend between it and the axes: outside the data, so it never covers a bar."""
+    ax.set_title(title, pad=26, **kw)
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(4, len(handles)), fontsize=7, frameon=False)
+
+
 def _short(name: str, limit: int = 40) -> str:
     """A layer name that fits a tick label: long exporter paths keep their informative end."""
     return name if len(name) <= limit else "..." + name[-(limit - 3) :]
@@ -50,6 +58,11 @@ def plot_report(report: Report, path: str | os.PathLike[str]) -> None:
     a fixed width); a MAC reduction that is not known (dynamic size) is not drawn, and the
     row says so."""
     plt = pyplot()
+    _save(report_figure(report, plt), plt, path)
+
+
+def report_figure(report: Report, plt: Any) -> Any:
+    """The figure ``plot_report`` writes."""
     rows = [r for r in report.layers if r.status in ("decomposed", "planned")]
     if not rows:
         raise WncError("nothing to plot: no layer was decomposed", "drop --plot or change the rank options")
@@ -70,8 +83,7 @@ def plot_report(report: Report, path: str | os.PathLike[str]) -> None:
             ax1.barh([k[0] for k in keep], [k[1] for k in keep], h, label=label, color=color)
     ax1.set_xscale("log")
     ax1.set_xlabel("channels / rank (per group, log scale)")
-    ax1.set_title("Chosen ranks per layer")
-    ax1.legend(fontsize=8, loc="lower right")
+    _legend_above(ax1, "Chosen ranks per layer")
     ax1.set_yticks(y)
     ax1.set_yticklabels([_short(r.name) for r in rows], fontsize=7 if n > 40 else 8)
     ax1.set_ylim(n - 0.5, -0.5)  # first layer on top
@@ -92,15 +104,14 @@ def plot_report(report: Report, path: str | os.PathLike[str]) -> None:
                 ax2.text(1.02, i + 0.2, "MACs unknown", va="center", fontsize=6, color="#999999")
     ax2.axvline(1.0, color="k", lw=0.8)
     ax2.set_xlabel("reduction (x, original / compressed)")
-    ax2.set_title("Per-layer reduction")
-    ax2.legend(fontsize=8, loc="lower right")
+    _legend_above(ax2, "Per-layer reduction")
     unknown = sum(v is None for v in macs)
     if unknown:
         hint = " ".join(f"--input-shape {h}" for h in report.model.get("dynamic_inputs") or [])
         note = f"MACs unknown for {unknown} of {n} layers (dynamic sizes)" + (f": give {hint}" if hint else "")
         fig.text(0.5, 0.005, note, ha="center", fontsize=8, color="#666666")
     fig.tight_layout(rect=(0, 0.02 if unknown else 0, 1, 1))
-    _save(fig, plt, path)
+    return fig
 
 
 def plot_history(history: History, path: str | os.PathLike[str]) -> None:
@@ -148,6 +159,11 @@ def plot_layer_times(comparisons: list[Any], path: str | os.PathLike[str]) -> No
     """Per layer, one row: the baseline's time and the compressed model's (its parts stacked),
     slower layers marked; one panel per compared model. Rows run down the page."""
     plt = pyplot()
+    _save(layer_times_figure(comparisons, plt), plt, path)
+
+
+def layer_times_figure(comparisons: list[Any], plt: Any) -> Any:
+    """The figure ``plot_layer_times`` writes."""
     comps = [c for c in comparisons if c.layers]
     if not comps:
         raise WncError("nothing to plot: no layer was profiled", "pass two models to 'wnc-onnx bench --per-layer'")
@@ -196,8 +212,7 @@ def plot_layer_times(comparisons: list[Any], path: str | os.PathLike[str]) -> No
                 tick.set_color("#cb181d")
         ax.set_ylim(len(rows) - 0.5, -0.5)
         ax.set_xlabel("kernel time per run (ms, median)")
-        ax.set_title(f"{c.model} vs {c.baseline}, {c.threads} thread(s); slower layers first, in red", fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
+        _legend_above(ax, f"{c.model} vs {c.baseline}, {c.threads} thread(s); slower layers first, in red", fontsize=9)
         ax.margins(x=0.25)
     fig.tight_layout()
-    _save(fig, plt, path)
+    return fig
