@@ -358,8 +358,8 @@ def test_plot_legends_cover_no_bar(layers):
     comp = LayerComparison(baseline="a.onnx", model="b.onnx", threads=1, runs=3, unmapped=[])
     for i in range(layers):
         comp.layers.append(
-            LayerTime(layer=f"conv{i}", op_type="Conv", before_ms=5.0, after_ms=4.9,
-                      parts=[["in_1x1", 1.0], ["core_3x3", 2.9], ["out_1x1", 1.0]], macs_before=9, macs_after=1)  # fmt: skip
+            LayerTime(layer=f"conv{i}", op_type="Conv", before_ms=5.0, after_ms=4.9, macs_before=9, macs_after=1,
+                      parts=[["in_1x1", 1.0], ["core_3x3", 2.9], ["out_1x1", 1.0]])  # fmt: skip
         )
     for fig in (report_figure(report, plt), layer_times_figure([comp], plt)):
         assert [ax.get_legend() is not None for ax in fig.axes].count(True) >= 1
