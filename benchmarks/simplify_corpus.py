@@ -7,8 +7,9 @@ Needs ``pip install onnxsim`` beside the ``[runtime]`` extra. For every model of
 tests/corpus.py, at the corpus inputs (tests/corpus.py's ``verify_inputs``, else random
 normal floats at the sizes of benchmarks/corpus_latency.py, 64 for other unknown dims):
 
-- ``onnxsim.simplify(model)`` as is ("sim": what ``wnc-onnx --simplify`` runs first), and, where a data input has dynamic dims, once
-  more with those inputs fixed to the corpus shapes (``overwrite_input_shapes``, "sim+shapes");
+- ``onnxsim.simplify(model)`` as is ("sim": what ``wnc-onnx --simplify`` runs first), and,
+  where a data input has dynamic dims, once more with those inputs fixed to the corpus
+  shapes (``overwrite_input_shapes``, "sim+shapes");
   each in a child process (a crash or hang of onnxsim's C++ core costs one row, not the run),
   timed, any failure kept as one line; the result checked with ``onnx.checker`` (full check)
   and run with onnxruntime on the same inputs as the original (worst relative RMS error over

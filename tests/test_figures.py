@@ -273,8 +273,17 @@ def test_an_op_onnxruntime_lacks_is_not_a_shape_problem():
 def test_large_error_gets_one_line_naming_the_layers(tmp_path, capsys):
     onnx.save(demo_cnn(), tmp_path / "d.onnx")
     (tmp_path / "ranks.json").write_text(json.dumps({"conv3": [2, 2]}))  # far below its planted ranks
-    rc, _, err = run_cli(capsys, tmp_path / "d.onnx", tmp_path / "o.onnx", "--verify", "-q", "--ranks",
-                         tmp_path / "ranks.json", "--report", tmp_path / "r.json")  # fmt: skip
+    rc, _, err = run_cli(
+        capsys,
+        tmp_path / "d.onnx",
+        tmp_path / "o.onnx",
+        "--verify",
+        "-q",
+        "--ranks",
+        tmp_path / "ranks.json",
+        "--report",
+        tmp_path / "r.json",
+    )
     assert rc == 0
     verify_data = json.loads((tmp_path / "r.json").read_text())["extras"]["verify"]
     layers = verify_data["layers"]
@@ -317,7 +326,7 @@ def test_ranks_plot_stays_readable_for_many_layers(tmp_path):
                 params_after=9000,
                 macs_before=None,
                 macs_after=None,
-            )  # fmt: skip
+            )
         )
     plot_report(report, tmp_path / "many.png")
     width, height = _png_size(tmp_path / "many.png")
@@ -352,14 +361,31 @@ def test_plot_legends_cover_no_bar(layers):
     report = Report()
     for i in range(layers):
         report.layers.append(
-            LayerReport(f"conv{i}", "Conv", "decomposed", S=64, T=512, ranks={"R3": 16, "R4": 500},
-                        params_before=9000, params_after=1000, macs_before=9000, macs_after=1000)  # fmt: skip
+            LayerReport(
+                f"conv{i}",
+                "Conv",
+                "decomposed",
+                S=64,
+                T=512,
+                ranks={"R3": 16, "R4": 500},
+                params_before=9000,
+                params_after=1000,
+                macs_before=9000,
+                macs_after=1000,
+            )
         )
     comp = LayerComparison(baseline="a.onnx", model="b.onnx", threads=1, runs=3, unmapped=[])
     for i in range(layers):
         comp.layers.append(
-            LayerTime(layer=f"conv{i}", op_type="Conv", before_ms=5.0, after_ms=4.9, macs_before=9, macs_after=1,
-                      parts=[["in_1x1", 1.0], ["core_3x3", 2.9], ["out_1x1", 1.0]])  # fmt: skip
+            LayerTime(
+                layer=f"conv{i}",
+                op_type="Conv",
+                before_ms=5.0,
+                after_ms=4.9,
+                macs_before=9,
+                macs_after=1,
+                parts=[["in_1x1", 1.0], ["core_3x3", 2.9], ["out_1x1", 1.0]],
+            )
         )
     for fig in (report_figure(report, plt), layer_times_figure([comp], plt)):
         assert [ax.get_legend() is not None for ax in fig.axes].count(True) >= 1
@@ -388,6 +414,7 @@ def test_input_shape_errors_name_the_data_inputs_only(tmp_path, capsys):
     onnx.save(demo_cnn(), tmp_path / "d.onnx")
     rc, _, err = run_cli(capsys, "inspect", tmp_path / "d.onnx", "--input-shape", "nope=1,2", "-q")
     assert rc == 2 and "the model's inputs are ['image']" in err
-    rc, _, err = run_cli(capsys, tmp_path / "d.onnx", tmp_path / "o.onnx", "--verify", "--input-shape",
-                         "image=1,3,7,7", "-q")  # fmt: skip
+    rc, _, err = run_cli(
+        capsys, tmp_path / "d.onnx", tmp_path / "o.onnx", "--verify", "--input-shape", "image=1,3,7,7", "-q"
+    )
     assert rc == 2 and "check the sizes given with --input-shape" in err and err.count("\n") == 1
