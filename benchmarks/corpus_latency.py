@@ -28,21 +28,13 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.corpus import CORPUS, fetch, verify_inputs  # noqa: E402
+from tests.corpus import CORPUS, SIZES, fetch, verify_inputs  # noqa: E402
 from wnc_onnx import compress  # noqa: E402
 from wnc_onnx.bench import BenchConfig, measure  # noqa: E402
 from wnc_onnx.data.feeds import random_inputs  # noqa: E402
 from wnc_onnx.io.model_io import load_model  # noqa: E402
 from wnc_onnx.io.session import parse_session_options  # noqa: E402
 
-# the sizes these models run at (their inputs are dynamic; 64 x 64 would measure little)
-SIZES = {
-    "ppocr_det": {"x": (1, 3, 640, 640)},
-    "ppocr_rec": {"x": (1, 3, 48, 320)},
-    "ppocr_cls": {"x": (1, 3, 48, 192)},
-    "yolov8n_nudenet": {"images": (1, 3, 320, 320)},
-    "slanet_table": {"x": (1, 3, 488, 488)},
-}
 SLOWER = 0.10  # a layer counts as slower beyond this fraction ...
 SLOWER_MS = 0.005  # ... and this many milliseconds
 

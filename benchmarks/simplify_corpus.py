@@ -45,14 +45,6 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# the sizes benchmarks/corpus_latency.py runs these dynamic-input models at
-SIZES = {
-    "ppocr_det": {"x": (1, 3, 640, 640)},
-    "ppocr_rec": {"x": (1, 3, 48, 320)},
-    "ppocr_cls": {"x": (1, 3, 48, 192)},
-    "yolov8n_nudenet": {"images": (1, 3, 320, 320)},
-    "slanet_table": {"x": (1, 3, 488, 488)},
-}
 DEFAULT_BATCH, DEFAULT_DIM = 1, 64  # as wnc_onnx's random inputs fill other unknown dims
 CHANGED = 1e-4  # a simplified model whose outputs move more than this (relative RMS) is flagged
 
@@ -361,7 +353,7 @@ def row(
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         return _child(sys.argv[2:])
-    from tests.corpus import CORPUS, fetch, verify_inputs
+    from tests.corpus import CORPUS, SIZES, fetch, verify_inputs
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)

@@ -81,6 +81,17 @@ CORPUS: dict[str, tuple[str, str, str]] = {
 }
 
 
+# The sizes the models with dynamic inputs are measured at (real image sizes of their tasks;
+# 64 x 64 would measure little): benchmarks/corpus_latency.py, simplify_corpus.py.
+SIZES: dict[str, dict[str, tuple[int, ...]]] = {
+    "ppocr_det": {"x": (1, 3, 640, 640)},
+    "ppocr_rec": {"x": (1, 3, 48, 320)},
+    "ppocr_cls": {"x": (1, 3, 48, 192)},
+    "yolov8n_nudenet": {"images": (1, 3, 320, 320)},
+    "slanet_table": {"x": (1, 3, 488, 488)},
+}
+
+
 def verify_inputs(model_id: str) -> dict[str, np.ndarray] | None:
     """Real-shaped, valid inputs where random ones with default dims would not run the model
     or would not mean anything (token ids, bytes)."""

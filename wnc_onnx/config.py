@@ -180,13 +180,23 @@ class CompressConfig:
         return self.latency_aware or self.target_speedup is not None
 
     def selects(self, name: str, op_type: str) -> str | None:
-        """None when the layer is selected, else the reason it is not."""
+        """None when the layer is selected for the low-rank pass, else the reason it is not."""
         if name in self.ranks:
             return None
-        if op_type not in self.op_types:
-            return f"op type {op_type} not selected (--op-types)"
-        if self.include is not None and not re.search(self.include, name):
-            return "name does not match --include"
-        if self.exclude is not None and re.search(self.exclude, name):
-            return "name matches --exclude"
-        return None
+        return _selection(name, op_type, self.op_types, self.include, self.exclude, "--")
+
+    def pq_selects(self, name: str, op_type: str) -> str | None:
+        """None when the weight of layer ``name`` is selected for product quantization, else why not."""
+        return _selection(name, op_type, self.pq_op_types, self.pq_include, self.pq_exclude, "--pq-")
+
+
+def _selection(
+    name: str, op_type: str, op_types: tuple[str, ...], include: str | None, exclude: str | None, flags: str
+) -> str | None:
+    if op_type not in op_types:
+        return f"op type {op_type} not selected ({flags}op-types)"
+    if include is not None and not re.search(include, name):
+        return f"name does not match {flags}include"
+    if exclude is not None and re.search(exclude, name):
+        return f"name matches {flags}exclude"
+    return None

@@ -18,7 +18,7 @@ import time
 
 import onnx
 
-from wnc_onnx.analyze.graph import mirrors_inputs, referenced_names, skeleton, subgraphs
+from wnc_onnx.analyze.graph import mirrors_inputs, prune_unread, skeleton, subgraphs
 from wnc_onnx.analyze.walk import count_initializers, count_nodes
 from wnc_onnx.errors import one_line
 from wnc_onnx.report import Report
@@ -97,24 +97,10 @@ def _apply(mine: onnx.GraphProto, theirs: onnx.GraphProto, mirrored: bool = Fals
         copies.append(c)
     del mine.node[:]
     mine.node.extend(copies)
-    # initializers that no kept node reads go with the nodes (graph outputs count as reads)
-    kept = referenced_names(mine) | {o.name for o in mine.output}
-    interface = set() if mirrored else {vi.name for vi in mine.input}
-    gone = {t.name for t in mine.initializer if t.name not in kept and t.name not in interface}
-    if gone:
-        for i in range(len(mine.initializer) - 1, -1, -1):
-            if mine.initializer[i].name in gone:
-                del mine.initializer[i]
-        if mirrored:
-            keep_inputs = [vi for vi in mine.input if vi.name not in gone]
-            del mine.input[:]
-            mine.input.extend(keep_inputs)
-    alive = {o for n in mine.node for o in n.output} | {vi.name for vi in mine.input}
-    alive |= {t.name for t in mine.initializer}
-    if any(vi.name not in alive for vi in mine.value_info):
-        fresh = [vi for vi in mine.value_info if vi.name in alive]
-        del mine.value_info[:]
-        mine.value_info.extend(fresh)
+    # initializers that no kept node reads go with the nodes (the passes' own remover: no node
+    # output is a candidate, so it removes initializers, their IR < 4 input entries and stale
+    # value_info only; an initializer that is an interface input stays)
+    prune_unread(mine, {t.name for t in mine.initializer}, mirrored)
 
 
 def _infer_value_info(model: onnx.ModelProto, report: Report) -> int:

@@ -13,7 +13,6 @@ the file holds only codes and codebooks (storage and download shrink, memory doe
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -70,16 +69,6 @@ class Candidate:
     opset: int = 1
 
 
-def _selected(cfg: CompressConfig, name: str, op: str) -> str | None:
-    if op not in cfg.pq_op_types:
-        return f"op type {op} not selected (--pq-op-types)"
-    if cfg.pq_include is not None and not re.search(cfg.pq_include, name):
-        return "name does not match --pq-include"
-    if cfg.pq_exclude is not None and re.search(cfg.pq_exclude, name):
-        return "name matches --pq-exclude"
-    return None
-
-
 def find_weights(model: onnx.ModelProto, cfg: CompressConfig) -> list[Candidate]:
     """The weights of the main graph's Gemm / MatMul / Conv nodes, each with a verdict."""
     g = model.graph
@@ -105,7 +94,7 @@ def find_weights(model: onnx.ModelProto, cfg: CompressConfig) -> list[Candidate]
             else:
                 entry.reason = "weight is not an initializer (a graph input or computed)"
             continue
-        entry.reason = _selected(cfg, n.name, n.op_type) or ""
+        entry.reason = cfg.pq_selects(n.name, n.op_type) or ""
         if entry.reason:
             continue
         if t.data_type not in _FLOATS:
