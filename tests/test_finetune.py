@@ -201,6 +201,7 @@ def test_scoring_a_model_too_large_to_serialize_goes_through_external_data(monke
     from wnc_onnx.io import external_data, session
 
     model = demo_cnn()
+    model.ir_version = 10  # the training environment's onnxruntime 1.19.2 reads IR <= 10
     rng = np.random.default_rng(0)
     data = ArrayData(rng.standard_normal((40, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, 40))
     written = []
