@@ -141,7 +141,8 @@ def test_batch_sources_take_data_sets_reiterables_and_functions(model):
     arrays = data(n=10)
     src = BatchSource(arrays, spec, 4, shuffle=True, label="train data")
     first, again = list(src.epoch(0, seed=1)), list(src.epoch(0, seed=1))
-    assert [len(x) for x, _ in first] == [4, 4, 2] and all(x.dtype == np.float32 for x, _ in first)
+    xs = [feeds["image"] for feeds, _ in first]  # batches come as (feeds by input name, labels)
+    assert [len(x) for x in xs] == [4, 4, 2] and all(x.dtype == np.float32 for x in xs)
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(first, again, strict=True))  # a seeded order
     assert sorted(np.concatenate([y for _, y in first]).tolist()) == sorted(arrays.y.tolist())
     listed = [(arrays.x[:5], arrays.y[:5]), (arrays.x[5:], arrays.y[5:])]
@@ -156,8 +157,10 @@ def test_batch_sources_take_data_sets_reiterables_and_functions(model):
             BatchSource(bad, spec, 4, shuffle=False, label="train data")
     with pytest.raises(WncError, match="yielded no batches in epoch 1"):
         list(BatchSource([], spec, 4, shuffle=False, label="empty").epoch(0))
-    with pytest.raises(WncError, match="not an \\(x, y\\) pair"):
+    with pytest.raises(WncError, match="x only has no labels, and this run trains on them"):
         list(BatchSource([arrays.x], spec, 4, shuffle=False, label="x only").epoch(0))
+    with pytest.raises(WncError, match="not \\(x, y\\), \\(feeds, y\\), x or feeds"):
+        list(BatchSource([42], spec, 4, shuffle=False, label="odd").epoch(0))
 
 
 def test_frozen_batchnorm_round_trip_is_exact():

@@ -79,16 +79,17 @@ def test_both_backends_take_the_same_steps(compressed, optimizer):
 
 def test_the_first_steps_losses_agree_to_float32_rounding(compressed, tmp_path):
     from wnc_onnx.finetune.distributed import Dist
+    from wnc_onnx.finetune.sources import model_spec
     from wnc_onnx.finetune.trainer import _start
 
     model, train, _ = compressed
     losses = {}
     for backend in ("ort", "torch"):
         cfg = FinetuneConfig(batch_size=32, lr=1e-3, backend=backend, device="cpu")
-        run_ = _start(model, [], cfg, Dist(), None, tmp_path / backend, model.graph.output[0].name)
+        run_ = _start(model, [], cfg, Dist(), None, tmp_path / backend, model_spec(model, "cross_entropy"))
         run_.set_lr(cfg.lr)
         run_.train_mode()
-        losses[backend] = [run_.step(xb, yb, "test") for xb, yb in list(train.batches(32))[:3]]
+        losses[backend] = [run_.step({"image": xb}, yb, None, "test") for xb, yb in list(train.batches(32))[:3]]
     assert losses["torch"][0] == pytest.approx(losses["ort"][0], rel=1e-6)  # the same weights and batch
     assert losses["torch"] == pytest.approx(losses["ort"], rel=1e-4)  # after one and two identical updates
 
@@ -294,7 +295,7 @@ def test_shards_split_each_epoch_between_processes(tmp_path):
                      np.arange(10) % 4)  # fmt: skip
 
     def seen(source, epoch):
-        return [int(x[0, 0, 0]) for xb, _ in source.epoch(epoch, seed=3) for x in xb]
+        return [int(x[0, 0, 0]) for feeds, _ in source.epoch(epoch, seed=3) for x in feeds["image"]]
 
     for shuffle in (True, False):
         parts = [seen(BatchSource(data, spec, 3, shuffle=shuffle, label="d", dist=Dist(r, 3, r)), 0) for r in range(3)]

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from wnc_onnx.cli.options import EXIT_INTERRUPTED, add_pq_arguments, parse_floats, pq_options, require_faiss
-from wnc_onnx.data.arrays import load_npz
-from wnc_onnx.data.images import load_image_folder
+from wnc_onnx.data.arrays import load_inputs_npz
+from wnc_onnx.data.images import UnlabeledImages, load_image_folder, visible
 from wnc_onnx.errors import WncError
 from wnc_onnx.finetune.backends.ort.runtime import require_training
 from wnc_onnx.finetune.backends.torch.run import require_torch
-from wnc_onnx.finetune.evaluate import evaluate
-from wnc_onnx.finetune.sources import model_spec
+from wnc_onnx.finetune.distill import load_teacher, parse_overrides
+from wnc_onnx.finetune.evaluate import against_teacher, evaluate
+from wnc_onnx.finetune.sources import ModelSpec, model_spec
 from wnc_onnx.finetune.trainer import FinetuneConfig, FinetuneInterrupted, finetune, processes
 from wnc_onnx.finetune.trainer import FinetuneConfig as C
 from wnc_onnx.io import external_data
@@ -35,7 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="compressed model (.onnx); never modified")
     p.add_argument("output", help="where to write the fine-tuned model (written atomically)")
     d = p.add_argument_group("data")
-    d.add_argument("--train", required=True, metavar="DATA", help="training data: .npz with x, y, or an image folder")
+    d.add_argument(
+        "--train",
+        required=True,
+        metavar="DATA",
+        help="training data: an .npz (x and y; with --teacher the model's inputs alone do: x, or one array per "
+        "input name), or an image folder (one subfolder per class; with --teacher any folder of images)",
+    )
     d.add_argument("--val", metavar="DATA", help="validation data, scored after every epoch (same kinds)")
     d.add_argument(
         "--image-size",
@@ -61,12 +68,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--lr-gamma", type=float, default=C.lr_gamma, metavar="G", help="by this factor (1: constant)")
     t.add_argument("--seed", type=int, default=C.seed, help="shuffling order")
     t.add_argument("--threads", type=int, default=C.threads, help="CPU threads per process (default: 0, all cores)")
+    k = p.add_argument_group("distillation from the original model (no labels needed; docs/finetune.md)")
+    k.add_argument(
+        "--teacher",
+        metavar="ONNX",
+        help="the original (uncompressed) model: the compressed one learns its outputs and, by default, the "
+        "outputs of the layers the pass rewrote, on the training inputs; labels are not used (see --alpha)",
+    )
+    k.add_argument(
+        "--temperature", type=float, default=C.temperature, help="softens the class scores both models are compared on"
+    )
+    k.add_argument(
+        "--alpha",
+        type=float,
+        metavar="A",
+        help="with labelled data: the label loss's share (0..1); the teacher's gets the rest",
+    )
+    k.add_argument(
+        "--features",
+        default="auto",
+        metavar="auto|none|T1,T2",
+        help="intermediate tensors matched to the teacher's: auto, the rewritten layers' outputs; none; or names",
+    )
+    k.add_argument(
+        "--feature-weight", type=float, default=C.feature_weight, metavar="W", help="the feature terms' weight in all"
+    )
+    k.add_argument(
+        "--distill-loss",
+        action="append",
+        default=[],
+        metavar="OUTPUT=kl|mse|none",
+        help="override the loss chosen for an output (repeatable): kl for class scores, mse for values",
+    )
+    k.add_argument(
+        "--output-weight", action="append", default=[], metavar="OUTPUT=W", help="weight of an output's term"
+    )
     t.add_argument(
         "--backend",
         choices=("ort", "torch"),
-        default=C.backend,
-        help="ort: onnxruntime-training, one CPU process; torch: PyTorch, also several processes under torchrun "
-        "(run on CPUs with gloo; GPUs and NCCL not yet run: docs/finetune.md)",
+        default=None,
+        help="ort: onnxruntime-training, one CPU process (the default with labels); torch: PyTorch, also several "
+        "processes under torchrun (run on CPUs with gloo; GPUs and NCCL not yet run: docs/finetune.md); the "
+        "default with --teacher",
     )
     t.add_argument(
         "--device",
@@ -110,19 +153,22 @@ def _image_size(a: argparse.Namespace, dims: tuple[int | None, ...]) -> tuple[in
     return dims[2], dims[3]
 
 
-def _data(path: str, a: argparse.Namespace, dims: tuple[int | None, ...], classes: list[str] | None = None) -> Any:
+def _data(path: str, a: argparse.Namespace, spec: ModelSpec, classes: list[str] | None = None) -> Any:
+    """An .npz or an image folder; with --teacher, unlabelled ones too (model inputs alone, any
+    folder of images)."""
     p = Path(path)
     if p.is_dir():
-        if len(dims) != 4 or dims[1] is None:
+        dims = spec.input_dims
+        if len(spec.inputs) != 1 or len(dims) != 4 or dims[1] is None:
             raise WncError(
-                f"image folder {p} needs a model input of shape (N, C, H, W) with static C",
-                "pass the data as an .npz file with x, y",
+                f"image folder {p} needs a model with one input of shape (N, C, H, W) with static C",
+                "pass the data as an .npz file, one array per model input",
             )
-        size = _image_size(a, dims)
-        return load_image_folder(
-            p, size, dims[1], parse_floats(a.mean, "--mean"), parse_floats(a.std, "--std"), classes
-        )
-    return load_npz(p)
+        args = (p, _image_size(a, dims), dims[1], parse_floats(a.mean, "--mean"), parse_floats(a.std, "--std"))
+        if a.teacher and not any(d.is_dir() and visible(d) for d in p.iterdir()):
+            return UnlabeledImages(*args)
+        return load_image_folder(*args, classes)
+    return load_inputs_npz(p, [port.name for port in spec.inputs])
 
 
 def _side_paths(a: argparse.Namespace, out: Path) -> tuple[Path, Path | None, Path]:
@@ -162,8 +208,14 @@ def run(a: argparse.Namespace) -> int:
         threads=a.threads,
         pq_lambda=a.pq_lambda,
         pq=_pq(a),
-        backend=a.backend,
+        backend=a.backend or ("torch" if a.teacher else "ort"),
         device=a.device,
+        temperature=a.temperature,
+        alpha=a.alpha,
+        features=_features(a.features),
+        feature_weight=a.feature_weight,
+        distill_losses=parse_overrides(a.distill_loss, "--distill-loss"),
+        output_weights={k: _weight(v) for k, v in parse_overrides(a.output_weight, "--output-weight").items()},
     )
     dist = processes(cfg)
     if cfg.backend == "ort":
@@ -174,14 +226,16 @@ def run(a: argparse.Namespace) -> int:
         raise WncError(f"no checkpoint folder {ckpt} to resume from", "run without --resume, or pass --checkpoint-dir")
     model = load_model(a.input)
     external_data.load_inline(model)
-    spec = model_spec(model, cfg.loss)
-    train = _data(a.train, a, spec.input_dims)
-    val = _data(a.val, a, spec.input_dims, getattr(train, "classes", None)) if a.val else None
+    teacher = load_teacher(a.teacher) if a.teacher else None
+    spec = model_spec(model, None)
+    train = _data(a.train, a, spec)
+    val = _data(a.val, a, spec, getattr(train, "classes", None)) if a.val else None
     reference = None
-    if a.reference:
+    if a.reference or (teacher is not None and getattr(val, "labeled", False)):
         if val is None:
             raise WncError("--reference is scored on the validation data", "pass --val too")
-        ref_model = load_model(a.reference)
+        ref_model = load_model(a.reference) if a.reference else teacher
+        assert ref_model is not None
         external_data.load_inline(ref_model)
         reference = evaluate(ref_model, val, cfg.loss, cfg.batch_size).get("accuracy")
     try:
@@ -190,6 +244,7 @@ def run(a: argparse.Namespace) -> int:
             train,
             val,
             cfg,
+            teacher=teacher,
             checkpoint_dir=ckpt,
             resume=a.resume,
             reference_accuracy=reference,
@@ -207,7 +262,11 @@ def run(a: argparse.Namespace) -> int:
     if not dist.main:  # rank 0 scores and writes for all processes
         return 0
     if val is not None:  # score the exported inference model itself, with plain inference
-        history.final = evaluate(tuned, val, cfg.loss, cfg.batch_size)
+        labeled = getattr(val, "labeled", True)
+        if labeled:
+            history.final = evaluate(tuned, val, cfg.loss, cfg.batch_size)
+        if teacher is not None:
+            history.final |= against_teacher(tuned, teacher, val, cfg.batch_size)
     with staged_model(tuned, out, a.external_data) as stage:
         pass
     write_text_atomic(history_path, json.dumps(history.to_dict(), indent=1) + "\n")
@@ -215,7 +274,9 @@ def run(a: argparse.Namespace) -> int:
         plot_history(history, plot_path)
     print(json.dumps(history.to_dict(), indent=1) if a.json else history.to_table())
     if history.final and not a.json:
-        score = ", ".join(f"{k} {v:.2%}" if k == "accuracy" else f"{k} {v:.4g}" for k, v in history.final.items())
+        score = ", ".join(
+            f"{k} {v:.2%}" if k in ("accuracy", "agreement") else f"{k} {v:.4g}" for k, v in history.final.items()
+        )
         print(f"written model, scored on --val by plain onnxruntime: {score}")
     written = [str(out), *([str(stage.data_path)] if stage.data_path else []), str(history_path)]
     written += [str(plot_path)] if plot_path is not None else []
@@ -223,3 +284,17 @@ def run(a: argparse.Namespace) -> int:
     if not a.checkpoint_dir:
         shutil.rmtree(ckpt, ignore_errors=True)
     return 0
+
+
+def _features(text: str) -> str | tuple[str, ...]:
+    return text if text in ("auto", "none") else tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _weight(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise WncError(f"--output-weight {text!r} is not a number", "write e.g. --output-weight boxes=2") from None
+    if not value >= 0:
+        raise WncError(f"--output-weight {text!r} must be >= 0", "write e.g. --output-weight boxes=2")
+    return value

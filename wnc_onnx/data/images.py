@@ -53,6 +53,8 @@ def is_image(path: Path) -> bool:
 class ImageFolder:
     """One subfolder per class (sorted names -> labels 0..C-1), images decoded lazily per batch."""
 
+    labeled = True
+
     def __init__(
         self,
         root: PathLike,
@@ -114,8 +116,9 @@ class ImageFolder:
 
     def batches(
         self, batch_size: int, shuffle: bool = False, seed: int = 0, order: Sequence[int] | None = None
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Batches (x, y), decoded one batch at a time; the order rule of ``ArrayData.batches``."""
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Batches (x, y), decoded one batch at a time; the order rule of ``ArrayData.batches``;
+        y is None for a folder without labels."""
         if batch_size < 1:
             raise WncError(f"batch size must be at least 1, got {batch_size}", "pass a positive batch size")
         if order is None:
@@ -123,7 +126,7 @@ class ImageFolder:
         picks = np.asarray(order, dtype=np.int64)
         for start in range(0, len(picks), batch_size):
             idx = picks[start : start + batch_size]
-            yield self.decode([self.files[i] for i in idx]), self.labels[idx]
+            yield self.decode([self.files[i] for i in idx]), (self.labels[idx] if self.labeled else None)
 
     def to_arrays(self) -> ArrayData:
         """Every image decoded at once (N * channels * H * W float32 in memory)."""
@@ -170,7 +173,9 @@ load_image_folder = ImageFolder  # the function-style name used by the CLI and t
 
 
 class UnlabeledImages(ImageFolder):
-    """Every image under ``root``, class folders or not (calibration data need no labels)."""
+    """Every image under ``root``, class folders or not (calibration and distillation need no labels)."""
+
+    labeled = False
 
     def __init__(
         self,

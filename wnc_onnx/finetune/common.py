@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import onnx
 
@@ -41,3 +42,12 @@ def finite(loss: float, where: str) -> float:
     if not math.isfinite(loss):
         raise WncError(f"training diverged: the loss is {loss} at {where}", "lower --lr (e.g. 10x)")
     return loss
+
+
+class Scores(NamedTuple):
+    """A model scored on a data set: the training loss, accuracy on class labels (None without
+    them) and top-1 agreement with the teacher (None without one)."""
+
+    loss: float
+    accuracy: float | None
+    agreement: float | None = None

@@ -20,6 +20,10 @@ class EpochRecord:
     pq_penalty: float | None = None
     pq_distance: float | None = None
     pq_val_accuracy: float | None = None
+    # distillation: the validation data's top-1 agreement with the teacher, and the seconds the
+    # teacher took of the epoch's training time
+    val_agreement: float | None = None
+    teacher_seconds: float | None = None
 
 
 @dataclass
@@ -34,6 +38,8 @@ class History:
     final: dict[str, float] = field(default_factory=dict)  # the exported model scored by plain inference
     initial_pq_val_accuracy: float | None = None  # --pq-lambda: the model quantized before training
     pq: dict[str, Any] = field(default_factory=dict)  # --pq-lambda: settings, bytes, per weight
+    initial_val_agreement: float | None = None  # distillation: before training
+    distill: dict[str, Any] = field(default_factory=dict)  # distillation: its terms, temperature, alpha
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -44,11 +50,13 @@ class History:
                 "val_loss": self.initial_val_loss,
                 "val_accuracy": self.initial_val_accuracy,
                 "pq_val_accuracy": self.initial_pq_val_accuracy,
+                "val_agreement": self.initial_val_agreement,
             },
             "epochs": [asdict(e) for e in self.epochs],
             "resumed_at": self.resumed_at,
             "final": self.final,
             "pq": self.pq,
+            "distill": self.distill,
         }
 
     @classmethod
@@ -65,6 +73,8 @@ class History:
             final=dict(d.get("final", {})),
             initial_pq_val_accuracy=d.get("initial", {}).get("pq_val_accuracy"),
             pq=dict(d.get("pq", {})),
+            initial_val_agreement=d.get("initial", {}).get("val_agreement"),
+            distill=dict(d.get("distill", {})),
         )
 
     def to_table(self) -> str:
@@ -75,13 +85,18 @@ class History:
             return "-" if v is None else f"{v:.4f}"
 
         pq = any(e.pq_distance is not None for e in self.epochs) or self.initial_pq_val_accuracy is not None
+        agree = any(e.val_agreement is not None for e in self.epochs) or self.initial_val_agreement is not None
         rows = ["epoch  lr         train loss  val loss  val acc   seconds  samples/s"]
+        if agree:
+            rows[0] += "  agreement"
         if pq:
             rows[0] += "  PQ dist  PQ val acc"
         if self.reference_val_accuracy is not None:
             rows.append(f"{'orig':<6} {'':<10} {'':<11} {'':<9} {pct(self.reference_val_accuracy):<9}")
         if self.initial_val_loss is not None:
             row = f"{0:<6} {'':<10} {'':<11} {num(self.initial_val_loss):<9} {pct(self.initial_val_accuracy):<9}"
+            if agree:
+                row = f"{row:<66}  {pct(self.initial_val_agreement)}"
             if pq:
                 row = f"{row:<66}  {'':<7}  {pct(self.initial_pq_val_accuracy)}"
             rows.append(row)
@@ -90,6 +105,8 @@ class History:
                 f"{e.epoch:<6} {e.lr:<10.3g} {e.train_loss:<11.4f} {num(e.val_loss):<9} {pct(e.val_accuracy):<9} "
                 f"{e.seconds:<8.1f} {e.samples_per_s:<9.0f}"
             )
+            if agree:
+                row += f"  {pct(e.val_agreement)}"
             if pq:
                 row += f"  {num(e.pq_distance):<7}  {pct(e.pq_val_accuracy)}"
             rows.append(row)

@@ -32,12 +32,13 @@ from wnc_onnx.finetune.backends.ort import artifacts
 from wnc_onnx.finetune.backends.ort.run import OrtRun
 from wnc_onnx.finetune.backends.ort.runtime import require_training
 from wnc_onnx.finetune.backends.torch.run import TorchRun, require_torch
-from wnc_onnx.finetune.common import trainable
+from wnc_onnx.finetune.common import Scores, trainable
+from wnc_onnx.finetune.distill import Objective, Teacher, build_objective, check_interface, load_teacher
 from wnc_onnx.finetune.distributed import Dist, any_of, from_env, leave, sum_over
 from wnc_onnx.finetune.history import EpochRecord, History
 from wnc_onnx.finetune.pq_penalty import PQPenalty, pq_config
 from wnc_onnx.finetune.progress import EpochBar
-from wnc_onnx.finetune.sources import BatchSource, check_samples, check_targets, model_spec
+from wnc_onnx.finetune.sources import BatchSource, ModelSpec, check_samples, check_targets, model_spec
 from wnc_onnx.report import Report
 from wnc_onnx.rewrite.passes.pq import PQPass
 
@@ -68,6 +69,17 @@ class FinetuneConfig:
     # ("cpu", "cuda"; None: cuda when available), several processes under torchrun
     backend: str = "ort"
     device: str | None = None
+    # Distillation from a teacher (finetune(teacher=...), --teacher; finetune.distill): softened
+    # class scores at ``temperature``; ``alpha`` of the label loss mixed in when the data hold
+    # labels (None: no labels used); intermediate tensors matched with ``features`` ("auto": the
+    # outputs of the layers the low-rank pass rewrote; "none"; or names) at ``feature_weight``;
+    # per-output overrides of the loss ("kl", "mse", "none") and weights.
+    temperature: float = 2.0
+    alpha: float | None = None
+    features: str | tuple[str, ...] = "auto"
+    feature_weight: float = 1.0
+    distill_losses: dict[str, str] = field(default_factory=dict)
+    output_weights: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr_step < 1 or self.threads < 0:
@@ -88,6 +100,12 @@ class FinetuneConfig:
             raise WncError(f"--pq-lambda must be >= 0, got {self.pq_lambda}", "e.g. --pq-lambda 20")
         if self.pq_lambda is not None:
             pq_config(self.pq)
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise WncError(f"--temperature must be > 0, got {self.temperature}", "e.g. --temperature 2")
+        if self.alpha is not None and not 0 <= self.alpha <= 1:
+            raise WncError(f"--alpha must be in [0, 1], got {self.alpha}", "e.g. --alpha 0.5")
+        if not self.feature_weight >= 0:
+            raise WncError(f"--feature-weight must be >= 0, got {self.feature_weight}", "e.g. --feature-weight 1")
 
     def lr_at(self, epoch: int) -> float:
         return self.lr * self.lr_gamma ** (epoch // self.lr_step)
@@ -147,6 +165,7 @@ def finetune(
     val: Any | None = None,
     cfg: FinetuneConfig | None = None,
     *,
+    teacher: onnx.ModelProto | str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     reference_accuracy: float | None = None,
@@ -156,19 +175,56 @@ def finetune(
 ) -> tuple[onnx.ModelProto, History]:
     """Fine-tune ``model`` (never modified); returns the tuned inference model and the history.
 
-    ``train`` / ``val``: ``ArrayData`` or ``ImageFolder``, any re-iterable of ``(x, y)``
-    batches, or a function returning one per epoch (see ``sources``). With
+    ``train`` / ``val``: ``ArrayData``, ``InputArrays``, ``ImageFolder`` / ``UnlabeledImages``,
+    any re-iterable of batches, or a function returning one per epoch (see ``sources``).
+    ``teacher``: the original model (a ModelProto or a path): the model then learns it on the
+    inputs alone (``finetune.distill``; labels used only with ``cfg.alpha``). With
     ``checkpoint_dir`` the weights and optimizer state are saved there after every epoch
     and on Ctrl-C (which then raises ``FinetuneInterrupted``); ``resume=True`` continues
     from that checkpoint up to ``cfg.epochs``.
     """
     cfg = cfg or FinetuneConfig()
     dist = processes(cfg)
+    teacher_model = load_teacher(teacher) if teacher is not None else None
+    if teacher_model is not None and cfg.backend != "torch":
+        raise WncError(
+            "distillation from a teacher trains on the torch backend (the ort backend takes labels only, for now)",
+            "add --backend torch (pip install torch==2.13.0)",
+        )
+    if cfg.alpha is not None and teacher_model is None:
+        raise WncError("--alpha mixes the label loss into distillation", "give the original model with --teacher")
+    if cfg.alpha is not None and getattr(train, "labeled", None) is False:
+        raise WncError(
+            f"--alpha mixes the label loss in, and {getattr(train, 'name', 'the training data')} hold no labels",
+            "drop --alpha (distillation needs no labels), or give labelled data",
+        )
     runtime = _runtime(cfg, dist)
-    spec = model_spec(model, cfg.loss)
+    spec = model_spec(model, cfg.loss if teacher_model is None or cfg.alpha is not None else None)
+    objective, teach = None, None
+    if teacher_model is not None:
+        check_interface(model, teacher_model)
+        objective = build_objective(
+            model,
+            teacher_model,
+            temperature=cfg.temperature,
+            alpha=cfg.alpha,
+            features=cfg.features,
+            feature_weight=cfg.feature_weight,
+            losses=cfg.distill_losses,
+            weights=cfg.output_weights,
+        )
+        teach = Teacher(teacher_model, objective.tensors, cfg.threads)
+        log.info(
+            "distilling from the teacher: %d output term(s), %d feature(s), temperature %g",
+            len(objective.outputs),
+            len(objective.features),
+            cfg.temperature,
+        )
     train_src = BatchSource(train, spec, cfg.batch_size, shuffle=True, label="train data", dist=dist)
     val_src = (
-        BatchSource(val, spec, cfg.batch_size, shuffle=False, label="validation data", dist=dist)
+        BatchSource(
+            val, _val_spec(model, spec, val, cfg), cfg.batch_size, shuffle=False, label="validation data", dist=dist
+        )  # fmt: skip
         if val is not None
         else None
     )
@@ -192,27 +248,31 @@ def finetune(
         frozen = frozen_bn.to_affine(for_training)  # BN statistics stay as they are
         factors = [name for r in frozen for name in (r.a, r.b)]
         saved = folder / progress.state_file if folder is not None and progress else None
-        run = _start(for_training, factors, cfg, dist, saved, work, spec.output_name)
+        run = _start(for_training, factors, cfg, dist, saved, work, spec, objective)
         trained_graph = for_training if cfg.backend == "torch" else None  # torch writes its values back into it
         del for_training  # memory: ORT holds its own copy
         history = History.from_dict(progress.history) if progress else History()
         history.runtime, history.config = runtime, asdict(cfg)
+        if objective is not None:
+            history.distill = {"terms": objective.describe(), "temperature": cfg.temperature, "alpha": cfg.alpha}
         penalty = _penalty(model, cfg)
         if penalty is not None:
             penalty.refresh(run.params)
         if progress is None:
             history.reference_val_accuracy = reference_accuracy
             if val_src is not None:
-                history.initial_val_loss, history.initial_val_accuracy = run.evaluate(val_src, cfg.loss)
+                first = run.evaluate(val_src, teach)
+                history.initial_val_loss, history.initial_val_accuracy = first.loss, first.accuracy
+                history.initial_val_agreement = first.agreement
                 if penalty is not None:
                     with penalty.quantized(run.params):
-                        history.initial_pq_val_accuracy = run.evaluate(val_src, cfg.loss)[1]
+                        history.initial_pq_val_accuracy = run.evaluate(val_src, teach).accuracy
         else:
             history.resumed_at.append(progress.epochs_done)
             log.info("resuming after epoch %d, batch %d", progress.epochs_done, progress.batches_done)
         start = progress.epochs_done if progress else 0
         with _StopRequest().installed(folder is not None) as stop, _leaving(run):
-            loop = _Loop(run, train_src, val_src, cfg, stop, folder, sha, history, quiet, penalty)
+            loop = _Loop(run, train_src, val_src, cfg, stop, folder, sha, history, quiet, penalty, teach)
             for epoch in range(start, cfg.epochs):
                 resumed = progress if progress and epoch == start else None
                 record = loop.train_epoch(
@@ -262,13 +322,26 @@ def _start(
     dist: Dist,
     saved: Path | None,
     work: Path,
-    output_name: str,
+    spec: ModelSpec,
+    objective: Objective | None = None,
 ) -> Any:
     """The backend's run object (``OrtRun`` or ``TorchRun``), from a saved state when resuming."""
     if cfg.backend == "torch":
-        return TorchRun(for_training, trainable(for_training, factors)[0], cfg, dist, saved)
-    paths = artifacts.generate(for_training, work / "artifacts", cfg.loss, cfg.optimizer, [output_name], factors)
-    return OrtRun(paths, saved or paths["checkpoint"], cfg)
+        return TorchRun(for_training, trainable(for_training, factors)[0], cfg, dist, saved, spec, objective)
+    paths = artifacts.generate(
+        for_training, work / "artifacts", cfg.loss, cfg.optimizer, [spec.output_name], factors, spec.train_tensor
+    )
+    return OrtRun(paths, saved or paths["checkpoint"], cfg, spec)
+
+
+def _val_spec(model: onnx.ModelProto, spec: ModelSpec, val: Any, cfg: FinetuneConfig) -> ModelSpec:
+    """Validation reads labels where they are (accuracy), also when training uses none."""
+    if spec.loss is not None or getattr(val, "labeled", None) is not True:
+        return spec
+    try:
+        return model_spec(model, cfg.loss)
+    except WncError:  # several outputs, not class scores: no accuracy to read
+        return spec
 
 
 @contextlib.contextmanager
@@ -328,6 +401,7 @@ class _Loop:
     history: History
     quiet: bool
     penalty: Any = None  # PQPenalty, with --pq-lambda
+    teacher: Teacher | None = None  # distillation: the original model's tensors per batch
 
     def save(self, epochs_done: int, batches_done: int = 0, partial: dict[str, float] | None = None) -> None:
         if self.folder is None or not self.run.dist.main:  # rank 0 writes for all
@@ -360,16 +434,23 @@ class _Loop:
         done = 0
         dist = self.run.dist
         even = self.train.size is not None  # a data set split evenly: every process stops at the same batch
+        teaching = 0.0
         with self.run.epoch_context():
-            for xb, yb in self.train.epoch(epoch, cfg.seed):
+            for feeds, yb in self.train.epoch(epoch, cfg.seed):
                 done += 1
                 if done <= skip:
                     continue
-                loss = self.run.step(xb, yb, f"epoch {epoch + 1}, batch {done}")
+                targets = None
+                if self.teacher is not None:
+                    t1 = time.perf_counter()
+                    targets = self.teacher(feeds)
+                    teaching += time.perf_counter() - t1
+                loss = self.run.step(feeds, yb, targets, f"epoch {epoch + 1}, batch {done}")
                 if self.penalty is not None:
                     self.penalty.pull(self.run.params, lr)
-                total += loss * len(xb)
-                seen += len(xb)
+                n = len(next(iter(feeds.values())))
+                total += loss * n
+                seen += n
                 bar.update(seen, total / seen)
                 stop = self.stop.requested and self.folder is not None
                 if dist.active and even and self.folder is not None:
@@ -383,14 +464,19 @@ class _Loop:
         bar.close()
         total, seen_all = sum_over(dist, [total, seen])  # the epoch over every process
         seen = int(seen_all)
-        v_loss, v_acc = self.run.evaluate(self.val, cfg.loss) if self.val is not None else (None, None)
-        record = EpochRecord(epoch + 1, lr, total / seen, v_loss, v_acc, round(seconds, 3), seen / max(seconds, 1e-9))
+        scores = self.run.evaluate(self.val, self.teacher) if self.val is not None else Scores(None, None)  # type: ignore[arg-type]
+        record = EpochRecord(
+            epoch + 1, lr, total / seen, scores.loss, scores.accuracy, round(seconds, 3), seen / max(seconds, 1e-9)
+        )
+        record.val_agreement = scores.agreement
+        if self.teacher is not None:
+            record.teacher_seconds = round(teaching, 3)
         if self.penalty is not None:  # new codebooks for the next epoch; the model as it would be exported now
             found = self.penalty.refresh(self.run.params)
             record.pq_penalty, record.pq_distance = found["pq_penalty"], found["pq_distance"]
             if self.val is not None:
                 with self.penalty.quantized(self.run.params):
-                    record.pq_val_accuracy = self.run.evaluate(self.val, cfg.loss)[1]
+                    record.pq_val_accuracy = self.run.evaluate(self.val, self.teacher).accuracy
         return record
 
 

@@ -60,10 +60,18 @@ def _native_stderr_to_log() -> Iterator[None]:
 
 
 def generate(
-    model: onnx.ModelProto, folder: Path, loss: str, optimizer: str, outputs: list[str], extra: Sequence[str] = ()
+    model: onnx.ModelProto,
+    folder: Path,
+    loss: str,
+    optimizer: str,
+    outputs: list[str],
+    extra: Sequence[str] = (),
+    train_on: str | None = None,
 ) -> dict[str, Path]:
     """Write training / eval / optimizer models and the initial checkpoint into ``folder``
-    (``extra``: more initializers to train, e.g. the factors of frozen BatchNormalization)."""
+    (``extra``: more initializers to train, e.g. the factors of frozen BatchNormalization;
+    ``train_on``: the tensor the loss reads when it is not the graph output, e.g. the logits
+    before a final Softmax, which stays in the graph as an extra output)."""
     import onnxruntime as ort
     from onnxruntime.training import artifacts
 
@@ -71,6 +79,13 @@ def generate(
     model_copy = onnx.ModelProto()
     model_copy.CopyFrom(model)
     lower_ir(model_copy, "the model")
+    if train_on is not None and train_on not in {o.name for o in model_copy.graph.output}:
+        out = model_copy.graph.output[0]
+        logits = onnx.ValueInfoProto()
+        logits.CopyFrom(out)
+        logits.name = train_on
+        del model_copy.graph.output[:]
+        model_copy.graph.output.append(logits)
     requires_grad, frozen = trainable(model_copy, extra)
     if not requires_grad:
         raise WncError("the model has no trainable Conv / Gemm / MatMul weights", "fine-tune a float CNN or MLP")

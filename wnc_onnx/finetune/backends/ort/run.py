@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 
 from wnc_onnx.finetune.backends.ort.runtime import runtime_errors
-from wnc_onnx.finetune.common import MISFIT, finite
+from wnc_onnx.finetune.common import MISFIT, Scores, finite
 from wnc_onnx.finetune.distributed import Dist
-from wnc_onnx.finetune.sources import BatchSource
+from wnc_onnx.finetune.sources import BatchSource, ModelSpec
 
 
 class OrtRun:
@@ -21,10 +21,11 @@ class OrtRun:
     suffix = ".ckpt"
     dist = Dist()
 
-    def __init__(self, paths: dict[str, Path], state_file: Path, cfg: Any) -> None:
+    def __init__(self, paths: dict[str, Path], state_file: Path, cfg: Any, spec: ModelSpec) -> None:
         import onnxruntime as ort
         from onnxruntime.training.api import CheckpointState, Module, Optimizer
 
+        self.spec = spec
         options = ort.SessionOptions()
         if cfg.threads:
             options.intra_op_num_threads = cfg.threads
@@ -60,22 +61,31 @@ class OrtRun:
         self.module.export_model_for_inferencing(str(exported), [output_name])
         return onnx.load(str(exported))
 
-    def step(self, x: np.ndarray, y: np.ndarray, where: str) -> float:
+    def _inputs(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [feeds[p.name] for p in self.spec.inputs]
+
+    def step(
+        self, feeds: dict[str, np.ndarray], y: np.ndarray | None, targets: dict[str, np.ndarray] | None, where: str
+    ) -> float:
+        assert targets is None and y is not None, "the ort backend trains on labels (checked by the trainer)"
         with runtime_errors(f"training step failed at {where}", MISFIT):
-            loss = float(self.module(x, y)[0])
+            loss = float(self.module(*self._inputs(feeds), y)[0])
             self.optimizer.step()
         self.module.lazy_reset_grad()
         return finite(loss, where)
 
-    def evaluate(self, source: BatchSource, loss: str) -> tuple[float, float | None]:
+    def evaluate(self, source: BatchSource, teacher: Any = None) -> Scores:
+        """The label loss and, for class scores, the accuracy (this backend trains on labels only)."""
         self.module.eval()
         total, correct, seen = 0.0, 0, 0
-        for xb, yb in source.epoch(0):
+        classes = self.spec.loss == "cross_entropy"
+        for feeds, y in source.epoch(0):
             with runtime_errors(f"evaluating {source.label} failed", MISFIT):
-                loss_value, scores = self.module(xb, yb)
-            total += float(loss_value) * len(xb)
-            if loss == "cross_entropy":
-                correct += int((np.asarray(scores).argmax(1) == yb).sum())
-            seen += len(xb)
+                loss_value, scores = self.module(*self._inputs(feeds), y)
+            n = len(y) if y is not None else 0
+            total += float(loss_value) * n
+            if classes:
+                correct += int((np.asarray(scores).argmax(1) == y).sum())
+            seen += n
         self.module.train()
-        return total / seen, (correct / seen if loss == "cross_entropy" else None)
+        return Scores(total / seen, correct / seen if classes else None)

@@ -16,7 +16,7 @@ structural match. Here parameters are the initializers themselves.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -128,7 +128,9 @@ class GraphModule(torch.nn.Module):
     def _value(self, key: str) -> torch.Tensor:
         return self.weights[key] if key in self.weights else getattr(self, key)
 
-    def forward(self, *inputs: torch.Tensor) -> Any:
+    def forward(self, *inputs: torch.Tensor, want: Sequence[str] | None = None) -> Any:
+        """The graph's outputs (one tensor, or a tuple); with ``want``, a dict of those tensors by
+        name (any tensor the graph computes: logits before a softmax, a layer's output)."""
         env: dict[str, Any] = dict(zip(self.inputs, inputs, strict=True))
         for op_type, ins, outs, attrs, node in self._nodes:
             args = [None if not name else env[name] if name in env else self._value(self._keys[name]) for name in ins]
@@ -139,6 +141,8 @@ class GraphModule(torch.nn.Module):
             for name, value in zip(outs, values, strict=False):
                 if name:
                     env[name] = value
+        if want is not None:
+            return {name: env[name] if name in env else self._value(self._keys[name]) for name in want}
         values = [env[name] if name in env else self._value(self._keys[name]) for name in self.outputs]
         return values[0] if len(values) == 1 else tuple(values)
 

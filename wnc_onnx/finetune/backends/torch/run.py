@@ -23,8 +23,9 @@ import numpy as np
 import onnx
 
 from wnc_onnx.errors import WncError, one_line
-from wnc_onnx.finetune.common import MISFIT, finite
+from wnc_onnx.finetune.common import MISFIT, Scores, finite
 from wnc_onnx.finetune.distributed import Dist, join, sum_over
+from wnc_onnx.finetune.sources import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +119,15 @@ class TorchRun:
         cfg: Any,
         dist: Dist,
         state_file: Path | None,
+        spec: ModelSpec,
+        objective: Any = None,
     ) -> None:
         import torch
 
+        from wnc_onnx.finetune.backends.torch import losses
         from wnc_onnx.finetune.backends.torch.graph import GraphModule
 
+        self.losses, self.spec, self.objective = losses, spec, objective
         self.torch, self.dist, self.cfg = torch, dist, cfg
         self.device = pick_device(cfg.device, dist)
         if cfg.threads and self.device.type == "cpu":
@@ -200,15 +205,27 @@ class TorchRun:
         else:
             yield
 
-    def _loss(self, out: Any, y: Any) -> Any:
-        f = self.torch.nn.functional
-        return f.cross_entropy(out, y) if self.cfg.loss == "cross_entropy" else f.mse_loss(out, y)
+    def _inputs(self, feeds: dict[str, np.ndarray]) -> list[Any]:
+        return [self.torch.from_numpy(np.ascontiguousarray(feeds[p.name])).to(self.device) for p in self.spec.inputs]
 
-    def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[Any, Any]:
-        t = self.torch
-        return t.from_numpy(np.ascontiguousarray(x)).to(self.device), t.from_numpy(np.ascontiguousarray(y)).to(
-            self.device
-        )
+    def _tensor(self, a: np.ndarray) -> Any:
+        return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    def _want(self) -> list[str]:
+        want = [self.spec.train_tensor] if self.spec.loss is not None else []
+        return list(dict.fromkeys(want + (self.objective.tensors if self.objective is not None else [])))
+
+    def _loss(self, out: dict[str, Any], y: Any, targets: dict[str, np.ndarray] | None) -> Any:
+        """The label loss, the distillation objective, or ``alpha`` of the one and the rest of the other."""
+        label = self.losses.label_loss(self.cfg.loss, out[self.spec.train_tensor], y) if y is not None else None
+        if targets is None or self.objective is None:
+            return label
+        teacher = {name: self._tensor(v) for name, v in targets.items()}
+        distill = self.losses.distill_loss(self.objective, out, teacher)
+        if label is None:
+            return distill
+        alpha = float(self.objective.alpha or 0.0)
+        return alpha * label + (1 - alpha) * distill
 
     @contextlib.contextmanager
     def _running(self, what: str) -> Iterator[None]:
@@ -220,30 +237,43 @@ class TorchRun:
         except RuntimeError as exc:
             raise WncError(f"{what}: {one_line(exc, 240)}", MISFIT) from None
 
-    def step(self, x: np.ndarray, y: np.ndarray, where: str) -> float:
-        xt, yt = self._tensors(x, y)
+    def step(
+        self, feeds: dict[str, np.ndarray], y: np.ndarray | None, targets: dict[str, np.ndarray] | None, where: str
+    ) -> float:
         with self._running(f"training step failed at {where}"):
-            loss = self._loss(self.model(xt), yt)
+            out = self.model(*self._inputs(feeds), want=self._want())
+            loss = self._loss(out, self._tensor(y) if y is not None else None, targets)
             loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return finite(float(loss.item()), where)
 
-    def evaluate(self, source: Any, loss: str) -> tuple[float, float | None]:
+    def evaluate(self, source: Any, teacher: Any = None) -> Scores:
+        """The training loss on ``source``, the accuracy where its batches hold class labels, and
+        the top-1 agreement with the teacher where there is one."""
         self.net.eval()
-        total, correct, seen = 0.0, 0, 0
+        total, correct, seen, agree, positions = 0.0, 0, 0, 0, 0
+        term = self.objective.agreement_term() if self.objective is not None else None
+        scored = source.spec.train_tensor if source.spec.loss == "cross_entropy" else None
+        want = list(dict.fromkeys(self._want() + ([scored] if scored else [])))
         with self.torch.no_grad():
-            for xb, yb in source.epoch(0):
-                xt, yt = self._tensors(xb, yb)
+            for feeds, y in source.epoch(0):
+                targets = teacher(feeds) if teacher is not None else None
                 with self._running(f"evaluating {source.label} failed"):
-                    out = self.net(xt)
-                total += float(self._loss(out, yt).item()) * len(xb)
-                if loss == "cross_entropy":
-                    correct += int((out.argmax(1) == yt).sum().item())
-                seen += len(xb)
+                    out = self.net(*self._inputs(feeds), want=want)
+                    yt = self._tensor(y) if y is not None else None
+                    loss = self._loss(out, yt if self.spec.loss is not None else None, targets)
+                n = len(next(iter(feeds.values())))
+                total += float(loss.item()) * n
+                if scored is not None and yt is not None:
+                    correct += int((out[scored].argmax(1) == yt).sum().item())
+                if term is not None and targets is not None:
+                    a, b = self.losses.agreement(term.axis, out[term.tensor], self._tensor(targets[term.tensor]))
+                    agree, positions = agree + a, positions + b
+                seen += n
         self.model.train()
-        total, correct_f, seen_f = sum_over(self.dist, [total, correct, seen])
-        return total / seen_f, (correct_f / seen_f if loss == "cross_entropy" else None)
+        total, correct_f, seen_f, agree_f, pos_f = sum_over(self.dist, [total, correct, seen, agree, positions])
+        return Scores(total / seen_f, correct_f / seen_f if scored else None, agree_f / pos_f if pos_f else None)
 
     def export(self, model: onnx.ModelProto | None, work: Path, output_name: str) -> onnx.ModelProto:
         """``model`` (the graph trained) with the trained values in its initializers."""

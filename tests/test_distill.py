@@ -1,0 +1,281 @@
+"""Distillation from the original model (`finetune --teacher`): no labels, any outputs, features
+(runs in the training environment, .ci/run stage 2, which has torch)."""
+
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+if os.environ.get("WNC_REQUIRE_TRAINING") == "1":
+    import torch  # noqa: F401
+else:
+    pytest.importorskip("torch")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import wnc_onnx  # noqa: E402
+from tests.helpers import run  # noqa: E402
+from wnc_onnx.cli import main  # noqa: E402
+from wnc_onnx.data.arrays import InputArrays  # noqa: E402
+from wnc_onnx.errors import WncError  # noqa: E402
+from wnc_onnx.finetune import ArrayData, FinetuneConfig, finetune  # noqa: E402
+from wnc_onnx.finetune.distill import build_objective, rewritten_outputs  # noqa: E402
+from wnc_onnx.zoo import demo_cnn  # noqa: E402
+
+TORCH = {"backend": "torch", "device": "cpu"}
+
+
+def rel(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(a))
+
+
+def agreement(a, b):
+    return float((a.argmax(-1) == b.argmax(-1)).mean())
+
+
+def kl(a, b, t=1.0):
+    """KL(softmax(a / t) || softmax(b / t)), per sample, averaged."""
+    la = (
+        a / t
+        - np.log(np.exp(a / t - (a / t).max(1, keepdims=True)).sum(1, keepdims=True))
+        - (a / t).max(1, keepdims=True)
+    )
+    lb = (
+        b / t
+        - np.log(np.exp(b / t - (b / t).max(1, keepdims=True)).sum(1, keepdims=True))
+        - (b / t).max(1, keepdims=True)
+    )
+    return float((np.exp(la) * (la - lb)).sum(1).mean())
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """The demo CNN and a hard compression of it (ranks 4: its top class changes on a third of inputs)."""
+    teacher = demo_cnn()
+    teacher.ir_version = 10
+    student, _ = wnc_onnx.compress(teacher, ranks={"conv2": [4, 4], "conv3": [4, 4], "conv4": [4, 4], "fc1": [4, 4]})
+    x = np.random.default_rng(0).standard_normal((320, 3, 32, 32)).astype(np.float32)
+    return teacher, student, x[:256], x[256:]
+
+
+def test_distillation_without_labels_recovers_the_teacher(pair):
+    teacher, student, train, held = pair
+    (ref,) = run(teacher, {"image": held})
+    (before,) = run(student, {"image": held})
+    cfg = FinetuneConfig(epochs=4, batch_size=32, lr=2e-3, lr_step=3, **TORCH)
+    tuned, history = finetune(student, InputArrays({"image": train}), InputArrays({"image": held}), cfg,
+                              teacher=teacher, quiet=True)  # fmt: skip
+    (after,) = run(tuned, {"image": held})
+    # KL pins the class scores up to a shift, not the raw logits: judged by what the scores decide
+    assert agreement(ref, before) < 0.7 and agreement(ref, after) >= 0.9, (
+        agreement(ref, before),
+        agreement(ref, after),
+    )
+    assert kl(ref, after) < 0.25 * kl(ref, before), (kl(ref, before), kl(ref, after))
+    terms = history.distill["terms"]
+    assert terms[0]["tensor"] == "logits" and terms[0]["kind"] == "kl" and terms[0]["for"] == "logits"
+    # the rewritten layers' outputs, but for fc2's, the model's output already in a term
+    assert [t["tensor"] for t in terms[1:]] == [n for n in rewritten_outputs(student) if n != "logits"]
+    assert len(terms) == 6 and {t["for"] for t in terms[1:]} == {"feature"}  # conv1-conv4, fc1
+    assert history.epochs[-1].val_agreement == pytest.approx(agreement(ref, after), abs=1e-6)
+    assert history.epochs[-1].teacher_seconds > 0 and history.epochs[-1].val_accuracy is None  # no labels
+    assert [o.name for o in tuned.graph.output] == ["logits"] and tuned.graph.node == student.graph.node
+
+
+def test_the_rewritten_layers_outputs_are_the_default_features(pair):
+    teacher, student, _, _ = pair
+    names = rewritten_outputs(student)
+    report = json.loads(next(e.value for e in student.metadata_props if e.key == "wnc_onnx"))
+    assert len(names) == len(report["layers"]) and all(n in {o for n in teacher.graph.node for o in n.output}
+                                                        for n in names)  # fmt: skip
+    plain = build_objective(student, teacher, features="none")
+    assert [t.tensor for t in plain.terms] == ["logits"]
+    with pytest.raises(WncError, match="do not both compute"):
+        build_objective(student, teacher, features=("nope",))
+
+
+def softmax_head(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with a final Softmax: its output 'probs', the logits inside."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.node.append(helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1))
+    classes = out.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    del out.graph.output[:]
+    out.graph.output.append(helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", classes]))
+    return out
+
+
+def test_a_softmax_output_is_distilled_at_its_logits_and_keeps_its_softmax(pair):
+    teacher, student, train, held = pair
+    teacher, student = softmax_head(teacher), softmax_head(student)
+    cfg = FinetuneConfig(epochs=2, batch_size=32, **TORCH)
+    tuned, history = finetune(student, InputArrays({"image": train}), None, cfg, teacher=teacher, quiet=True)
+    assert history.distill["terms"][0]["tensor"] == "logits" and "Softmax" in history.distill["terms"][0]["why"]
+    (probs,) = run(tuned, {"image": held})
+    assert tuned.graph.node[-1].op_type == "Softmax" and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["ort", "torch"])
+def test_labels_with_a_softmax_output_train_on_the_logits(pair, backend):
+    """Cross-entropy on probabilities (a softmax taken twice) trained the wrong thing; the loss is
+    the cross-entropy of the logits, and the written model keeps its Softmax."""
+    teacher, student, train, held = pair
+    student = softmax_head(student)
+    y = run(teacher, {"image": held})[0].argmax(1)
+    cfg = FinetuneConfig(epochs=1, batch_size=64, backend=backend, device="cpu" if backend == "torch" else None)
+    tuned, history = finetune(student, ArrayData(held, y), ArrayData(held, y), cfg, quiet=True)
+    logits = run(student, {"image": held})[0]  # the probabilities: back to log space
+    log_p = np.log(np.clip(logits, 1e-30, None))
+    ce_logits = float(-log_p[np.arange(len(y)), y].mean())
+    assert history.initial_val_loss == pytest.approx(ce_logits, rel=1e-4)
+    assert tuned.graph.node[-1].op_type == "Softmax" and [o.name for o in tuned.graph.output] == ["probs"]
+    assert np.allclose(run(tuned, {"image": held})[0].sum(1), 1, atol=1e-5)
+
+
+def two_heads() -> onnx.ModelProto:
+    """Two inputs ('image', 'gain'), two outputs: a class index made by ArgMax, and 4 box values."""
+    rng = np.random.default_rng(3)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((16, 1, 3, 3)).astype(np.float32) * 0.4, "c.w"),
+        numpy_helper.from_array(rng.standard_normal((16, 16, 3, 3)).astype(np.float32) * 0.2, "c2.w"),
+        numpy_helper.from_array(rng.standard_normal((16 * 16, 12)).astype(np.float32) * 0.1, "cls.w"),
+        numpy_helper.from_array(rng.standard_normal((16 * 16, 4)).astype(np.float32) * 0.1, "box.w"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "c.w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "c2.w"], ["c2"], name="conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Mul", ["c2", "gain"], ["g"], name="gain"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "cls.w"], ["scores"], name="cls"),
+        helper.make_node("ArgMax", ["scores"], ["label"], name="argmax", axis=1, keepdims=0),
+        helper.make_node("MatMul", ["f", "box.w"], ["box"], name="box"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "two_heads",
+        [
+            helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 8, 8]),
+            helper.make_tensor_value_info("gain", TensorProto.FLOAT, ["N", 1, 1, 1]),
+        ],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("box", TensorProto.FLOAT, ["N", 4]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model
+
+
+def test_every_output_of_a_two_input_model_is_distilled():
+    teacher = two_heads()
+    # conv2 (random, full-rank weights) at ranks 8 of 16 moves both heads; the heads themselves stay whole
+    student, rep = wnc_onnx.compress(teacher, include="^conv2$", ranks={"conv2": [8, 8]})
+    assert rep.totals.decomposed == 1
+    rng = np.random.default_rng(5)
+    feeds = {"image": rng.standard_normal((256, 1, 8, 8)).astype(np.float32),
+             "gain": rng.uniform(0.5, 2, (256, 1, 1, 1)).astype(np.float32)}  # fmt: skip
+    train = InputArrays({k: v[:192] for k, v in feeds.items()})
+    held = {k: v[192:] for k, v in feeds.items()}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(teacher)
+    probe.graph.output.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 12]))
+    cfg = FinetuneConfig(epochs=8, batch_size=32, lr=3e-3, lr_step=8, **TORCH)
+    tuned, history = finetune(student, train, None, cfg, teacher=teacher, quiet=True)
+    kinds = {t["for"]: (t["tensor"], t["kind"]) for t in history.distill["terms"] if t["for"] != "feature"}
+    assert kinds == {"label": ("scores", "kl"), "box": ("box", "mse")}
+    label_t, box_t = run(teacher, held)
+    label_s, box_s = run(student, held)
+    label_a, box_a = run(tuned, held)
+    assert rel(box_t, box_a) < 0.8 * rel(box_t, box_s), (rel(box_t, box_s), rel(box_t, box_a))  # the boxes learned
+    assert (label_a == label_t).mean() > (label_s == label_t).mean() + 0.1  # and the ArgMax's scores
+    assert label_a.dtype == np.int64 and [o.name for o in tuned.graph.output] == ["label", "box"]
+
+
+def test_alpha_one_is_the_label_loss_alone(pair):
+    """``alpha`` mixes the label loss in: at 1 the run takes the steps of training on labels alone."""
+    teacher, student, train, _ = pair
+    y = run(teacher, {"image": train})[0].argmax(1)
+    data = ArrayData(train[:128], y[:128])
+    cfg = FinetuneConfig(epochs=1, batch_size=32, **TORCH)
+    _, labels = finetune(student, data, None, cfg, quiet=True)
+    _, mixed = finetune(student, data, None, FinetuneConfig(epochs=1, batch_size=32, alpha=1.0, **TORCH),
+                        teacher=teacher, quiet=True)  # fmt: skip
+    assert mixed.epochs[0].train_loss == pytest.approx(labels.epochs[0].train_loss, rel=1e-5)
+    _, half = finetune(student, data, None, FinetuneConfig(epochs=1, batch_size=32, alpha=0.5, **TORCH),
+                       teacher=teacher, quiet=True)  # fmt: skip
+    assert half.epochs[0].train_loss != pytest.approx(labels.epochs[0].train_loss, rel=1e-3)
+
+
+@pytest.fixture
+def files(pair, tmp_path):
+    teacher, student, train, held = pair
+    onnx.save(teacher, tmp_path / "model.onnx")
+    onnx.save(student, tmp_path / "small.onnx")
+    np.savez(tmp_path / "inputs.npz", image=train[:96])
+    np.savez(tmp_path / "held.npz", x=held)
+    return tmp_path
+
+
+def test_cli_distills_from_unlabelled_inputs_and_a_flat_image_folder(files, capsys):
+    out = files / "tuned.onnx"
+    rc = main(["finetune", str(files / "small.onnx"), str(out), "--train", str(files / "inputs.npz"), "--val",
+               str(files / "held.npz"), "--teacher", str(files / "model.onnx"), "--epochs", "1", "-q"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    history = json.loads((files / "tuned.history.json").read_text())
+    assert history["config"]["backend"] == "torch" and history["distill"]["terms"][0]["kind"] == "kl"
+    assert history["epochs"][0]["val_agreement"] is not None and "agreement" in captured.out
+    rng = np.random.default_rng(0)
+    (files / "photos").mkdir()
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(files / "photos" / f"{i}.png")
+    rc = main(["finetune", str(files / "small.onnx"), str(files / "t2.onnx"), "--train", str(files / "photos"),
+               "--teacher", str(files / "model.onnx"), "--epochs", "1", "-q"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    assert (files / "t2.onnx").is_file()
+
+
+def renamed_input(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.input[0].name = "pixels"
+    for n in out.graph.node:
+        n.input[:] = ["pixels" if i == "image" else i for i in n.input]
+    return out
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--teacher", "{other}"], "the teacher's inputs ['pixels'] are not the model's ['image']"),
+        (
+            ["--teacher", "{teacher}", "--alpha", "0.5"],
+            "--alpha mixes the label loss in, and inputs.npz hold no labels",
+        ),
+        (["--alpha", "0.5", "--train", "{labelled}"], "--alpha mixes the label loss into distillation"),
+        (["--teacher", "{teacher}", "--backend", "ort"], "distillation from a teacher trains on the torch backend"),
+        (["--teacher", "{teacher}", "--distill-loss", "nope=kl"], "--distill-loss names unknown output(s) ['nope']"),
+        (["--teacher", "{teacher}", "--distill-loss", "logits=cosine"], "unknown loss"),
+        (["--teacher", "{teacher}", "--temperature", "0"], "--temperature must be > 0"),
+        (["--train", "{inputs}"], "has no labels, and this run trains on them"),
+        (["--teacher", "{teacher}", "--train", "{wrong}"], "holds ['a', 'b']: which is the input 'image'?"),
+    ],
+)
+def test_bad_distillation_input_is_one_line_exit_2(files, capsys, extra, needle):
+    onnx.save(renamed_input(onnx.load(files / "model.onnx")), files / "other.onnx")
+    np.savez(files / "labelled.npz", x=np.zeros((8, 3, 32, 32), np.float32), y=np.zeros(8, np.int64))
+    np.savez(files / "wrong.npz", a=np.zeros((8, 3, 32, 32), np.float32), b=np.zeros((8, 3, 32, 32), np.float32))
+    paths = {"teacher": files / "model.onnx", "other": files / "other.onnx", "labelled": files / "labelled.npz",
+             "inputs": files / "inputs.npz", "wrong": files / "wrong.npz"}  # fmt: skip
+    args = [a.format(**paths) for a in extra]
+    train = [] if "--train" in args else ["--train", str(files / "inputs.npz")]
+    rc = main(["finetune", str(files / "small.onnx"), str(files / "o.onnx"), *train, *args, "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and needle in err[0] and "fix:" in err[0], err
+    assert not (files / "o.onnx").exists()
