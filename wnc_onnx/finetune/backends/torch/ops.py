@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from wnc_onnx.finetune.backends.torch.recurrent import RECURRENT
+
 MIN_OPSET, MAX_OPSET = 7, 22
 Attrs = dict[str, Any]
 Op = Callable[[Attrs, list[Any]], list[Any]]
@@ -985,3 +987,6 @@ def _arg_of(fn: Callable[..., Any]) -> Op:
 
 
 OPS["ArgMax"], OPS["ArgMin"] = _arg_of(torch.argmax), _arg_of(torch.argmin)
+
+
+OPS.update(RECURRENT)  # RNN, GRU, LSTM (recurrent.py)
