@@ -50,7 +50,7 @@ def _activations(kind: str, a: Attrs, directions: int) -> list[list[Callable[[An
     if len(names) != per * directions:
         raise NotImplementedError(f"{kind} with {len(names)} activations for {directions} direction(s)")
     alphas, betas = list(a.get("activation_alpha", [])), list(a.get("activation_beta", []))
-    bound = []
+    bound: list[Callable[[Any], Any]] = []
     for k, name in enumerate(names):
         key = name.lower()
         if key not in _ACTIVATIONS:
@@ -62,8 +62,12 @@ def _activations(kind: str, a: Attrs, directions: int) -> list[list[Callable[[An
         else:  # taken in order by the activations that use them
             alpha = (alphas.pop(0) if alphas else da) if da is not None else 0.0
             beta = (betas.pop(0) if betas else db) if db is not None else 0.0
-        bound.append(lambda x, fn=fn, alpha=float(alpha or 0.0), beta=float(beta or 0.0): fn(x, alpha, beta))
+        bound.append(_bind(fn, float(alpha or 0.0), float(beta or 0.0)))
     return [bound[d * per : (d + 1) * per] for d in range(directions)]
+
+
+def _bind(fn: Callable[[Any, float, float], Any], alpha: float, beta: float) -> Callable[[Any], Any]:
+    return lambda x: fn(x, alpha, beta)
 
 
 def _clipped(x: Any, clip: float | None) -> Any:
