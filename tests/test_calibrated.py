@@ -535,3 +535,21 @@ def test_data_spectra_give_the_output_error_of_the_best_output_projection():
     for r in (3, 8, 15):
         fit = data_fit(k, None, r, st)
         assert fit.terms[0] == pytest.approx(out[r:].sum(), rel=1e-4)
+
+
+def test_max_error_on_an_argmax_model_is_measured_at_its_scores():
+    """A model ending in ArgMax: --max-error used to measure the class indices (an error of 1.55
+    on a recognizer, no ranks could meet any budget); it measures the scores ArgMax reads."""
+    from tests.test_figures import argmax_head
+    from wnc_onnx import compress
+    from wnc_onnx.check.verify import verify
+    from wnc_onnx.zoo import demo_cnn
+
+    model = argmax_head(demo_cnn())
+    small, rep = compress(model, calibration=[{"image": _images(96, 1)}], max_error=0.1, exclude="^fc")
+    cal = rep.extras["calibration"]
+    assert cal["measured_at"] == {"label": "logits"} and 0 < cal["output_error"] <= 0.1
+    assert rep.totals.decomposed > 0 and "(at 'logits' for 'label')" in rep.to_table()
+    held = verify(model, small, inputs={"image": _images(64, 2)})
+    assert held.outputs[0].measured_at == "logits" and held.worst_rel < 0.15
+    assert small.graph.node[-1].op_type == "ArgMax" and small.graph.output[0].type.tensor_type.elem_type == 7

@@ -418,3 +418,28 @@ def test_input_shape_errors_name_the_data_inputs_only(tmp_path, capsys):
         capsys, tmp_path / "d.onnx", tmp_path / "o.onnx", "--verify", "--input-shape", "image=1,3,7,7", "-q"
     )
     assert rc == 2 and "check the sizes given with --input-shape" in err and err.count("\n") == 1
+
+
+def argmax_head(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` ending in ArgMax: an integer class index out, the logits inside."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.node.append(onnx.helper.make_node("ArgMax", ["logits"], ["label"], name="argmax", axis=1, keepdims=0))
+    del out.graph.output[:]
+    out.graph.output.append(onnx.helper.make_tensor_value_info("label", onnx.TensorProto.INT64, ["N"]))
+    return out
+
+
+def test_an_argmax_output_is_measured_at_the_scores_it_reads(tmp_path, capsys):
+    """An integer output's element error means nothing (class indices): --verify measures the
+    float tensor ArgMax reads, says so, and still gives the share of equal labels."""
+    from wnc_onnx.check.verify import verify
+
+    model = argmax_head(demo_cnn())
+    small, _ = wnc_onnx.compress(model, ranks={"conv3": [4, 4]})
+    result = verify(model, small, input_shapes={"image": [16, 3, 32, 32]})
+    (out,) = result.outputs
+    assert out.name == "label" and out.measured_at == "logits" and out.made_by == "ArgMax 'argmax'"
+    assert out.error is not None and 0 < out.error < 1 and out.kind == "class scores"
+    assert out.top1_agreement == pytest.approx(out.equal_fraction)  # the labels are the scores' argmax
+    assert "measured at 'logits', which ArgMax 'argmax' turns into the output" in result.to_table()

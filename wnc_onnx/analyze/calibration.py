@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from scipy.linalg.blas import ssyrk
 
+from wnc_onnx.analyze.graph import with_outputs
+from wnc_onnx.analyze.heads import measured
 from wnc_onnx.analyze.numeric.calibrated import PatchStats
 from wnc_onnx.data.feeds import CalibrationSource, Feeds, batches_of, input_signature
 from wnc_onnx.errors import WncError
@@ -244,16 +246,12 @@ def gather(
 ) -> Calibration:
     """Run ``model`` on the calibration data and sum each tap's moments; keep the first
     ``keep`` samples and the model's outputs on them (``Calibration.reference``)."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    have = {o.name for o in probe.graph.output} | {i.name for i in probe.graph.input}
-    probe.graph.output.extend(
-        onnx.ValueInfoProto(name=t) for t in sorted({tap.tensor for tap in taps}) if t not in have
-    )
+    points = list(measured(model).values())  # the outputs, or the floats post-processing reads
+    probe = with_outputs(model, sorted({tap.tensor for tap in taps}) + points)
     sess = cpu_session(probe, threads, "calibration")
     del probe  # onnxruntime holds its own copy of the weights
     names = [o.name for o in sess.get_outputs()]
-    cal = Calibration(reference=Reference([o.name for o in model.graph.output]) if keep > 0 else None)
+    cal = Calibration(reference=Reference(points) if keep > 0 else None)
     t0 = time.perf_counter()
     fixed = any(dims and dims[0] is not None for dims, _ in input_signature(model).values())
     chunk = 0  # samples per onnxruntime run: bounded by TAP_BYTES of tapped tensors, learned from the first

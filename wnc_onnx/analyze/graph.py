@@ -50,6 +50,16 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also returns the tensors ``names`` (graph inputs and outputs
+    already returned are not added again): for reading intermediate tensors in onnxruntime."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output} | {i.name for i in probe.graph.input}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in have)
+    return probe
+
+
 def referenced_names(graph: onnx.GraphProto) -> set[str]:
     """Every tensor name read by a node of ``graph`` or of its nested subgraphs."""
     names: set[str] = set()

@@ -46,6 +46,10 @@ class Head:
     axis: int
     rank: int | None
     why: str
+    # the float tensor an output made by post-processing comes from (where its error means
+    # something), and that post-processing; the output itself and None otherwise
+    measured: str = ""
+    post: str | None = None
 
     @property
     def classes(self) -> bool:
@@ -93,7 +97,7 @@ def _rank(shapes: dict[str, list[int | str | None]], name: str) -> int | None:
 
 
 def _head(name: str, prod: dict[str, onnx.NodeProto], shapes: dict[str, list[int | str | None]], opset: int) -> Head:
-    tensor, why = name, []
+    tensor, why, post = name, [], None
     # 1. through post-processing to the float scores
     for _ in range(32):
         node = prod.get(tensor)
@@ -107,9 +111,11 @@ def _head(name: str, prod: dict[str, onnx.NodeProto], shapes: dict[str, list[int
             if src is None:
                 break
             why.append(f"{node.op_type} '{node.name}' makes it from '{src}'")
+            post = post or f"{node.op_type} '{node.name}'"
             tensor = src
             continue
         break
+    measured = tensor if post else name
     # 2. a softmax: its input, the logits
     node = prod.get(tensor)
     looked = tensor
@@ -122,20 +128,27 @@ def _head(name: str, prod: dict[str, onnx.NodeProto], shapes: dict[str, list[int
         if rank is not None and axis < 0:
             axis += rank
         why.append(f"{node.op_type} '{node.name}': trained on its input, the logits")
-        kind_why = "per position" if rank is not None and rank >= 3 else ""
-        return Head(name, node.input[0], "classes", axis, rank, "; ".join(why + ([kind_why] if kind_why else [])))
+        if rank is not None and rank >= 3:
+            why.append("per position")
+        return Head(name, node.input[0], "classes", axis, rank, "; ".join(why), measured, post)
     if node is not None and node.op_type == "Div" and node.input:
         num = prod.get(node.input[0])
         if num is not None and num.op_type == "Exp":
             rank = _rank(shapes, num.input[0])
             why.append(f"softmax written out as Exp / sum ('{node.name}'): trained on the Exp's input")
-            return Head(name, num.input[0], "classes", (rank or 2) - 1, rank, "; ".join(why))
+            return Head(name, num.input[0], "classes", (rank or 2) - 1, rank, "; ".join(why), measured, post)
     # 3. raw logits of a linear layer
     dims = shapes.get(tensor)
     if node is not None and node.op_type in LINEAR_OPS and dims is not None and len(dims) == 2:
         classes = dims[1]
         if isinstance(classes, int) and classes >= MIN_CLASSES:
             why.append(f"a {node.op_type}'s ({classes}) scores: raw logits")
-            return Head(name, tensor, "classes", 1, 2, "; ".join(why))
+            return Head(name, tensor, "classes", 1, 2, "; ".join(why), measured, post)
     why.append("float values")
-    return Head(name, tensor, "values", -1, _rank(shapes, tensor), "; ".join(why))
+    return Head(name, tensor, "values", -1, _rank(shapes, tensor), "; ".join(why), measured, post)
+
+
+def measured(model: onnx.ModelProto) -> dict[str, str]:
+    """output -> the tensor its error is measured at: the float tensor that feeds an output made
+    by post-processing (ArgMax, TopK, NMS, a Cast to integers), else the output itself."""
+    return {h.output: h.measured or h.output for h in heads(model)}

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from wnc_onnx.analyze.graph import with_outputs
+from wnc_onnx.analyze.heads import heads, measured
 from wnc_onnx.data.feeds import Drawn, random_inputs
 from wnc_onnx.errors import WncError, one_line
 from wnc_onnx.io.model_io import load_model
@@ -58,6 +60,10 @@ class OutputDiff:
     finite: bool  # the compressed model's output has no NaN/inf
     top1_agreement: float | None = None  # class-score outputs
     equal_fraction: float | None = None  # integer outputs: elements that match exactly
+    # an output made by post-processing (ArgMax, TopK, NMS, a Cast to integers) is measured at
+    # the float tensor that feeds it: that tensor, and the op that makes the output
+    measured_at: str | None = None
+    made_by: str | None = None
 
 
 @dataclass
@@ -110,6 +116,11 @@ class VerifyResult:
                 figure += f"  reference in [{o.ref_range[0]:.3g}, {o.ref_range[1]:.3g}]"
             if o.top1_agreement is not None:
                 figure += f"  top-1 agreement {100 * o.top1_agreement:.1f}%"
+            if o.measured_at is not None:
+                figure += f"  (measured at '{o.measured_at}', which {o.made_by} turns into the output"
+                if o.equal_fraction is not None:
+                    figure += f"; the output equal on {100 * o.equal_fraction:.1f}%"
+                figure += ")"
             if not o.finite:
                 figure += "  NaN/Inf in the compressed output"
             lines.append(f"  {o.name:{width}s}  {figure}")
@@ -278,30 +289,62 @@ def verify(
     graph = _graph(original)
     drawn = Drawn()
     feeds = dict(inputs) if inputs is not None else random_inputs(graph, input_shapes, seed, input_values, drawn)
+    other = _graph(compressed)
+    names = [o.name for o in graph.graph.output]
+    points = measurement_points(graph, other)
+    wanted = names + list(points.values())
     try:
-        ref_session = cpu_session(original, threads)
+        ref_session = cpu_session(with_outputs(graph, wanted), threads)
     except WncError:  # onnxruntime missing: its own message
         raise
     except Exception as exc:
         raise _load_failure(exc) from None
     try:
-        ref = ref_session.run(None, feeds)
+        ref = dict(zip([o.name for o in ref_session.get_outputs()], ref_session.run(None, feeds), strict=True))
     except Exception as exc:
         raise _run_failure(exc, drawn if inputs is None else Drawn(), bool(input_shapes) and inputs is None) from None
-    got = cpu_session(compressed, threads).run(None, feeds)
+    ours = cpu_session(with_outputs(other, wanted), threads)
+    got = dict(zip([o.name for o in ours.get_outputs()], ours.run(None, feeds), strict=True))
     result = VerifyResult(
         input_shapes={k: list(v.shape) for k, v in feeds.items()},
         source="user" if inputs is not None else "random",
         tolerance=tolerance,
     )
-    names = [o.name for o in graph.graph.output]
-    for name, a, b in zip(names, ref, got, strict=True):
-        result.outputs.append(
-            compare_output(name, output_kind(graph, name, np.asarray(a)), np.asarray(a), np.asarray(b))
-        )
+    for name in names:
+        result.outputs.append(compare_measured(graph, name, points, ref, got))
     if layers and result.large:  # worth a second pair of runs only when the user has to act
-        result.layers = layer_errors(graph, _graph(compressed), feeds, layers, threads)
+        result.layers = layer_errors(graph, other, feeds, layers, threads)
     return result
+
+
+def measurement_points(original: onnx.ModelProto, compressed: onnx.ModelProto | None = None) -> dict[str, str]:
+    """output -> the float tensor it is measured at, for the outputs made by post-processing
+    (``analyze.heads``) whose tensor both models compute."""
+    produced = {o for n in original.graph.node for o in n.output}
+    if compressed is not None:
+        produced &= {o for n in compressed.graph.node for o in n.output}
+    return {out: at for out, at in measured(original).items() if at != out and at in produced}
+
+
+def compare_measured(
+    model: onnx.ModelProto,
+    name: str,
+    points: Mapping[str, str],
+    ref: Mapping[str, np.ndarray],
+    got: Mapping[str, np.ndarray],
+) -> OutputDiff:
+    """Output ``name`` compared as ``--verify`` does, at its measurement point when it has one."""
+    a, b = np.asarray(ref[name]), np.asarray(got[name])
+    at = points.get(name)
+    if at is None:
+        return compare_output(name, output_kind(model, name, a), a, b)
+    fa, fb = np.asarray(ref[at]), np.asarray(got[at])
+    diff = compare_output(name, output_kind(model, at, fa), fa, fb)
+    diff.measured_at = at
+    diff.made_by = next((h.post for h in heads(model) if h.output == name), None)
+    if a.shape == b.shape and a.size:
+        diff.equal_fraction = float(np.mean(a == b))
+    return diff
 
 
 def layer_errors(
@@ -326,13 +369,9 @@ def layer_errors(
         return []
     runs = []
     for model in (original, compressed):
-        probe = onnx.ModelProto()
-        probe.CopyFrom(model)
-        have = {o.name for o in probe.graph.output}
-        probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in wanted if t not in have)
-        sess = cpu_session(probe, threads)
+        sess = cpu_session(with_outputs(model, wanted), threads)
         out_names = [o.name for o in sess.get_outputs()]
-        values = dict(zip(out_names, sess.run(None, dict(feeds)), strict=True))
+        values = {**feeds, **dict(zip(out_names, sess.run(None, dict(feeds)), strict=True))}  # inputs too
         runs.append(values)
     errors = {}
     for t in wanted:

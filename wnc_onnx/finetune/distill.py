@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from wnc_onnx.analyze.graph import with_outputs
 from wnc_onnx.analyze.heads import heads
 from wnc_onnx.errors import WncError
 from wnc_onnx.finetune.sources import model_spec
@@ -210,10 +211,7 @@ class Teacher:
     session: object = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        probe = onnx.ModelProto()
-        probe.CopyFrom(self.model)
-        have = {o.name for o in probe.graph.output}
-        probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in self.tensors if t not in have)
+        probe = with_outputs(self.model, self.tensors)
         self.session = cpu_session(probe, self.threads, "distillation's teacher")
         self.names = [o.name for o in self.session.get_outputs()]  # type: ignore[attr-defined]
 

@@ -253,6 +253,8 @@ def _calibration_lines(report: Report) -> list[str]:
     line = f"On {cal['samples']} calibration samples: output error {cal['output_error']:.4f} (relative RMS)"
     if cal.get("top1_agreement") is not None:
         line += f", top-1 unchanged on {cal['top1_agreement']:.1%}"
+    if cal.get("measured_at"):
+        line += " (at " + ", ".join(f"'{at}' for '{out}'" for out, at in cal["measured_at"].items()) + ")"
     budget = report.extras.get("max_error")
     if budget:
         line += f"; --max-error {budget['target']:g} met in {budget['rounds']} round(s), {budget['builds']} builds"

@@ -28,6 +28,8 @@ import numpy as np
 import onnx
 
 from wnc_onnx.analyze.calibration import Reuse
+from wnc_onnx.analyze.graph import with_outputs
+from wnc_onnx.analyze.heads import measured
 from wnc_onnx.check.verify import compare_output, output_kind
 from wnc_onnx.config import CompressConfig
 from wnc_onnx.data.feeds import batches_of
@@ -97,7 +99,9 @@ class _Runner:
 
     def __init__(self, model: onnx.ModelProto, cfg: CompressConfig, cache: Reuse, samples: int = EVAL_SAMPLES) -> None:
         self.model, self.cfg, self.cache, self.want = model, cfg, cache, samples
-        self.names = [o.name for o in model.graph.output]
+        # the outputs, or for one made by post-processing (ArgMax, TopK, ...) the float tensor it reads
+        self.points = measured(model)
+        self.names = list(self.points.values())
         self.feeds: list[dict[str, np.ndarray]] = []
         self.ref: list[np.ndarray] = []
         self.builds = 0
@@ -117,7 +121,7 @@ class _Runner:
             n += len(next(iter(batch.values())))
             if n >= self.want:
                 break
-        sess = cpu_session(self.model, cfg.threads)
+        sess = cpu_session(with_outputs(self.model, self.names), cfg.threads)
         self.ref = [np.concatenate(x) for x in zip(*(sess.run(self.names, f) for f in self.feeds), strict=True)]
 
     def compress(self, keep_whole: dict[str, str] | None = None, **changes: Any) -> tuple[onnx.ModelProto, Report]:
@@ -130,7 +134,7 @@ class _Runner:
         """The worst output error on the data (as --verify normalizes it) and, where outputs are
         class scores, the share of samples whose top class is unchanged."""
         self._reference()
-        sess = cpu_session(compressed, self.cfg.threads)
+        sess = cpu_session(with_outputs(compressed, self.names), self.cfg.threads)
         runs = [sess.run(self.names, f) for f in self.feeds]
         got = [np.concatenate([run[i] for run in runs])[: len(r)] for i, r in enumerate(self.ref)]
         worst, top1 = 0.0, None
@@ -139,7 +143,11 @@ class _Runner:
             worst = max(worst, diff.error if diff.error is not None else 0.0)
             if diff.top1_agreement is not None:
                 top1 = diff.top1_agreement if top1 is None else min(top1, diff.top1_agreement)
-        return {"samples": self.samples, "output_error": worst, "top1_agreement": top1}
+        found: dict[str, Any] = {"samples": self.samples, "output_error": worst, "top1_agreement": top1}
+        moved = {out: at for out, at in self.points.items() if at != out}
+        if moved:  # said in the report: an integer output's error means nothing, its scores' does
+            found["measured_at"] = moved
+        return found
 
     @property
     def samples(self) -> int:
