@@ -424,3 +424,45 @@ def test_a_bad_config_value_names_the_flag_and_the_help_that_lists_it(tmp_path, 
     with pytest.raises(SystemExit):
         main(["compress", "--help"])
     assert "--target-speedup" in capsys.readouterr().out
+
+
+def test_compress_checks_the_outputs_by_default_and_names_the_next_command(tmp_path, capsys):
+    """A plain compress printed no warning for a broken model (the warning came with --verify
+    only): it checks on random inputs by default and says how to recover, with the command."""
+    src, out, rep = tmp_path / "d.onnx", tmp_path / "o.onnx", tmp_path / "r.json"
+    onnx.save(demo_cnn(), src)
+    (tmp_path / "ranks.json").write_text(json.dumps({"conv3": [2, 2]}))
+    assert main([str(src), str(out), "-q", "--ranks", str(tmp_path / "ranks.json"), "--report", str(rep)]) == 0
+    err = capsys.readouterr().err
+    assert "verify (random inputs" in err and "warning: the compressed model's outputs differ a lot" in err
+    assert f"wnc-onnx finetune {out} {tmp_path / 'o.tuned.onnx'} --teacher {src} --train INPUTS.npz" in err
+    assert json.loads(rep.read_text())["extras"]["verify"]["large_error"] is True
+    assert main([str(src), str(tmp_path / "n.onnx"), "-q", "--no-verify", "--report", str(rep)]) == 0
+    assert "verify" not in json.loads(rep.read_text())["extras"] and "warning" not in capsys.readouterr().err
+
+
+def test_a_model_the_default_check_cannot_run_is_written_with_a_note(tmp_path, capsys):
+    """Default random inputs cannot run every model (here a length only 48 fits): without --verify
+    that is a note and the model is written; with --verify it is the one-line error it was."""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((48, 4)) @ rng.standard_normal((4, 48))).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["x", "shape"], ["r"], name="reshape"),
+            helper.make_node("MatMul", ["r", "w"], ["y"], name="fc"),
+        ],  # fmt: skip
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "L"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 48])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([1, 48]), "shape")],
+    )
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
+    assert main([str(src), str(out), "-q"]) == 0 and out.is_file()
+    captured = capsys.readouterr()
+    assert "note: the outputs were not checked (onnxruntime cannot run the original model" in captured.out
+    assert "--input-shape x=" in captured.out
+    assert main([str(src), str(tmp_path / "v.onnx"), "-q", "--verify"]) == 2
+    assert "cannot run the original model" in capsys.readouterr().err and not (tmp_path / "v.onnx").exists()
+    assert main([str(src), str(tmp_path / "c.onnx"), "-q", "--verify", "--no-verify"]) == 2
+    assert "contradict" in capsys.readouterr().err
