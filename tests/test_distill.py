@@ -279,3 +279,33 @@ def test_bad_distillation_input_is_one_line_exit_2(files, capsys, extra, needle)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and needle in err[0] and "fix:" in err[0], err
     assert not (files / "o.onnx").exists()
+
+
+def test_compress_then_recover_in_one_flow(tmp_path, capsys):
+    """compress --distill EPOCHS --calibration DATA: calibrated, distilled on the same inputs, and
+    the held-back part (never seen by either) shows the original against both models."""
+    teacher = demo_cnn()
+    teacher.ir_version = 10
+    onnx.save(teacher, tmp_path / "model.onnx")
+    x = np.random.default_rng(4).standard_normal((320, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "inputs.npz", image=x)
+    (tmp_path / "ranks.json").write_text(json.dumps({"conv2": [4, 4], "conv3": [4, 4], "conv4": [4, 4], "fc1": [4, 4]}))
+    out, rep = tmp_path / "small.onnx", tmp_path / "r.json"
+    rc = main([str(tmp_path / "model.onnx"), str(out), "--ranks", str(tmp_path / "ranks.json"), "--calibration",
+               str(tmp_path / "inputs.npz"), "--distill", "4", "--report", str(rep), "-q"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    d = json.loads(rep.read_text())["extras"]["distill"]
+    assert d["held_back"] == 40 and d["train_samples"] == 280 and d["epochs"] == 4
+    assert d["recovered"]["agreement"] >= d["compressed"]["agreement"], d
+    assert d["recovered"]["output_error"] < d["compressed"]["output_error"], d
+    assert "Distilled from the original for 4 epoch(s) on 280 samples" in captured.out
+    held = {"image": x[-40:]}
+    ref, got = run(teacher, held)[0], run(onnx.load(out), held)[0]
+    assert agreement(ref, got) == pytest.approx(d["recovered"]["agreement"])  # the written model is the recovered one
+    cal = ["--calibration", str(tmp_path / "inputs.npz")]
+    for extra, needle in ((["--distill", "2"], "--distill trains on the calibration data"),
+                          (["--distill", "0", *cal], "a number of epochs")):  # fmt: skip
+        assert main([str(tmp_path / "model.onnx"), str(tmp_path / "x.onnx"), *extra, "-q"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0] and not (tmp_path / "x.onnx").exists()

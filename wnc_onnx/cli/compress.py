@@ -24,6 +24,8 @@ from wnc_onnx.cli.options import (
 from wnc_onnx.config import CompressConfig
 from wnc_onnx.data.feeds import load_inputs, parse_input_values
 from wnc_onnx.errors import WncError
+from wnc_onnx.finetune.backends.torch.run import require_torch
+from wnc_onnx.finetune.recover import compress_and_recover
 from wnc_onnx.io.model_io import check_output_path, load_model, staged_model, write_text_atomic
 from wnc_onnx.report import Report
 from wnc_onnx.report.plot import plot_report, pyplot
@@ -154,7 +156,15 @@ def run(a: argparse.Namespace) -> int:
     cfg = compress_config(a)
     if cfg.pq and cfg.pq_kmeans == "faiss":
         require_faiss()
-    model, report = compress(a.input, cfg)
+    if a.distill is not None:
+        if a.distill < 1:
+            raise WncError(f"--distill {a.distill}: a number of epochs", "e.g. --distill 10")
+        if cfg.calibration is None:
+            raise WncError("--distill trains on the calibration data", "give --calibration DATA (the model's inputs)")
+        require_torch()
+        model, report = compress_and_recover(a.input, cfg, a.distill)
+    else:
+        model, report = compress(a.input, cfg)
     quantized = pq_quantized(report)
     if cfg.pq and not quantized and (not cfg.lowrank or report.totals.decomposed == 0):
         raise _nothing_quantized(report, a.quiet)

@@ -305,6 +305,13 @@ def add_calibration(p: argparse.ArgumentParser, budget: bool = True) -> None:
     if not budget:
         return
     g.add_argument(
+        "--distill",
+        type=int,
+        metavar="EPOCHS",
+        help="then train the compressed model for EPOCHS on the calibration data to reproduce the original "
+        "(distillation, no labels; needs torch), and report both against the original on held-back samples",
+    )
+    g.add_argument(
         "--max-error",
         type=float,
         metavar="E",

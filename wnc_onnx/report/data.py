@@ -238,6 +238,7 @@ def _layout(report: Report, head: tuple[str, ...], rows: list[tuple[str, ...]]) 
     )
     lines += _latency_lines(report)
     lines += _calibration_lines(report)
+    lines += _distill_lines(report)
     pq = report.extras.get("pq")
     if pq:
         lines += ["", *pq_table(pq)]
@@ -259,6 +260,22 @@ def _calibration_lines(report: Report) -> list[str]:
     if budget:
         line += f"; --max-error {budget['target']:g} met in {budget['rounds']} round(s), {budget['builds']} builds"
     return [line]
+
+
+def _distill_lines(report: Report) -> list[str]:
+    """compress --distill: the compressed and the recovered model against the original, held back."""
+    d = report.extras.get("distill")
+    if not d:
+        return []
+
+    def said(m: dict[str, Any]) -> str:
+        agree = f", top-1 agreement {m['agreement']:.1%}" if m.get("agreement") is not None else ""
+        return f"output error {m['output_error']:.4f}{agree}"
+
+    return [
+        f"Distilled from the original for {d['epochs']} epoch(s) on {d['train_samples']} samples, no labels; "
+        f"on {d['held_back']} held-back samples: compressed {said(d['compressed'])}, recovered {said(d['recovered'])}"
+    ]
 
 
 def pq_table(pq: dict[str, Any]) -> list[str]:
