@@ -553,3 +553,21 @@ def test_max_error_on_an_argmax_model_is_measured_at_its_scores():
     held = verify(model, small, inputs={"image": _images(64, 2)})
     assert held.outputs[0].measured_at == "logits" and held.worst_rel < 0.15
     assert small.graph.node[-1].op_type == "ArgMax" and small.graph.output[0].type.tensor_type.elem_type == 7
+
+
+def test_an_unreachable_max_error_is_said_before_the_search(monkeypatch):
+    """An unreachable budget used to take the whole search (500 s on a recognizer); a few probes
+    (the least-error layers alone, at the largest ranks) say so first."""
+    from wnc_onnx import compress
+    from wnc_onnx.errors import WncError
+    from wnc_onnx.rewrite import budget
+    from wnc_onnx.zoo import demo_cnn
+
+    builds = []
+    real = budget._Runner.compress
+    monkeypatch.setattr(budget._Runner, "compress", lambda self, *a, **k: builds.append(k) or real(self, *a, **k))
+    with pytest.raises(WncError, match=r"cannot be met .* the least error found is .* were each tried alone"):
+        compress(demo_cnn(), calibration=[{"image": _images(96, 1)}], max_error=1e-9, exclude="^fc")
+    # EVBMF's ranks, then the probes' builds (per probe, scales down to the largest that saves something)
+    assert builds[0] == {} and all(set(k["keep_whole"].values()) == {"probe"} for k in builds[1:])
+    assert len(builds) <= 1 + budget.PROBES * len(budget.SCALES)

@@ -42,6 +42,7 @@ from wnc_onnx.rewrite.state import RunState
 log = logging.getLogger(__name__)
 
 SCALES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # of EVBMF's ranks
+PROBES = 3  # layers tried alone at the largest scale before the search: an unreachable budget is said early
 ROUNDS = 5  # builds of the chosen network before giving up on the budget
 TIGHT = 0.8  # a measured error at or above this share of the aim is close enough
 SAFETY = 0.9  # aim under the budget: held-out inputs see a little more error than the fitted ones
@@ -168,6 +169,37 @@ def on_calibration_data(
     return _Runner(original, cfg, cache, REPORT_SAMPLES).measure(compressed)
 
 
+def _feasible(runner: _Runner, start: dict[str, LayerReport], target: float, unfit: tuple[str, ...]) -> None:
+    """Before the search (many builds): the ``PROBES`` layers with the least output error on the
+    data, each compressed alone at the largest scale of EVBMF's ranks. If none of them keeps
+    the network within the budget, no compression is likely to: one WncError now, naming the
+    least error found, instead of after the whole search."""
+    probes = sorted(start.values(), key=lambda r: r.data_error or 0.0)[:PROBES]
+    best: tuple[float, str, dict[str, int]] | None = None
+    for r in probes:
+        whole = {n: "probe" for n in start if n != r.name} | dict.fromkeys(unfit, "probe")
+        for scale in reversed(SCALES):  # the largest ranks that still save something
+            ranks = _scaled(r, scale)
+            alone, rep = runner.compress(keep_whole=whole, ranks={**runner.cfg.ranks, r.name: _spec(ranks)})
+            if rep.layer(r.name).status == "decomposed":
+                break
+        else:
+            continue
+        err = runner.measure(alone)["output_error"]
+        log.info("--max-error: probe, %s alone at ranks %s: network error %.4g", r.name, ranks, err)
+        if err <= SAFETY * target:
+            return
+        if best is None or err < best[0]:
+            best = (err, r.name, ranks)
+    if best is not None:
+        raise WncError(
+            f"--max-error {target:g} cannot be met on the calibration data: the least error found is {best[0]:.3g} "
+            f"('{best[1]}' alone at ranks {best[2]}; the {len(probes)} layer(s) with the least error were each tried "
+            "alone at the largest ranks that still save weights and MACs)",
+            "raise --max-error, or give ranks by hand with --ranks",
+        )
+
+
 def _allocate(options: dict[str, list[Option]], gains: dict[str, float], budget: float) -> dict[str, Option]:
     """Per layer the option minimizing MACs + lam * a e^2, lam searched so sum a e^2 <= budget^2."""
 
@@ -213,6 +245,7 @@ def compress_within(model: onnx.ModelProto, cfg: CompressConfig) -> tuple[onnx.M
         return base_model, base
     # decomposed without statistics (the data too few for them): their error cannot be budgeted
     unfit = tuple(r.name for r in base.layers if r.status == "decomposed" and r.data_error is None)
+    _feasible(runner, start, target, unfit)
     # MACs unknown (a dynamic size without --input-shape): weights stand in for them
     options: dict[str, list[Option]] = {
         n: [Option(None, {}, 0.0, int(r.macs_before or r.params_before or 0))] for n, r in start.items()
