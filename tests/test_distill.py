@@ -236,7 +236,7 @@ def test_cli_distills_from_unlabelled_inputs_and_a_flat_image_folder(files, caps
     for i in range(20):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(files / "photos" / f"{i}.png")
     rc = main(["finetune", str(files / "small.onnx"), str(files / "t2.onnx"), "--train", str(files / "photos"),
-               "--teacher", str(files / "model.onnx"), "--epochs", "1", "-q"])  # fmt: skip
+               "--teacher", str(files / "model.onnx"), "--epochs", "1", "--augment", "crop,color", "-q"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     assert (files / "t2.onnx").is_file()
 
@@ -263,6 +263,7 @@ def renamed_input(model: onnx.ModelProto) -> onnx.ModelProto:
         (["--teacher", "{teacher}", "--distill-loss", "nope=kl"], "--distill-loss names unknown output(s) ['nope']"),
         (["--teacher", "{teacher}", "--distill-loss", "logits=cosine"], "unknown loss"),
         (["--teacher", "{teacher}", "--temperature", "0"], "--temperature must be > 0"),
+        (["--teacher", "{teacher}", "--augment", "crop,blur"], "--augment crop,blur: unknown ['blur']"),
         (["--train", "{inputs}"], "has no labels, and this run trains on them"),
         (["--teacher", "{teacher}", "--train", "{wrong}"], "holds ['a', 'b']: which is the input 'image'?"),
     ],

@@ -103,6 +103,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument(
         "--output-weight", action="append", default=[], metavar="OUTPUT=W", help="weight of an output's term"
     )
+    d.add_argument(
+        "--augment",
+        default="",
+        metavar="crop,color",
+        help="augment image inputs per batch: crop (random resized crop), color (contrast, brightness); flip and "
+        "rotate only when named (they change some tasks' answers); off by default",
+    )
     t.add_argument(
         "--backend",
         choices=("ort", "torch"),
@@ -216,6 +223,7 @@ def run(a: argparse.Namespace) -> int:
         feature_weight=a.feature_weight,
         distill_losses=parse_overrides(a.distill_loss, "--distill-loss"),
         output_weights={k: _weight(v) for k, v in parse_overrides(a.output_weight, "--output-weight").items()},
+        augment=tuple(k.strip() for k in a.augment.split(",") if k.strip()),
     )
     dist = processes(cfg)
     if cfg.backend == "ort":

@@ -23,11 +23,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from wnc_onnx.data.arrays import ArrayData
 from wnc_onnx.errors import WncError
-from wnc_onnx.finetune import checkpoint, frozen_bn
+from wnc_onnx.finetune import augment, checkpoint, frozen_bn
 from wnc_onnx.finetune.backends.ort import artifacts
 from wnc_onnx.finetune.backends.ort.run import OrtRun
 from wnc_onnx.finetune.backends.ort.runtime import require_training
@@ -80,6 +81,9 @@ class FinetuneConfig:
     feature_weight: float = 1.0
     distill_losses: dict[str, str] = field(default_factory=dict)
     output_weights: dict[str, float] = field(default_factory=dict)
+    # Augmentations of image inputs per batch (finetune.augment): "crop", "color"; "flip" and
+    # "rotate" only when named (they change some tasks' answers). Off by default.
+    augment: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr_step < 1 or self.threads < 0:
@@ -104,6 +108,7 @@ class FinetuneConfig:
             raise WncError(f"--temperature must be > 0, got {self.temperature}", "e.g. --temperature 2")
         if self.alpha is not None and not 0 <= self.alpha <= 1:
             raise WncError(f"--alpha must be in [0, 1], got {self.alpha}", "e.g. --alpha 0.5")
+        object.__setattr__(self, "augment", augment.check(tuple(self.augment)))
         if not self.feature_weight >= 0:
             raise WncError(f"--feature-weight must be >= 0, got {self.feature_weight}", "e.g. --feature-weight 1")
 
@@ -435,11 +440,13 @@ class _Loop:
         dist = self.run.dist
         even = self.train.size is not None  # a data set split evenly: every process stops at the same batch
         teaching = 0.0
+        rng = np.random.default_rng([cfg.seed, epoch, self.run.dist.rank])  # augmentations: seeded per epoch
         with self.run.epoch_context():
             for feeds, yb in self.train.epoch(epoch, cfg.seed):
                 done += 1
                 if done <= skip:
                     continue
+                feeds = augment.apply(cfg.augment, feeds, rng)
                 targets = None
                 if self.teacher is not None:
                     t1 = time.perf_counter()
