@@ -264,10 +264,22 @@ def test_torchrun_two_processes_tune_a_compressed_digits_cnn(tmp_path):
     assert "2 processes" in history["runtime"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["small.onnx", "train.npz", "val.npz", "tuned.onnx", "tuned.history.json", "tuned.curve.png", "ck"]
-    )
+    )  # (before the one-process run below)
     tuned = onnx.load(tmp_path / "tuned.onnx")
     base = digits_cnn.accuracy(original, x_te, y_te)
-    assert digits_cnn.accuracy(tuned, x_te, y_te) >= base - 0.01
+    two = digits_cnn.accuracy(tuned, x_te, y_te)
+    assert "batch 8 per process" in history["runtime"]  # --batch-size 16 is the global batch
+    # one process with the same arguments takes the same steps over the same global batch: it ends where two do
+    (tmp_path / "one").mkdir()
+    for f in ("small.onnx", "train.npz", "val.npz"):
+        shutil.copy(tmp_path / f, tmp_path / "one" / f)
+    one = subprocess.run([sys.executable, "-m", "wnc_onnx", *args], cwd=tmp_path / "one", env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-2000:]
+    alone = digits_cnn.accuracy(onnx.load(tmp_path / "one" / "tuned.onnx"), x_te, y_te)
+    assert abs(two - alone) <= 0.01, (two, alone, base)
+    start = digits_cnn.accuracy(small, x_te, y_te)
+    assert two > start + 0.005 and two >= base - 0.02, (start, two, alone, base)  # it did train
     assert history["final"]["accuracy"] == pytest.approx(history["epochs"][-1]["val_accuracy"])
     a, b = onnx.ModelProto(), onnx.ModelProto()
     a.CopyFrom(small)

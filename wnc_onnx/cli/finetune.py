@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=C.epochs, help="passes over the training data")
     t.add_argument("--lr", type=float, default=C.lr, help="base learning rate")
-    t.add_argument("--batch-size", type=int, default=C.batch_size, help="samples per training step")
+    t.add_argument("--batch-size", type=int, default=C.batch_size, help="samples per step (torchrun: all processes)")
     t.add_argument("--optimizer", choices=("adamw", "sgd"), default=C.optimizer, help="sgd: plain, no momentum")
     t.add_argument(
         "--loss",

@@ -225,11 +225,17 @@ def finetune(
             len(objective.features),
             cfg.temperature,
         )
-    train_src = BatchSource(train, spec, cfg.batch_size, shuffle=True, label="train data", dist=dist)
+    # --batch-size is the global batch: under torchrun each of W processes takes 1/W of it, so the
+    # steps per epoch, the batch the gradient averages over and the learning rate stay a single
+    # process's (DDP averages the processes' gradients)
+    batch = -(-cfg.batch_size // dist.world) if dist.active else cfg.batch_size
+    if dist.active:
+        log.info("batch %d over %d processes: %d each", cfg.batch_size, dist.world, batch)
+        runtime += f", batch {batch} per process"
+    train_src = BatchSource(train, spec, batch, shuffle=True, label="train data", dist=dist)
+    val_spec = _val_spec(model, spec, val, cfg)
     val_src = (
-        BatchSource(
-            val, _val_spec(model, spec, val, cfg), cfg.batch_size, shuffle=False, label="validation data", dist=dist
-        )  # fmt: skip
+        BatchSource(val, val_spec, batch, shuffle=False, label="validation data", dist=dist)
         if val is not None
         else None
     )
