@@ -3,6 +3,10 @@
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -26,6 +30,7 @@ from wnc_onnx.finetune.distill import build_objective, rewritten_outputs  # noqa
 from wnc_onnx.zoo import demo_cnn  # noqa: E402
 
 TORCH = {"backend": "torch", "device": "cpu"}
+BACKENDS = {"torch": TORCH, "ort": {"backend": "ort"}}
 
 
 def rel(a, b):
@@ -61,11 +66,12 @@ def pair():
     return teacher, student, x[:256], x[256:]
 
 
-def test_distillation_without_labels_recovers_the_teacher(pair):
+@pytest.mark.parametrize("backend", ["ort", "torch"])
+def test_distillation_without_labels_recovers_the_teacher(pair, backend):
     teacher, student, train, held = pair
     (ref,) = run(teacher, {"image": held})
     (before,) = run(student, {"image": held})
-    cfg = FinetuneConfig(epochs=4, batch_size=32, lr=2e-3, lr_step=3, **TORCH)
+    cfg = FinetuneConfig(epochs=4, batch_size=32, lr=2e-3, lr_step=3, **BACKENDS[backend])
     tuned, history = finetune(student, InputArrays({"image": train}), InputArrays({"image": held}), cfg,
                               teacher=teacher, quiet=True)  # fmt: skip
     (after,) = run(tuned, {"image": held})
@@ -172,7 +178,8 @@ def two_heads() -> onnx.ModelProto:
     return model
 
 
-def test_every_output_of_a_two_input_model_is_distilled():
+@pytest.mark.parametrize("backend", ["ort", "torch"])
+def test_every_output_of_a_two_input_model_is_distilled(backend):
     teacher = two_heads()
     # conv2 (random, full-rank weights) at ranks 8 of 16 moves both heads; the heads themselves stay whole
     student, rep = wnc_onnx.compress(teacher, include="^conv2$", ranks={"conv2": [8, 8]})
@@ -185,7 +192,7 @@ def test_every_output_of_a_two_input_model_is_distilled():
     probe = onnx.ModelProto()
     probe.CopyFrom(teacher)
     probe.graph.output.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 12]))
-    cfg = FinetuneConfig(epochs=8, batch_size=32, lr=3e-3, lr_step=8, **TORCH)
+    cfg = FinetuneConfig(epochs=8, batch_size=32, lr=3e-3, lr_step=8, **BACKENDS[backend])
     tuned, history = finetune(student, train, None, cfg, teacher=teacher, quiet=True)
     kinds = {t["for"]: (t["tensor"], t["kind"]) for t in history.distill["terms"] if t["for"] != "feature"}
     assert kinds == {"label": ("scores", "kl"), "box": ("box", "mse")}
@@ -210,6 +217,112 @@ def test_alpha_one_is_the_label_loss_alone(pair):
     _, half = finetune(student, data, None, FinetuneConfig(epochs=1, batch_size=32, alpha=0.5, **TORCH),
                        teacher=teacher, quiet=True)  # fmt: skip
     assert half.epochs[0].train_loss != pytest.approx(labels.epochs[0].train_loss, rel=1e-3)
+
+
+@pytest.mark.parametrize("alpha", [None, 0.5])
+def test_both_backends_take_the_same_steps(pair, alpha):
+    """The ort backend's loss graph (backends/ort/distill_loss) is the torch backend's loss: the
+    same first loss, and the same curve over two epochs (KL at the logits, five features, and the
+    label loss mixed in at alpha 0.5)."""
+    teacher, student, train, held = pair
+    y, yh = (run(teacher, {"image": a})[0].argmax(1) for a in (train, held))
+    data = ArrayData(train[:128], y[:128]) if alpha else InputArrays({"image": train[:128]})
+    val = ArrayData(held, yh) if alpha else InputArrays({"image": held})
+    losses = {}
+    for backend in ("ort", "torch"):
+        cfg = FinetuneConfig(epochs=2, batch_size=32, lr=1e-3, alpha=alpha, **BACKENDS[backend])
+        _, h = finetune(student, data, val, cfg, teacher=teacher, quiet=True)
+        last = h.epochs[-1]
+        losses[backend] = [e.train_loss for e in h.epochs] + [last.val_loss, last.val_agreement]
+        assert (last.val_accuracy is not None) == bool(alpha)  # labelled validation: accuracy too
+        losses[backend] += [last.val_accuracy] if alpha else []
+    assert losses["ort"] == pytest.approx(losses["torch"], rel=2e-3), losses
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_the_ort_loss_graph_computes_the_torch_terms(opset):
+    """KL along a middle class axis (moved last before opset 13, where LogSoftmax flattens) and the
+    variance-scaled squared error, in plain onnxruntime, against the torch backend's terms."""
+    import onnxruntime as ort
+    import torch
+
+    from wnc_onnx.finetune.backends.ort import distill_loss
+    from wnc_onnx.finetune.backends.torch.losses import term_loss
+    from wnc_onnx.finetune.distill import Objective, Term
+
+    nodes = [helper.make_node("Relu", ["x"], ["feat"]), helper.make_node("Neg", ["feat"], ["seq"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 7, 5])],
+                              [helper.make_tensor_value_info("seq", TensorProto.FLOAT, ["N", 7, 5])])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7  # what the training environment's onnxruntime 1.19.2 reads
+    terms = (Term("seq", "kl", 1, 0.7, "seq", "t"), Term("feat", "mse", -1, 0.3, "feature", "t"))
+    objective = Objective(terms, temperature=2.5, alpha=None, feature_weight=0.3)
+    loss = distill_loss.build(model, objective, None, None)
+    onnx.checker.check_model(model, full_check=True)
+    rng = np.random.default_rng(1)
+    x, t_seq, t_feat = (rng.standard_normal((4, 7, 5)).astype(np.float32) for _ in range(3))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run([loss], {"x": x, "teacher:seq": t_seq, "teacher:feat": t_feat})[0]
+    feat = np.maximum(x, 0)
+    want = 0.7 * term_loss("kl", 1, 2.5, torch.from_numpy(-feat), torch.from_numpy(t_seq)) + 0.3 * term_loss(
+        "mse", -1, 2.5, torch.from_numpy(feat), torch.from_numpy(t_feat)
+    )
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["ort", "torch"])
+def test_a_resumed_distillation_ends_where_one_run_does(pair, tmp_path, backend):
+    """Checkpoints carry a distillation as a labelled run: 1 epoch, then --resume to 2, takes the
+    steps of 2 epochs in one go; the teacher is read from a file with its weights as external data."""
+    teacher, student, train, held = pair
+    copy = onnx.ModelProto()
+    copy.CopyFrom(teacher)  # onnx.save moves the weights of the proto it writes out to the data file
+    onnx.save(copy, tmp_path / "teacher.onnx", save_as_external_data=True, location="teacher.data", size_threshold=0)
+    assert (tmp_path / "teacher.data").stat().st_size > 10_000
+    data, val = InputArrays({"image": train[:128]}), InputArrays({"image": held})
+    cfg = {"batch_size": 32, "lr": 1e-3, **BACKENDS[backend]}
+    path = tmp_path / "teacher.onnx"
+    _, whole = finetune(student, data, val, FinetuneConfig(epochs=2, **cfg), teacher=path, quiet=True)
+    finetune(student, data, val, FinetuneConfig(epochs=1, **cfg), teacher=path, checkpoint_dir=tmp_path / "ck",
+             quiet=True)  # fmt: skip
+    tuned, resumed = finetune(student, data, val, FinetuneConfig(epochs=2, **cfg), teacher=path,
+                              checkpoint_dir=tmp_path / "ck", resume=True, quiet=True)  # fmt: skip
+    assert len(resumed.epochs) == 2 and resumed.distill == whole.distill
+    assert [e.train_loss for e in resumed.epochs] == pytest.approx([e.train_loss for e in whole.epochs], rel=1e-4)
+    (ref,) = run(teacher, {"image": held})
+    (got,) = run(tuned, {"image": held})
+    assert agreement(ref, got) == pytest.approx(resumed.epochs[-1].val_agreement, abs=1e-6)
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
+def test_torchrun_distills_each_process_on_its_shard(pair, tmp_path):
+    """2 processes distilling, each on half of every batch, end where one process does."""
+    teacher, student, train, held = pair
+    onnx.save(teacher, tmp_path / "teacher.onnx")
+    onnx.save(student, tmp_path / "small.onnx")
+    np.savez(tmp_path / "train.npz", image=train)
+    np.savez(tmp_path / "held.npz", image=held)
+    args = ["finetune", "small.onnx", "tuned.onnx", "--teacher", "teacher.onnx", "--train", "train.npz", "--val",
+            "held.npz", "--epochs", "3", "--batch-size", "32", "--lr", "2e-3", "--threads", "1", "-q"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    two = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "wnc_onnx", *args],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-2000:]
+    h2 = json.loads((tmp_path / "tuned.history.json").read_text())
+    assert "2 processes" in h2["runtime"] and "batch 16 per process" in h2["runtime"]
+    (tmp_path / "tuned.onnx").rename(tmp_path / "two.onnx")
+    one = subprocess.run([sys.executable, "-m", "wnc_onnx", *args], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-2000:]
+    h1 = json.loads((tmp_path / "tuned.history.json").read_text())
+    (ref,) = run(teacher, {"image": held})
+    (before,) = run(student, {"image": held})
+    a2 = agreement(ref, run(onnx.load(tmp_path / "two.onnx"), {"image": held})[0])
+    a1 = agreement(ref, run(onnx.load(tmp_path / "tuned.onnx"), {"image": held})[0])
+    assert a2 == pytest.approx(h2["epochs"][-1]["val_agreement"], abs=1e-6)  # scored over both shards
+    assert a2 > agreement(ref, before) + 0.1 and abs(a2 - a1) <= 0.05, (agreement(ref, before), a1, a2)
+    assert h2["epochs"][0]["train_loss"] == pytest.approx(h1["epochs"][0]["train_loss"], rel=0.05)
 
 
 @pytest.fixture
@@ -259,7 +372,6 @@ def renamed_input(model: onnx.ModelProto) -> onnx.ModelProto:
             "--alpha mixes the label loss in, and inputs.npz hold no labels",
         ),
         (["--alpha", "0.5", "--train", "{labelled}"], "--alpha mixes the label loss into distillation"),
-        (["--teacher", "{teacher}", "--backend", "ort"], "distillation from a teacher trains on the torch backend"),
         (["--teacher", "{teacher}", "--distill-loss", "nope=kl"], "--distill-loss names unknown output(s) ['nope']"),
         (["--teacher", "{teacher}", "--distill-loss", "logits=cosine"], "unknown loss"),
         (["--teacher", "{teacher}", "--temperature", "0"], "--temperature must be > 0"),

@@ -191,11 +191,6 @@ def finetune(
     cfg = cfg or FinetuneConfig()
     dist = processes(cfg)
     teacher_model = load_teacher(teacher) if teacher is not None else None
-    if teacher_model is not None and cfg.backend != "torch":
-        raise WncError(
-            "distillation from a teacher trains on the torch backend (the ort backend takes labels only, for now)",
-            "add --backend torch (pip install torch==2.13.0)",
-        )
     if cfg.alpha is not None and teacher_model is None:
         raise WncError("--alpha mixes the label loss into distillation", "give the original model with --teacher")
     if cfg.alpha is not None and getattr(train, "labeled", None) is False:
@@ -260,7 +255,8 @@ def finetune(
         factors = [name for r in frozen for name in (r.a, r.b)]
         saved = folder / progress.state_file if folder is not None and progress else None
         run = _start(for_training, factors, cfg, dist, saved, work, spec, objective)
-        trained_graph = for_training if cfg.backend == "torch" else None  # torch writes its values back into it
+        # torch, and ort when distilling, write the trained values back into the graph they trained
+        trained_graph = for_training if cfg.backend == "torch" or objective is not None else None
         del for_training  # memory: ORT holds its own copy
         history = History.from_dict(progress.history) if progress else History()
         history.runtime, history.config = runtime, asdict(cfg)
@@ -339,6 +335,20 @@ def _start(
     """The backend's run object (``OrtRun`` or ``TorchRun``), from a saved state when resuming."""
     if cfg.backend == "torch":
         return TorchRun(for_training, trainable(for_training, factors)[0], cfg, dist, saved, spec, objective)
+    if objective is not None:  # the loss graph reads the teacher's tensors; the run returns the scores
+        term = objective.agreement_term()
+        returned = [t for t in (term.tensor if term else None, spec.train_tensor if spec.loss else None) if t]
+        paths = artifacts.generate(
+            for_training,
+            work / "artifacts",
+            spec.loss,
+            cfg.optimizer,
+            list(dict.fromkeys(returned)),
+            factors,
+            spec.train_tensor if spec.loss else None,
+            objective,
+        )
+        return OrtRun(paths, saved or paths["checkpoint"], cfg, spec, objective)
     paths = artifacts.generate(
         for_training, work / "artifacts", cfg.loss, cfg.optimizer, [spec.output_name], factors, spec.train_tensor
     )

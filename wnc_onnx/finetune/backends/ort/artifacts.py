@@ -16,12 +16,15 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 
 from wnc_onnx.errors import WncError
+from wnc_onnx.finetune.backends.ort import distill_loss
 from wnc_onnx.finetune.backends.ort.runtime import runtime_errors
 from wnc_onnx.finetune.common import trainable
+from wnc_onnx.finetune.distill import Objective
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +65,20 @@ def _native_stderr_to_log() -> Iterator[None]:
 def generate(
     model: onnx.ModelProto,
     folder: Path,
-    loss: str,
+    loss: str | None,
     optimizer: str,
     outputs: list[str],
     extra: Sequence[str] = (),
     train_on: str | None = None,
+    objective: Objective | None = None,
 ) -> dict[str, Path]:
     """Write training / eval / optimizer models and the initial checkpoint into ``folder``
     (``extra``: more initializers to train, e.g. the factors of frozen BatchNormalization;
     ``train_on``: the tensor the loss reads when it is not the graph output, e.g. the logits
-    before a final Softmax, which stays in the graph as an extra output)."""
+    before a final Softmax, which stays in the graph as an extra output; ``objective``:
+    distillation, whose loss graph (``distill_loss``) reads the teacher's tensors as inputs,
+    ``loss`` then being the label loss mixed in with ``--alpha``, or None; ``outputs`` the
+    tensors the run returns beside the loss)."""
     import onnxruntime as ort
     from onnxruntime.training import artifacts
 
@@ -79,7 +86,13 @@ def generate(
     model_copy = onnx.ModelProto()
     model_copy.CopyFrom(model)
     lower_ir(model_copy, "the model")
-    if train_on is not None and train_on not in {o.name for o in model_copy.graph.output}:
+    if objective is not None:
+        del model_copy.graph.output[:]  # the loss reads the terms' tensors; the run returns ``outputs``
+        known = distill_loss.shapes(model_copy)
+        for name in dict.fromkeys([*outputs, *(t.tensor for t in objective.outputs)]):
+            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in known.get(name, [])]
+            model_copy.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, dims))
+    elif train_on is not None and train_on not in {o.name for o in model_copy.graph.output}:
         out = model_copy.graph.output[0]
         logits = onnx.ValueInfoProto()
         logits.CopyFrom(out)
@@ -89,7 +102,12 @@ def generate(
     requires_grad, frozen = trainable(model_copy, extra)
     if not requires_grad:
         raise WncError("the model has no trainable Conv / Gemm / MatMul weights", "fine-tune a float CNN or MLP")
-    loss_type = {"cross_entropy": artifacts.LossType.CrossEntropyLoss, "mse": artifacts.LossType.MSELoss}[loss]
+    loss_type: Any
+    if objective is not None:
+        loss_type = _distill_block(objective, loss, train_on)
+    else:
+        assert loss is not None, "a labelled run names its loss"
+        loss_type = {"cross_entropy": artifacts.LossType.CrossEntropyLoss, "mse": artifacts.LossType.MSELoss}[loss]
     optim = {"adamw": artifacts.OptimType.AdamW, "sgd": artifacts.OptimType.SGD}[optimizer]
     folder.mkdir(parents=True, exist_ok=True)
     no_gradient = runtime_errors(
@@ -120,3 +138,15 @@ def generate(
             onnx.save(generated, str(paths[key]))
     log.debug("training artifacts: %d trainable tensors, %d frozen, in %s", len(requires_grad), len(frozen), folder)
     return paths
+
+
+def _distill_block(objective: Objective, label: str | None, train_on: str | None) -> Any:
+    """The distillation loss as an onnxblock Block (the class is made here: onnxblock imports
+    only with onnxruntime-training installed)."""
+    from onnxruntime.training import onnxblock
+
+    class DistillLoss(onnxblock.Block):  # type: ignore[misc]
+        def build(self, *graph_outputs: str) -> str:
+            return distill_loss.build(self.base, objective, label, train_on)
+
+    return DistillLoss()
