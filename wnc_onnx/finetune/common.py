@@ -7,7 +7,9 @@ import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 from wnc_onnx.errors import WncError
 
@@ -51,3 +53,12 @@ class Scores(NamedTuple):
     loss: float
     accuracy: float | None
     agreement: float | None = None
+
+
+def write_back(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> None:
+    """Put new values into ``model``'s initializers of those names, in place (same names, types, order)."""
+    for i, t in enumerate(model.graph.initializer):
+        if t.name in values:
+            dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
+            new = numpy_helper.from_array(np.asarray(values[t.name], dtype=dtype).reshape(tuple(t.dims)), t.name)
+            model.graph.initializer[i].CopyFrom(new)

@@ -337,7 +337,8 @@ def _start(
         return TorchRun(for_training, trainable(for_training, factors)[0], cfg, dist, saved, spec, objective)
     if objective is not None:  # the loss graph reads the teacher's tensors; the run returns the scores
         term = objective.agreement_term()
-        returned = [t for t in (term.tensor if term else None, spec.train_tensor if spec.loss else None) if t]
+        label_on = spec.train_tensor if spec.loss else None  # --alpha: the tensor the label loss reads
+        returned = [t for t in (term.tensor if term else None, label_on) if t]
         paths = artifacts.generate(
             for_training,
             work / "artifacts",
@@ -345,7 +346,7 @@ def _start(
             cfg.optimizer,
             list(dict.fromkeys(returned)),
             factors,
-            spec.train_tensor if spec.loss else None,
+            label_on,
             objective,
         )
         return OrtRun(paths, saved or paths["checkpoint"], cfg, spec, objective)

@@ -20,6 +20,7 @@ from typing import Any
 
 import onnx
 
+from wnc_onnx.analyze.graph import infer_shapes
 from wnc_onnx.errors import WncError
 from wnc_onnx.finetune.backends.ort import distill_loss
 from wnc_onnx.finetune.backends.ort.runtime import runtime_errors
@@ -88,9 +89,9 @@ def generate(
     lower_ir(model_copy, "the model")
     if objective is not None:
         del model_copy.graph.output[:]  # the loss reads the terms' tensors; the run returns ``outputs``
-        known = distill_loss.shapes(model_copy)
+        known = infer_shapes(model_copy)
         for name in dict.fromkeys([*outputs, *(t.tensor for t in objective.outputs)]):
-            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in known.get(name, [])]
+            dims = known.get(name, [])  # an unknown one: distill_loss.build says so, by name
             model_copy.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, dims))
     elif train_on is not None and train_on not in {o.name for o in model_copy.graph.output}:
         out = model_copy.graph.output[0]

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from wnc_onnx.analyze.graph import Dim, infer_shapes
 from wnc_onnx.errors import WncError
 from wnc_onnx.finetune.distill import Objective, Term
 
@@ -34,7 +35,7 @@ def build(base: onnx.ModelProto, objective: Objective, label: str | None, train_
     """Add the loss nodes and the teacher's (and labels') inputs to ``base``, in place; the name of
     the scalar loss. ``label``: "cross_entropy" / "mse" when labels mix in (``objective.alpha``)."""
     g = _Graph(base)
-    known = shapes(base)
+    known = infer_shapes(base)
     total = None
     for term in objective.terms:
         if term.tensor not in known:
@@ -44,11 +45,7 @@ def build(base: onnx.ModelProto, objective: Objective, label: str | None, train_
             )
         rank = len(known[term.tensor])
         base.graph.input.append(
-            helper.make_tensor_value_info(
-                teacher_input(term.tensor),
-                TensorProto.FLOAT,
-                [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in known[term.tensor]],
-            )
+            helper.make_tensor_value_info(teacher_input(term.tensor), TensorProto.FLOAT, known[term.tensor])
         )
         value = _kl(g, term, objective.temperature, rank) if term.kind == "kl" else _mse(g, term)
         value = g.op("Mul", [value, g.const(term.weight)])
@@ -56,7 +53,7 @@ def build(base: onnx.ModelProto, objective: Objective, label: str | None, train_
     assert total is not None, "an objective has a term"
     if label is not None and train_tensor is not None:
         alpha = float(objective.alpha or 0.0)
-        label_value = _label_loss(g, base, label, train_tensor)
+        label_value = _label_loss(g, base, label, train_tensor, known)
         total = g.op("Add", [g.op("Mul", [label_value, g.const(alpha)]), g.op("Mul", [total, g.const(1.0 - alpha)])])
     out = g.op("Identity", [total], name="distill_loss")
     base.graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, []))
@@ -95,37 +92,20 @@ class _Graph:
         return self.op(op_type, [x], axes=axes, keepdims=keepdims)
 
 
-def shapes(model: onnx.ModelProto) -> dict[str, list[Any]]:
-    """The dims of every tensor whose rank shape inference finds."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    out = {}
-    for vi in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
-        if vi.type.tensor_type.HasField("shape"):
-            out[vi.name] = list(vi.type.tensor_type.shape.dim)
-    return out
-
-
-def _log_softmax(g: _Graph, x: str, axis: int, rank: int | None) -> str:
-    """LogSoftmax along one axis; before opset 13 the op flattens from the axis on, so a class axis
-    that is not the last one is moved there first."""
-    if g.opset >= 13 or (rank is not None and axis in (-1, rank - 1)):
-        return g.op("LogSoftmax", [x], axis=axis)
-    if rank is None:
-        raise WncError(
-            "the ort backend cannot distill a tensor of unknown rank along a class axis before opset 13",
-            "use --backend torch",
-        )
+def _log_softmax(g: _Graph, x: str, axis: int, rank: int) -> tuple[str, int]:
+    """LogSoftmax along one axis, and the axis it then lies on: before opset 13 the op flattens
+    from the axis on, so a class axis that is not the last one is moved there first."""
+    if g.opset >= 13 or axis % rank == rank - 1:
+        return g.op("LogSoftmax", [x], axis=axis), axis
     a = axis % rank
     perm = [d for d in range(rank) if d != a] + [a]
-    return g.op("LogSoftmax", [g.op("Transpose", [x], perm=perm)], axis=rank - 1)
+    return g.op("LogSoftmax", [g.op("Transpose", [x], perm=perm)], axis=rank - 1), rank - 1
 
 
-def _kl(g: _Graph, term: Term, temperature: float, rank: int | None) -> str:
+def _kl(g: _Graph, term: Term, temperature: float, rank: int) -> str:
     t_inv = g.const(1.0 / temperature)
-    ls = _log_softmax(g, g.op("Mul", [term.tensor, t_inv]), term.axis, rank)
-    lt = _log_softmax(g, g.op("Mul", [teacher_input(term.tensor), t_inv]), term.axis, rank)
-    moved = g.opset < 13 and rank is not None and term.axis % rank != rank - 1
-    axis = -1 if moved else term.axis
+    ls, axis = _log_softmax(g, g.op("Mul", [term.tensor, t_inv]), term.axis, rank)
+    lt, _ = _log_softmax(g, g.op("Mul", [teacher_input(term.tensor), t_inv]), term.axis, rank)
     pointwise = g.op("Mul", [g.op("Exp", [lt]), g.op("Sub", [lt, ls])])
     per_position = g.reduce("ReduceSum", pointwise, [axis], keepdims=0)
     return g.op("Mul", [g.reduce("ReduceMean", per_position, None, keepdims=0), g.const(temperature**2)])
@@ -140,7 +120,7 @@ def _mse(g: _Graph, term: Term) -> str:
     return g.op("Div", [err, var])
 
 
-def _label_loss(g: _Graph, base: onnx.ModelProto, label: str, scores: str) -> str:
+def _label_loss(g: _Graph, base: onnx.ModelProto, label: str, scores: str, known: dict[str, list[Dim]]) -> str:
     if label == "cross_entropy":
         base.graph.input.append(helper.make_tensor_value_info(LABELS, TensorProto.INT64, ["batch"]))
         if g.opset < 12:  # SoftmaxCrossEntropyLoss is opset 12
@@ -149,10 +129,8 @@ def _label_loss(g: _Graph, base: onnx.ModelProto, label: str, scores: str) -> st
                 "use --backend torch, or leave --alpha out",
             )
         return g.op("SoftmaxCrossEntropyLoss", [scores, LABELS], reduction="mean")
-    dims = shapes(base).get(scores)
-    if dims is None:
+    if scores not in known:
         raise WncError(f"the shape of {scores!r} is not known after shape inference", "use --backend torch")
-    shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
-    base.graph.input.append(helper.make_tensor_value_info(LABELS, TensorProto.FLOAT, shape))
+    base.graph.input.append(helper.make_tensor_value_info(LABELS, TensorProto.FLOAT, known[scores]))
     d = g.op("Sub", [scores, LABELS])
     return g.reduce("ReduceMean", g.op("Mul", [d, d]), None, keepdims=0)

@@ -8,11 +8,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from wnc_onnx.finetune.backends.ort import distill_loss
 from wnc_onnx.finetune.backends.ort.runtime import runtime_errors
-from wnc_onnx.finetune.common import MISFIT, Scores, finite
+from wnc_onnx.finetune.common import MISFIT, Scores, finite, write_back
 from wnc_onnx.finetune.distill import Objective
 from wnc_onnx.finetune.distributed import Dist
 from wnc_onnx.finetune.sources import BatchSource, ModelSpec
@@ -66,10 +65,7 @@ class OrtRun:
         if model is not None:
             tuned = onnx.ModelProto()
             tuned.CopyFrom(model)
-            values = {name: np.asarray(p.data) for name, p in self.state.parameters}
-            for init in tuned.graph.initializer:
-                if init.name in values:
-                    init.CopyFrom(numpy_helper.from_array(values[init.name].astype(np.float32), init.name))
+            write_back(tuned, {name: p.data for name, p in self.state.parameters})
             return tuned
         exported = work / "inference.onnx"
         self.module.export_model_for_inferencing(str(exported), [output_name])

@@ -4,7 +4,7 @@ The module runs the graph's nodes in order with the ops of ``torch_ops``. Each f
 initializer the trainer trains (``artifacts.trainable``) becomes a ``Parameter`` keyed by
 its ONNX name, every other initializer and Constant a buffer, so a weight that two nodes
 read is one parameter (tied, as in the graph), and the trained values go back into the
-same initializers (``write_back``): the graph's nodes, names, attributes, opsets and
+same initializers (``finetune.common.write_back``): the graph's nodes, names, attributes, opsets and
 metadata stay as they were.
 
 Why a translator of our own rather than onnx2torch (docs/finetune.md): onnx2torch imports
@@ -145,12 +145,3 @@ class GraphModule(torch.nn.Module):
             return {name: env[name] if name in env else self._value(self._keys[name]) for name in want}
         values = [env[name] if name in env else self._value(self._keys[name]) for name in self.outputs]
         return values[0] if len(values) == 1 else tuple(values)
-
-
-def write_back(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> None:
-    """Put new values into ``model``'s initializers of those names, in place (same names, types, order)."""
-    for i, t in enumerate(model.graph.initializer):
-        if t.name in values:
-            dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
-            new = numpy_helper.from_array(np.asarray(values[t.name], dtype=dtype).reshape(tuple(t.dims)), t.name)
-            model.graph.initializer[i].CopyFrom(new)

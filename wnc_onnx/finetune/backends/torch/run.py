@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from wnc_onnx.errors import WncError, one_line
-from wnc_onnx.finetune.common import MISFIT, Scores, finite
+from wnc_onnx.finetune.common import MISFIT, Scores, finite, write_back
 from wnc_onnx.finetune.distributed import Dist, join, sum_over
 from wnc_onnx.finetune.sources import ModelSpec
 
@@ -277,8 +277,6 @@ class TorchRun:
 
     def export(self, model: onnx.ModelProto | None, work: Path, output_name: str) -> onnx.ModelProto:
         """``model`` (the graph trained) with the trained values in its initializers."""
-        from wnc_onnx.finetune.backends.torch.graph import write_back
-
         assert model is not None, "the torch backend writes into the graph it trained"
         tuned = onnx.ModelProto()
         tuned.CopyFrom(model)
