@@ -571,3 +571,27 @@ def test_an_unreachable_max_error_is_said_before_the_search(monkeypatch):
     # EVBMF's ranks, then the probes' builds (per probe, scales down to the largest that saves something)
     assert builds[0] == {} and all(set(k["keep_whole"].values()) == {"probe"} for k in builds[1:])
     assert len(builds) <= 1 + budget.PROBES * len(budget.SCALES)
+
+
+def test_arrays_in_memory_calibrate_like_the_same_npz(tmp_path):
+    """The Python API takes the arrays finetune takes (InputArrays, or {input: array}) as
+    calibration data, cut into batches as an .npz is; anything else is one error."""
+    from wnc_onnx import compress, zoo
+    from wnc_onnx.data.arrays import InputArrays
+    from wnc_onnx.errors import WncError
+
+    model = zoo.demo_cnn()
+    x = _images(80, 4)
+    np.savez(tmp_path / "cal.npz", image=x)
+    ranks = {"conv2": [6, 10]}
+    errors = []
+    for data in (tmp_path / "cal.npz", InputArrays({"image": x}), {"image": x}, {"any_name": x}):
+        _, rep = compress(model, include="^conv2$", ranks=ranks, calibration=data)
+        errors.append((rep.layers[1].data_error, rep.extras["calibration"]["output_error"]))
+    assert errors[0][0] is not None and errors[0][1] > 0
+    for got in errors[1:]:
+        assert got == pytest.approx(errors[0], rel=1e-6)
+    assert rep.to_dict()["config"]["calibration"] == "<arrays>"
+    for bad, needle in ((42, "cannot read a int"), ({"image": [1.0, 2.0]}, "one numpy array per model input")):
+        with pytest.raises(WncError, match=needle):
+            compress(model, include="^conv2$", ranks=ranks, calibration=bad)

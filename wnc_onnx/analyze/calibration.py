@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,7 @@ from scipy.linalg.blas import ssyrk
 from wnc_onnx.analyze.graph import with_outputs
 from wnc_onnx.analyze.heads import measured
 from wnc_onnx.analyze.numeric.calibrated import PatchStats
-from wnc_onnx.data.feeds import CalibrationSource, Feeds, batches_of, input_signature
+from wnc_onnx.data.feeds import CalibrationSource, Feeds, batches_of, input_signature, source_name
 from wnc_onnx.errors import WncError
 from wnc_onnx.io.session import cpu_session
 
@@ -214,7 +213,7 @@ class Reuse:
     fits: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # (layer, method, R3, R4) -> the pass's Factors
 
     def __str__(self) -> str:
-        return str(self.source) if isinstance(self.source, str | Path) else "<iterable>"
+        return source_name(self.source)
 
 
 @dataclass

@@ -19,6 +19,7 @@ import onnx
 from onnx import helper
 
 from wnc_onnx.analyze.graph import data_inputs
+from wnc_onnx.data.arrays import InputArrays
 from wnc_onnx.data.images import UnlabeledImages
 from wnc_onnx.errors import WncError
 from wnc_onnx.io.model_io import read_npz
@@ -126,7 +127,18 @@ def load_inputs(path: str | os.PathLike[str], model: onnx.ModelProto) -> dict[st
 
 
 Feeds = Mapping[str, np.ndarray]
-CalibrationSource = str | Path | Iterable[Feeds]
+# an .npz path or image folder, whole arrays ({input: array} or InputArrays, batch first), or
+# an iterable of feed dicts (each a batch)
+CalibrationSource = str | Path | Feeds | InputArrays | Iterable[Feeds]
+
+
+def source_name(source: Any) -> str:
+    """How a report names calibration data: the path, "<arrays>" or "<iterable>"."""
+    if isinstance(source, str | os.PathLike):
+        return str(source)
+    return "<arrays>" if isinstance(source, Mapping | InputArrays) else "<iterable>"
+
+
 BATCH = 16  # samples per onnxruntime run when the data come as whole arrays
 
 
@@ -218,14 +230,39 @@ def batches_of(
         arrays = read_npz(
             path, "calibration file", "with one array per model input", "numpy.savez(path, input_name=array)"
         )
-        expected = input_signature(model)
-        if len(expected) == 1 and len(arrays) == 1:  # a single array for a single-input model, by any name
-            arrays = {next(iter(expected)): next(iter(arrays.values()))}
-        where = f"--calibration {path.name}"
-        _require_inputs(expected, arrays, where)
-        n = min(len(arrays[k]) for k in expected) if expected else 0
-        fixed = {dims[0] for dims, _ in expected.values() if dims and dims[0] is not None}
-        one = next(iter(fixed)) if len(fixed) == 1 else None
-        source = ({k: arrays[k][part] for k in expected} for part in _slices(n, one, batch))
+        yield from _array_batches(model, arrays, batch, f"--calibration {path.name}")
+        return
+    if isinstance(source, InputArrays):
+        yield from _array_batches(model, source.feeds, batch, "calibration arrays")
+        return
+    if isinstance(source, Mapping):  # whole arrays by input name, as an .npz holds them
+        if not all(isinstance(v, np.ndarray) for v in source.values()):
+            raise WncError(
+                "calibration: a mapping must hold one numpy array per model input (batch first)",
+                "pass {input_name: array}, an .npz path, or an iterable of feed dicts",
+            )
+        yield from _array_batches(model, source, batch, "calibration arrays")
+        return
+    if not isinstance(source, Iterable):
+        raise WncError(
+            f"calibration: cannot read a {type(source).__name__}",
+            "pass an .npz path, an image folder, {input_name: array}, InputArrays, or an iterable of feed dicts",
+        )
     for i, feeds in enumerate(source):
         yield check_feeds(model, feeds, where.format(i))
+
+
+def _array_batches(
+    model: onnx.ModelProto, arrays: Mapping[str, np.ndarray], batch: int, where: str
+) -> Iterator[dict[str, np.ndarray]]:
+    """Whole arrays (batch first) cut into checked batches of ``batch``, or of the model's own
+    batch size where it is fixed."""
+    expected = input_signature(model)
+    if len(expected) == 1 and len(arrays) == 1:  # a single array for a single-input model, by any name
+        arrays = {next(iter(expected)): next(iter(arrays.values()))}
+    _require_inputs(expected, arrays, where)
+    n = min(len(arrays[k]) for k in expected) if expected else 0
+    fixed = {dims[0] for dims, _ in expected.values() if dims and dims[0] is not None}
+    one = next(iter(fixed)) if len(fixed) == 1 else None
+    for part in _slices(n, one, batch):
+        yield check_feeds(model, {k: arrays[k][part] for k in expected}, where)

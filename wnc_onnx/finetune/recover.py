@@ -20,7 +20,7 @@ import onnx
 
 from wnc_onnx.config import CompressConfig
 from wnc_onnx.data.arrays import ArrayData, InputArrays, load_inputs_npz
-from wnc_onnx.data.feeds import check_feeds, input_signature
+from wnc_onnx.data.feeds import check_feeds, input_signature, source_name
 from wnc_onnx.data.images import UnlabeledImages
 from wnc_onnx.errors import WncError
 from wnc_onnx.finetune.evaluate import against_teacher
@@ -83,9 +83,7 @@ def compress_and_recover(
     train = InputArrays({k: v[: n - held] for k, v in data.feeds.items()}, None, data.name)
     kept = InputArrays({k: v[n - held :] for k, v in data.feeds.items()}, None, "held back")
     compressed, report = flow.compress(model, _on(cfg, train))
-    report.config["calibration"] = (
-        str(cfg.calibration) if isinstance(cfg.calibration, str | os.PathLike) else ("<iterable>")
-    )
+    report.config["calibration"] = source_name(cfg.calibration)
     before = against_teacher(compressed, original, kept)
     fcfg = finetune_cfg or FinetuneConfig(batch_size=32, lr_step=max(1, (2 * epochs) // 3))
     fcfg = replace(fcfg, epochs=epochs, backend="torch")

@@ -16,6 +16,7 @@ import onnx
 
 from wnc_onnx.analyze.graph import dynamic_inputs, shape_hint, skeleton, subgraphs
 from wnc_onnx.config import CompressConfig
+from wnc_onnx.data.feeds import source_name
 from wnc_onnx.errors import one_line
 from wnc_onnx.io import external_data
 from wnc_onnx.io.model_io import check_input, load_model_and_source
@@ -123,8 +124,7 @@ def config_dict(cfg: CompressConfig) -> dict[str, Any]:
     d = asdict(replace(cfg, calibration=None, max_error=None))  # (max_error alone does not validate)
     d["max_error"] = cfg.max_error
     if cfg.calibration is not None:
-        named = isinstance(cfg.calibration, str | os.PathLike)
-        d["calibration"] = str(cfg.calibration) if named else "<iterable>"
+        d["calibration"] = source_name(cfg.calibration)
     d["ranks"] = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.ranks.items()}
     d["op_types"] = list(cfg.op_types)
     d["input_shapes"] = {k: list(v) for k, v in cfg.input_shapes.items()}
