@@ -160,18 +160,20 @@ def _run(model: onnx.ModelProto, x: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate([sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
 
 
-def study(model_id: str, epochs: int, train_n: int, eval_n: int, rounds: int) -> dict:
+def study(model_id: str, epochs: int, train_n: int, eval_n: int, rounds: int, lr: float) -> dict:
     task = TASKS[model_id]()
     path = fetch(model_id)
     original = onnx.load(str(path))
     x_eval, truth = task.data(eval_n, seed=1000)
     x_train, _ = task.data(train_n, seed=1)  # the labels (texts, directions) are never used
     shapes = {task.input: task.shape}
-    small, report = compress(original, target_speedup=1.5, threads=1, input_shapes=shapes)
+    unlabelled = InputArrays({task.input: x_train})
+    # the flow the README gives: the same unlabelled inputs calibrate the factors, then teach
+    small, report = compress(original, target_speedup=1.5, threads=1, input_shapes=shapes, calibration=unlabelled)
     target = report.extras.get("latency", {})
     if not target.get("reached", False):
         print(f"  {model_id}: --target-speedup 1.5 cannot be reached; the defaults instead", flush=True)
-        small, report = compress(original, input_shapes=shapes)
+        small, report = compress(original, input_shapes=shapes, calibration=unlabelled)
     folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"wnc-distill-{model_id}"
     folder.mkdir(exist_ok=True)
     onnx.save(original, folder / "original.onnx")
@@ -182,9 +184,9 @@ def study(model_id: str, epochs: int, train_n: int, eval_n: int, rounds: int) ->
         BenchConfig(threads=(1,), rounds=rounds, memory=False, inputs=feeds),
     )
     scores = {"original": task.score(original, x_eval, truth), "compressed": task.score(small, x_eval, truth)}
-    cfg = FinetuneConfig(epochs=epochs, batch_size=16, lr=1e-3, lr_step=max(1, (2 * epochs) // 3),
+    cfg = FinetuneConfig(epochs=epochs, batch_size=16, lr=lr, lr_step=max(1, (2 * epochs) // 3),
                          backend="torch", device="cpu", threads=1)  # fmt: skip
-    tuned, history = finetune(small, InputArrays({task.input: x_train}), None, cfg, teacher=original, quiet=True)
+    tuned, history = finetune(small, unlabelled, None, cfg, teacher=original, quiet=True)
     scores["distilled"] = task.score(tuned, x_eval, truth)
     lost = scores["original"] - scores["compressed"]
     seconds = sum(e.seconds for e in history.epochs)
@@ -204,6 +206,7 @@ def study(model_id: str, epochs: int, train_n: int, eval_n: int, rounds: int) ->
         "without_teacher_samples_per_s": train_n * epochs / max(seconds - teacher, 1e-9),
         "teacher_share": teacher / max(seconds, 1e-9),
         "epochs": epochs,
+        "lr": lr,
         "train_inputs": train_n,
         "eval_inputs": eval_n,
     }
@@ -216,6 +219,7 @@ def main() -> int:
     ap.add_argument("--train", type=int, default=256, help="unlabelled inputs to distill on")
     ap.add_argument("--eval", type=int, default=300, help="task samples to score on (never trained on)")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--json", help="write every figure as JSON")
     a = ap.parse_args()
     import torch
@@ -224,7 +228,7 @@ def main() -> int:
     print(f"load before: {os.getloadavg()[0]:.2f}; torch {torch.__version__}", flush=True)
     rows = []
     for model_id in a.models.split(","):
-        rows.append(study(model_id, a.epochs, a.train, a.eval, a.rounds))
+        rows.append(study(model_id, a.epochs, a.train, a.eval, a.rounds, a.lr))
         r = rows[-1]
         print(f"  {model_id}: {r['scores']} recovered {r['recovered']} speed-up x{r['speedup']:.2f}", flush=True)
     print(f"load after: {os.getloadavg()[0]:.2f}\n")

@@ -89,6 +89,18 @@ def test_distillation_without_labels_recovers_the_teacher(pair, backend):
     assert history.epochs[-1].val_agreement == pytest.approx(agreement(ref, after), abs=1e-6)
     assert history.epochs[-1].teacher_seconds > 0 and history.epochs[-1].val_accuracy is None  # no labels
     assert [o.name for o in tuned.graph.output] == ["logits"] and tuned.graph.node == student.graph.node
+    assert history.warnings == []  # the loss fell: nothing to say
+
+
+@pytest.mark.parametrize("backend", ["ort", "torch"])
+def test_a_loss_that_rises_in_the_first_epoch_is_said_with_a_smaller_lr(pair, backend, caplog):
+    teacher, student, train, _ = pair
+    cfg = FinetuneConfig(epochs=1, batch_size=32, lr=0.3, **BACKENDS[backend])
+    with caplog.at_level("WARNING", logger="wnc_onnx.finetune.trainer"):
+        _, history = finetune(student, InputArrays({"image": train}), None, cfg, teacher=teacher, quiet=True)
+    (said,) = history.warnings
+    assert "the training loss rose from" in said and "try --lr 0.1" in said, said
+    assert said in caplog.text and history.to_dict()["warnings"] == [said]
 
 
 def test_the_rewritten_layers_outputs_are_the_default_features(pair):

@@ -40,6 +40,7 @@ class History:
     pq: dict[str, Any] = field(default_factory=dict)  # --pq-lambda: settings, bytes, per weight
     initial_val_agreement: float | None = None  # distillation: before training
     distill: dict[str, Any] = field(default_factory=dict)  # distillation: its terms, temperature, alpha
+    warnings: list[str] = field(default_factory=list)  # what the run noticed (a loss that rose)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +58,7 @@ class History:
             "final": self.final,
             "pq": self.pq,
             "distill": self.distill,
+            "warnings": self.warnings,
         }
 
     @classmethod
@@ -75,6 +77,7 @@ class History:
             pq=dict(d.get("pq", {})),
             initial_val_agreement=d.get("initial", {}).get("val_agreement"),
             distill=dict(d.get("distill", {})),
+            warnings=list(d.get("warnings", [])),
         )
 
     def to_table(self) -> str:
