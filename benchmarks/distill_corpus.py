@@ -1,10 +1,11 @@
 """Real third-party exports judged by their task: original, compressed for speed, then distilled
 from the original on 256 unlabelled inputs (issue 23's evidence).
 
-    python benchmarks/distill_corpus.py [--models ppocr_cls,ppocr_rec,ppocr_det,magika] [--epochs 12] [--json out.json]
+    python benchmarks/distill_corpus.py [--models ppocr_cls,ppocr_rec,ppocr_det,magika] [--epochs 24] [--lr 3e-4]
+        [--alpha A] [--json out.json]
 
 Needs torch beside the plain onnxruntime (``pip install torch==2.13.0 -e '.[torch]'``). Task data
-are built here (benchmarks/tasks/), never trained on with their labels:
+are built here (benchmarks/tasks/); their labels are trained on only with ``--alpha``:
 - ppocr_cls, the PP-OCR text-direction classifier: rendered English text lines (DejaVu fonts),
   half of them upside down (the label); accuracy;
 - ppocr_rec, the PP-OCRv4 recognizer: rendered lines; exact-match rate of CTC greedy decoding
@@ -14,11 +15,13 @@ are built here (benchmarks/tasks/), never trained on with their labels:
 - magika, Google's file-type detector: real files of this machine, typed by their extension;
   top-1 accuracy (the training files are other files).
 Per model: the task metric of the original; compressed with ``--target-speedup 1.5`` at 1
-thread (the defaults where that target cannot be reached), its speed-up measured by ``bench``
-(interleaved, 1 thread); the compressed model's metric; then distilled (``finetune(...,
-teacher=original)``, torch backend, AdamW 1e-3, batch 16, no labels) on 256 other inputs and
-scored again, with the share of the loss recovered. Training throughput with the teacher and
-without its time come from the history.
+thread (the defaults where that target cannot be reached) with 256 unlabelled inputs as
+``--calibration`` (the README's flow: the same inputs fit the factors, then teach), its
+speed-up measured by ``bench`` (interleaved, 1 thread); the compressed model's metric; then
+distilled on those inputs (``finetune(..., teacher=original)``, torch backend, AdamW at
+``--lr``, batch 16, no labels; ``--alpha A`` mixes the label loss in where the task has class
+labels) and scored again, with the share of the loss recovered. Training throughput with the
+teacher and without its time come from the history.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import math
 import os
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +74,10 @@ class DirectionTask:
     def score(self, model: onnx.ModelProto, x: np.ndarray, truth: np.ndarray) -> float:
         probs = _run(model, x)
         return float((probs.argmax(1) == truth).mean())
+
+    def class_labels(self, truth: np.ndarray) -> np.ndarray:
+        """--alpha: the training lines' directions as class indices."""
+        return truth
 
 
 class RecognitionTask:
@@ -138,6 +146,10 @@ class FileTypeTask:
         got = _run(model, x, batch=64).argmax(1)
         return float(np.mean([self.labels[g] == t for g, t in zip(got, truth, strict=True)]))
 
+    def class_labels(self, truth: list[str]) -> np.ndarray:
+        """--alpha: the training files' types as the model's class indices."""
+        return np.array([self.labels.index(t) for t in truth], np.int64)
+
 
 def _magika_labels() -> list[str]:
     """The model's 214 type names, from the config in its wheel."""
@@ -160,12 +172,12 @@ def _run(model: onnx.ModelProto, x: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate([sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
 
 
-def study(model_id: str, epochs: int, train_n: int, eval_n: int, rounds: int, lr: float) -> dict:
+def study(model_id: str, epochs: int, train_n: int, eval_n: int, rounds: int, lr: float, alpha: float | None) -> dict:
     task = TASKS[model_id]()
     path = fetch(model_id)
     original = onnx.load(str(path))
     x_eval, truth = task.data(eval_n, seed=1000)
-    x_train, _ = task.data(train_n, seed=1)  # the labels (texts, directions) are never used
+    x_train, train_truth = task.data(train_n, seed=1)  # the labels are used with --alpha only
     shapes = {task.input: task.shape}
     unlabelled = InputArrays({task.input: x_train})
     # the flow the README gives: the same unlabelled inputs calibrate the factors, then teach
@@ -186,7 +198,11 @@ def study(model_id: str, epochs: int, train_n: int, eval_n: int, rounds: int, lr
     scores = {"original": task.score(original, x_eval, truth), "compressed": task.score(small, x_eval, truth)}
     cfg = FinetuneConfig(epochs=epochs, batch_size=16, lr=lr, lr_step=max(1, (2 * epochs) // 3),
                          backend="torch", device="cpu", threads=1)  # fmt: skip
-    tuned, history = finetune(small, unlabelled, None, cfg, teacher=original, quiet=True)
+    train = unlabelled
+    if alpha is not None:  # the label loss mixed in, where the task has class labels
+        train = InputArrays({task.input: x_train}, task.class_labels(train_truth))
+        cfg = replace(cfg, alpha=alpha)
+    tuned, history = finetune(small, train, None, cfg, teacher=original, quiet=True)
     scores["distilled"] = task.score(tuned, x_eval, truth)
     lost = scores["original"] - scores["compressed"]
     seconds = sum(e.seconds for e in history.epochs)
@@ -207,6 +223,7 @@ def study(model_id: str, epochs: int, train_n: int, eval_n: int, rounds: int, lr
         "teacher_share": teacher / max(seconds, 1e-9),
         "epochs": epochs,
         "lr": lr,
+        "alpha": alpha,
         "train_inputs": train_n,
         "eval_inputs": eval_n,
     }
@@ -220,6 +237,7 @@ def main() -> int:
     ap.add_argument("--eval", type=int, default=300, help="task samples to score on (never trained on)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--alpha", type=float, help="mix the label loss in at this share (ppocr_cls, magika only)")
     ap.add_argument("--json", help="write every figure as JSON")
     a = ap.parse_args()
     import torch
@@ -228,7 +246,7 @@ def main() -> int:
     print(f"load before: {os.getloadavg()[0]:.2f}; torch {torch.__version__}", flush=True)
     rows = []
     for model_id in a.models.split(","):
-        rows.append(study(model_id, a.epochs, a.train, a.eval, a.rounds, a.lr))
+        rows.append(study(model_id, a.epochs, a.train, a.eval, a.rounds, a.lr, a.alpha))
         r = rows[-1]
         print(f"  {model_id}: {r['scores']} recovered {r['recovered']} speed-up x{r['speedup']:.2f}", flush=True)
     print(f"load after: {os.getloadavg()[0]:.2f}\n")

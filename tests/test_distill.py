@@ -421,7 +421,7 @@ def test_compress_then_recover_in_one_flow(tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     d = json.loads(rep.read_text())["extras"]["distill"]
-    assert d["held_back"] == 40 and d["train_samples"] == 280 and d["epochs"] == 4
+    assert d["held_back"] == 40 and d["train_samples"] == 280 and d["epochs"] == 4 and d["lr"] == 3e-4
     assert d["recovered"]["agreement"] >= d["compressed"]["agreement"], d
     assert d["recovered"]["output_error"] < d["compressed"]["output_error"], d
     assert "Distilled from the original for 4 epoch(s) on 280 samples" in captured.out
@@ -430,7 +430,9 @@ def test_compress_then_recover_in_one_flow(tmp_path, capsys):
     assert agreement(ref, got) == pytest.approx(d["recovered"]["agreement"])  # the written model is the recovered one
     cal = ["--calibration", str(tmp_path / "inputs.npz")]
     for extra, needle in ((["--distill", "2"], "--distill trains on the calibration data"),
-                          (["--distill", "0", *cal], "a number of epochs")):  # fmt: skip
+                          (["--distill", "0", *cal], "a number of epochs"),
+                          (["--distill", "2", "--distill-lr", "0", *cal], "--distill-lr must be > 0"),
+                          (["--distill-lr", "1e-3", *cal], "--distill-lr is the rate of --distill")):  # fmt: skip
         assert main([str(tmp_path / "model.onnx"), str(tmp_path / "x.onnx"), *extra, "-q"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0] and not (tmp_path / "x.onnx").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -25,7 +26,7 @@ from wnc_onnx.config import CompressConfig
 from wnc_onnx.data.feeds import load_inputs, parse_input_values
 from wnc_onnx.errors import WncError
 from wnc_onnx.finetune.backends.torch.run import require_torch
-from wnc_onnx.finetune.recover import compress_and_recover
+from wnc_onnx.finetune.recover import DISTILL_LR, compress_and_recover
 from wnc_onnx.io.model_io import check_output_path, load_model, staged_model, write_text_atomic
 from wnc_onnx.report import Report
 from wnc_onnx.report.plot import plot_report, pyplot
@@ -156,13 +157,18 @@ def run(a: argparse.Namespace) -> int:
     cfg = compress_config(a)
     if cfg.pq and cfg.pq_kmeans == "faiss":
         require_faiss()
+    if a.distill is None and getattr(a, "distill_lr", None) is not None:
+        raise WncError("--distill-lr is the rate of --distill", "add --distill EPOCHS (with --calibration DATA)")
     if a.distill is not None:
         if a.distill < 1:
             raise WncError(f"--distill {a.distill}: a number of epochs", "e.g. --distill 10")
         if cfg.calibration is None:
             raise WncError("--distill trains on the calibration data", "give --calibration DATA (the model's inputs)")
         require_torch()
-        model, report = compress_and_recover(a.input, cfg, a.distill)
+        lr = DISTILL_LR if a.distill_lr is None else a.distill_lr
+        if not (lr > 0 and math.isfinite(lr)):
+            raise WncError(f"--distill-lr must be > 0, got {lr}", "e.g. --distill-lr 3e-4")
+        model, report = compress_and_recover(a.input, cfg, a.distill, lr=lr)
     else:
         model, report = compress(a.input, cfg)
     quantized = pq_quantized(report)

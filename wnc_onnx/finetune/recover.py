@@ -31,6 +31,9 @@ from wnc_onnx.rewrite.pipeline import ModelLike, as_proto
 
 log = logging.getLogger(__name__)
 
+# the distillation's rate: on real exports calibrated with the same inputs, 3e-4 recovered
+# more than 1e-4 and 1e-3 (which made PP-OCRv4 rec's loss rise; docs/measurements.md)
+DISTILL_LR = 3e-4
 HELD_BACK = 64  # samples kept for measuring, at most
 HELD_SHARE = 8  # ... and at most one in this many
 
@@ -67,10 +70,15 @@ def samples(source: Any, model: onnx.ModelProto, mean: Any, std: Any) -> InputAr
 
 
 def compress_and_recover(
-    model: ModelLike, cfg: CompressConfig, epochs: int, finetune_cfg: FinetuneConfig | None = None
+    model: ModelLike,
+    cfg: CompressConfig,
+    epochs: int,
+    finetune_cfg: FinetuneConfig | None = None,
+    lr: float = DISTILL_LR,
 ) -> tuple[onnx.ModelProto, Report]:
     """Compress ``model`` with ``cfg`` (which must hold calibration data), then distill the result
-    from ``model`` on those data for ``epochs``; the report gains ``extras.distill``."""
+    from ``model`` on those data for ``epochs`` at ``lr`` (unless ``finetune_cfg`` says
+    otherwise); the report gains ``extras.distill``, and the run's warnings."""
     if cfg.calibration is None:
         raise WncError("--distill trains on the calibration data", "give --calibration DATA (the model's inputs)")
     original = as_proto(model)
@@ -85,13 +93,14 @@ def compress_and_recover(
     compressed, report = flow.compress(model, _on(cfg, train))
     report.config["calibration"] = source_name(cfg.calibration)
     before = against_teacher(compressed, original, kept)
-    fcfg = finetune_cfg or FinetuneConfig(batch_size=32, lr_step=max(1, (2 * epochs) // 3))
+    fcfg = finetune_cfg or FinetuneConfig(batch_size=32, lr=lr, lr_step=max(1, (2 * epochs) // 3))
     fcfg = replace(fcfg, epochs=epochs, backend="torch")
     log.info("--distill: %d epochs on %d samples, %d held back", epochs, len(train), held)
     tuned, history = finetune(compressed, train, None, fcfg, teacher=original, quiet=True)
     after = against_teacher(tuned, original, kept)
     report.extras["distill"] = {
         "epochs": epochs,
+        "lr": fcfg.lr,
         "train_samples": len(train),
         "held_back": held,
         "compressed": before,
@@ -100,6 +109,7 @@ def compress_and_recover(
         "train_loss": [e.train_loss for e in history.epochs],
         "seconds": round(sum(e.seconds for e in history.epochs), 2),
     }
+    report.warnings.extend(f"--distill: {w}" for w in history.warnings)
     return tuned, report
 
 
