@@ -243,11 +243,11 @@ def study(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(TASKS))
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=24)
     ap.add_argument("--train", type=int, default=256, help="unlabelled inputs to distill on")
     ap.add_argument("--eval", type=int, default=300, help="task samples to score on (never trained on)")
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--reuse", action="store_true", help="distill the compressed model an earlier run left in $TMPDIR")
     ap.add_argument("--alpha", type=float, help="mix the label loss in at this share (ppocr_cls, magika only)")
     ap.add_argument("--json", help="write every figure as JSON")
