@@ -157,7 +157,7 @@ def run(a: argparse.Namespace) -> int:
     cfg = compress_config(a)
     if cfg.pq and cfg.pq_kmeans == "faiss":
         require_faiss()
-    if a.distill is None and getattr(a, "distill_lr", None) is not None:
+    if a.distill is None and a.distill_lr is not None:
         raise WncError("--distill-lr is the rate of --distill", "add --distill EPOCHS (with --calibration DATA)")
     if a.distill is not None:
         if a.distill < 1:
