@@ -200,6 +200,7 @@ class StubTimer:
 def stub(monkeypatch, tmp_path):
     monkeypatch.setenv("WNC_ONNX_CACHE", str(tmp_path / "cache"))
     timer = StubTimer(slow={"conv2"})
+    timer.cache_root = tmp_path / "cache"
     monkeypatch.setattr(oracle_mod.Oracle, "_time", lambda self, cases: timer(self, cases))
     monkeypatch.setattr("wnc_onnx.check.latency.choose.LatencyChooser.time_whole", _whole)
     monkeypatch.setattr("wnc_onnx.rewrite.on_target.measure_whole", lambda *a, **k: None)
@@ -364,3 +365,27 @@ def test_target_speedup_with_calibration_ranks_by_the_data_and_checks_max_error(
         compress(demo_cnn(), target_speedup=1.5, threads=1, calibration=cal, max_error=1e-6)
     _, rep = compress(demo_cnn(), target_speedup=1.5, threads=1, calibration=cal, max_error=10.0)
     assert rep.extras["max_error"]["measured"] == rep.extras["calibration"]["output_error"] <= 10.0
+
+
+def test_the_cache_is_kept_per_machine(stub, monkeypatch):
+    """Timings taken on one CPU are not trusted on another (model or instruction sets differ)."""
+    model = demo_cnn()
+    _, first = compress(model, latency_aware=True, threads=1)
+    key = first.extras["latency"]["target"]
+    assert key["cpu"] and isinstance(key["isa"], list)
+    calls = stub.calls
+    other = {"cpu": "Some Other CPU", "isa": ["avx2"], "arch": "x86_64"}
+    monkeypatch.setattr(oracle_mod, "target_machine", lambda provider: other)
+    _, second = compress(model, latency_aware=True, threads=1)
+    assert stub.calls > calls and second.extras["latency"]["timings_cached"] == 0
+    assert second.extras["latency"]["target"]["cpu"] == "Some Other CPU"
+    tables = json.loads((stub.cache_root / "latency.json").read_text())
+    assert sorted(json.loads(k)["cpu"] for k in tables) == sorted([key["cpu"], "Some Other CPU"])
+
+
+def test_the_machine_is_described_from_cpuinfo():
+    from wnc_onnx.io import machine
+
+    assert machine.cpu_model() and set(machine.cpu_isa()) <= set(machine.ISA_FLAGS)
+    assert "gpu" not in machine.target_machine("CPUExecutionProvider")
+    assert "gpu" in machine.target_machine("CUDAExecutionProvider")

@@ -22,6 +22,7 @@ from wnc_onnx.bench.result import BenchResult, ModelRun
 from wnc_onnx.bench.timing import BUSY_LOAD, ratio_range, time_interleaved
 from wnc_onnx.errors import WncError, one_line
 from wnc_onnx.io import external_data
+from wnc_onnx.io.machine import cpu_isa, cpu_model
 from wnc_onnx.io.session import default_threads, ort, resolve_provider, session
 from wnc_onnx.io.threads import load_average
 
@@ -66,15 +67,10 @@ def _run_once(sess: Any, feeds: dict[str, np.ndarray], label: str, sized: bool) 
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
     rt = ort()
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
+        "isa": cpu_isa(),
         "machine": platform.machine(),
         "cores": default_threads(),
         "onnxruntime": rt.__version__,

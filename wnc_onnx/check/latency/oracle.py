@@ -2,8 +2,9 @@
 
 A cache entry is keyed by the one-layer model's structure (ops, attributes, tensor
 shapes and types: not weight values), the execution provider, thread count, session
-options, graph optimization level and the onnxruntime version, so a second run on the
-same target reuses what the first measured."""
+options, graph optimization level, the onnxruntime version and the machine (CPU model,
+instruction sets, and the GPU's name for GPU providers), so a second run on the same
+target reuses what the first measured, and timings copied from another machine are not."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import numpy as np
 import onnx
 
 from wnc_onnx.bench.timing import BUSY_LOAD, Timing, time_interleaved
+from wnc_onnx.io.machine import target_machine
 from wnc_onnx.io.session import ort, resolve_provider, session
 from wnc_onnx.io.threads import load_average
 
@@ -58,12 +60,14 @@ class Target:
     min_round_seconds: float = 0.02
 
     def key(self) -> dict[str, Any]:
+        provider = resolve_provider(self.provider)
         return {
-            "provider": resolve_provider(self.provider),
+            "provider": provider,
             "threads": self.threads,
             "options": dict(sorted(self.session_options.items())),
             "graph_opt": self.graph_opt,
             "onnxruntime": ort().__version__,
+            **target_machine(provider),
         }
 
     def open(self, model: onnx.ModelProto) -> Any:
