@@ -282,3 +282,25 @@ def test_per_layer_plot_stays_readable_for_many_layers(tmp_path):
     plot_layer_times([small], small_png)
     big, little = Image.open(big_png).size, Image.open(small_png).size
     assert big[0] == little[0] and big[1] > 5 * little[1]  # fixed width, one row per layer
+
+
+def test_a_speedup_from_unsteady_rounds_is_flagged_with_the_steadier_settings():
+    """The figure a busy machine gives (median far above the fastest run) is marked beside it."""
+    from wnc_onnx.bench.measure import _unsteady
+    from wnc_onnx.bench.result import BenchResult, ModelRun
+
+    def run(name, median, lo, spread, speedup):
+        return ModelRun(name, name, 2, 1, median, median, lo, spread, 10, speedup, [speedup, speedup], None, None, 1)
+
+    config = {"provider": "CPUExecutionProvider", "session_options": {}, "graph_optimization": "all"}
+    machine = {"cpu": "cpu", "cores": 2, "onnxruntime": "1"}
+    noisy = BenchResult(config, machine, [run("a", 10.2, 2.1, 0.9, 1.0), run("b", 0.64, 0.6, 0.05, 15.87)])
+    _unsteady(noisy)
+    (w,) = noisy.warnings
+    assert "x15.87 is unsteady" in w and "median 10.20 ms against its fastest run 2.10 ms" in w
+    assert "--threads 1" in w and "allow_spinning=0" in w
+    assert "x15.87 (15.87-15.87) **unsteady**" in noisy.to_table()
+    assert json.loads(noisy.to_json())["runs"][0]["unsteady"] is True
+    steady = BenchResult(config, machine, [run("a", 10.2, 10.0, 0.03, 1.0), run("b", 3.6, 3.5, 0.04, 2.8)])
+    _unsteady(steady)
+    assert not steady.warnings and "unsteady" not in steady.to_table()

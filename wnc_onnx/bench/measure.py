@@ -18,7 +18,7 @@ from wnc_onnx.bench.energy import EnergyMeter
 from wnc_onnx.bench.feeds import model_feeds
 from wnc_onnx.bench.memory import peak_memory
 from wnc_onnx.bench.profile import profile_layers
-from wnc_onnx.bench.result import BenchResult, ModelRun
+from wnc_onnx.bench.result import STEADIER, BenchResult, ModelRun
 from wnc_onnx.bench.timing import BUSY_LOAD, ratio_range, time_interleaved
 from wnc_onnx.errors import WncError, one_line
 from wnc_onnx.io import external_data
@@ -177,9 +177,25 @@ def measure(paths: Sequence[str | os.PathLike[str]], cfg: BenchConfig | None = N
                 result.warnings.append(f"{lab}: {why}")
     load1 = load_average()
     result.machine["load_after"] = load1
+    _unsteady(result)
     if cfg.per_layer:
         result.per_layer = profile_layers(names, protos, labels, cfg, provider)
     return result
+
+
+def _unsteady(result: BenchResult) -> None:
+    """A warning beside each speed-up taken from unsteady timings, with the steadier settings."""
+    for r in result.runs:
+        base = next(b for b in result.runs if b.threads == r.threads and b.batch == r.batch)
+        if r is base or not (r.unsteady or base.unsteady):
+            continue
+        worst = max((base, r), key=lambda x: (x.spread, x.median_ms / max(x.min_ms, 1e-9)))
+        result.warnings.append(
+            f"{r.model} at {r.threads} thread(s), batch {r.batch}: x{r.speedup:.2f} is unsteady ({worst.model}'s "
+            f"rounds spread {worst.spread:.0%}, its median {worst.median_ms:.2f} ms against its fastest run "
+            f"{worst.min_ms:.2f} ms): other work or spinning threads shared the cores; for steadier figures "
+            f"use {STEADIER}"
+        )
 
 
 def _batch_of(feeds: Mapping[str, np.ndarray]) -> int:

@@ -7,6 +7,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 BENCH_SCHEMA_VERSION = 1
+UNSTEADY_SPREAD = 0.25  # round medians spread wider than this ...
+UNSTEADY_MEDIAN_OVER_MIN = 1.5  # ... or a median this far above the fastest run: the figure is unsteady
+STEADIER = "--threads 1, or --session-option session.intra_op.allow_spinning=0"
 
 
 @dataclass
@@ -27,6 +30,12 @@ class ModelRun:
     throughput: float | None  # samples per second at this batch
     energy_mj: float | None  # millijoules per run, from a hardware counter
     file_bytes: int
+
+    @property
+    def unsteady(self) -> bool:
+        """Its rounds spread too far, or its median is far above its fastest run: other work (or
+        spinning threads) took the cores, and a ratio of medians says little."""
+        return self.spread > UNSTEADY_SPREAD or self.median_ms > UNSTEADY_MEDIAN_OVER_MIN * self.min_ms
 
 
 @dataclass
@@ -104,12 +113,16 @@ class BenchResult:
             "schema_version": BENCH_SCHEMA_VERSION,
             "config": self.config,
             "machine": self.machine,
-            "runs": [asdict(r) for r in self.runs],
+            "runs": [{**asdict(r), "unsteady": r.unsteady} for r in self.runs],
             "memory_bytes": self.memory,
             "energy": {"source": self.energy_source, "note": self.energy_note},
             "per_layer": [c.to_dict() for c in self.per_layer],
             "warnings": self.warnings,
         }
+
+    def _base(self, r: ModelRun) -> ModelRun:
+        """The baseline run at ``r``'s threads and batch."""
+        return next((b for b in self.runs if b.threads == r.threads and b.batch == r.batch), self.runs[0])
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=_plain)
@@ -129,6 +142,8 @@ class BenchResult:
         for r in self.runs:
             mem = self.memory.get(r.model)
             speed = "1 (baseline)" if r.speedup == 1.0 and r.speedup_range == [1.0, 1.0] else _speed(r)
+            if r.unsteady or (speed != "1 (baseline)" and self._base(r).unsteady):
+                speed += " **unsteady**"
             lines.append(
                 f"| {r.model} | {r.threads} | {r.batch} | {r.median_ms:.3f} | {r.p90_ms:.3f} | {r.min_ms:.3f} "
                 f"| {r.spread * 100:.1f}% | {speed} | {_num(r.throughput)} "
