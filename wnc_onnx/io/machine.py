@@ -34,12 +34,18 @@ ISA_FLAGS = (
     "sve",
     "sve2",
 )
-GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider", "MIGraphXExecutionProvider")
+GPU_PROVIDERS = (
+    "CUDAExecutionProvider",
+    "TensorrtExecutionProvider",
+    "ROCMExecutionProvider",
+    "MIGraphXExecutionProvider",
+)
 
 
 @functools.cache
 def _cpuinfo() -> tuple[str | None, frozenset[str]]:
-    name, flags = None, frozenset()
+    name: str | None = None
+    flags: frozenset[str] = frozenset()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:

@@ -338,16 +338,31 @@ def _latency_lines(report: Report) -> list[str]:
         f"latency-aware on {where}: 'alone' is each chosen form's speed-up over the original layer, both timed "
         f"alone ({lat.get('timings_measured', 0)} timed, {lat.get('timings_cached', 0)} from the cache)"
     ]
-    if lat.get("target_speedup") is not None:
+    block = lat.get("channel_block")
+    if block:
         out.append(
-            f"speed-up target x{lat['target_speedup']:g}: predicted x{lat['predicted_speedup']:.2f} "
-            f"({'reached' if lat['reached'] else 'NOT reachable'})"
+            f"channel block measured: {block['block']} (ranks rounded up to it ran x{block['gain']:.2f} on the probe)"
+            if block["block"] > 1
+            else f"channel block measured: none (rounding ranks up did not pay: x{block['gain']:.2f})"
         )
+    if lat.get("target_speedup") is not None:
+        steps = lat.get("steps") or []
+        met = lat.get("met")
+        verdict = "" if met is None else " - met" if met else " - NOT met"
+        out.append(
+            f"speed-up target x{lat['target_speedup']:g}: predicted x{lat['predicted_speedup']:.2f} from the layers "
+            f"alone; {len(steps) or 1} allocation(s) measured{verdict}"
+        )
+        if len(steps) > 1:
+            out.append(
+                "  goal -> measured: " + ", ".join(f"x{s['goal']:.2f} -> x{s['measured_speedup']:.2f}" for s in steps)
+            )
     m = lat.get("measured")
     if m:
+        rng = f", rounds x{m['range'][0]:.2f}-{m['range'][1]:.2f}" if m.get("range") else ""
         out.append(
             f"measured on the target: original {m['original_ms']:.3f} ms, compressed {m['compressed_ms']:.3f} ms, "
-            f"x{m['speedup']:.2f} (spread {m['spread']:.0%})"
+            f"x{m['speedup']:.2f} (spread {m['spread']:.0%}{rng})"
         )
     return out
 

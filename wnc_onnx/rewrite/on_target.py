@@ -2,9 +2,8 @@
 
 Layers are timed alone by the pass's latency policy; inside the model, layout changes
 between layers can make a chosen form slower. So the flow profiles both models and keeps
-such layers whole (and builds again), times the whole models side by side, and, for a
-speed-up target whose measured result misses the prediction, allocates once more for the
-target scaled by the miss.
+such layers whole (and builds again), and times the whole models side by side. A speed-up
+target is then met as measured (``speed_target``).
 """
 
 from __future__ import annotations
@@ -14,17 +13,12 @@ from typing import Any
 
 import onnx
 
-from wnc_onnx.bench.config import BenchConfig
-from wnc_onnx.bench.profile import has_loops, profile_layers
-from wnc_onnx.check.latency.choose import measure_pair
-from wnc_onnx.check.latency.oracle import Target
 from wnc_onnx.config import SUPPORTED_OPS, CompressConfig
-from wnc_onnx.errors import WncError, one_line
-from wnc_onnx.io import external_data
-from wnc_onnx.io.session import resolve_provider
 from wnc_onnx.report import Report
 from wnc_onnx.rewrite.pipeline import ModelLike, run_passes
+from wnc_onnx.rewrite.speed_target import meet_target
 from wnc_onnx.rewrite.state import RunState
+from wnc_onnx.rewrite.whole_model import measure_whole, profile_pair
 
 log = logging.getLogger(__name__)
 
@@ -32,40 +26,6 @@ CONTEXT_ROUNDS = 3  # reruns at most: keeping a layer whole changes its neighbou
 CONTEXT_SLOWER = 0.05  # slower inside the model by more than this fraction ...
 CONTEXT_SLOWER_MS = 0.002  # ... and this many milliseconds (profiled medians)
 KEPT_WHOLE = "latency-aware: kept whole (its chosen form ran slower inside the model, profiled)"
-
-
-def measure_whole(
-    original: onnx.ModelProto,
-    result: onnx.ModelProto,
-    report: Report,
-    cfg: CompressConfig,
-    threads: int,
-) -> None:
-    """The whole models timed on the target, side by side (``extras.latency.measured``)."""
-    if external_data.has_external(original) or external_data.has_external(result):
-        report.warnings.append("the whole models were not timed (external data); use 'wnc-onnx bench'")
-        return
-    log.info("timing the original and the compressed model on the target")
-    target = Target(cfg.provider, max(1, threads), dict(cfg.session_options), cfg.graph_opt)
-    try:
-        found = measure_pair(target, original, result, cfg.input_shapes)
-    except WncError:
-        raise
-    except Exception as exc:
-        report.warnings.append(f"the whole models could not be timed ({one_line(exc, 150)})")
-        return
-    info = report.extras.setdefault("latency", {})
-    info["measured"] = found
-    noise = max(0.03, found["spread"])
-    if cfg.target_speedup is not None and found["speedup"] < cfg.target_speedup * (1 - noise):
-        report.warnings.append(
-            f"measured x{found['speedup']:.2f} on the target, short of --target-speedup {cfg.target_speedup:g} "
-            "(layers timed alone do not see the layout changes between them); ask for a little more"
-        )
-    elif found["speedup"] < 1 - noise:
-        report.warnings.append(
-            f"the compressed model measured slower than the original (x{found['speedup']:.2f}) on the target"
-        )
 
 
 def on_target(
@@ -107,7 +67,7 @@ def on_target(
             report.extras.setdefault("latency", {})["kept_whole_in_context"] = kept
     measure_whole(original, result, report, cfg, threads)
     if cfg.target_speedup is not None:
-        result, report = _rescaled(model, original, result, report, cfg, state, threads)
+        result, report = meet_target(model, original, result, report, cfg, state, threads)
     return result, report
 
 
@@ -126,73 +86,15 @@ def _keep_timings(report: Report, timed: dict[str, dict[str, Any]], kept: list[d
             }
 
 
-def _rescaled(
-    model: ModelLike,
-    original: onnx.ModelProto,
-    result: onnx.ModelProto,
-    report: Report,
-    cfg: CompressConfig,
-    state: RunState,
-    threads: int,
-) -> tuple[onnx.ModelProto, Report]:
-    """--target-speedup: the prediction (layers alone) misses what the whole model measures;
-    when the miss is beyond the noise, allocate once more for the target scaled by it."""
-    assert cfg.target_speedup is not None
-    info = report.extras.get("latency", {})
-    measured, predicted = info.get("measured"), info.get("predicted_speedup")
-    if not measured or not predicted or not info.get("reached", False):
-        return result, report
-    got = measured["speedup"]
-    if abs(got / cfg.target_speedup - 1) <= max(0.05, measured["spread"]):
-        return result, report
-    scale = predicted / got
-    log.info(
-        "latency-aware: measured x%.2f for a prediction of x%.2f; allocating again for the target scaled by %.3f",
-        got,
-        predicted,
-        scale,
-    )
-    first_scale = state.target_scale
-    state.target_scale = first_scale * scale
-    result2, report2 = run_passes(model, cfg, state)
-    measure_whole(original, result2, report2, cfg, threads)
-    first = {"measured_speedup": got, "predicted_speedup": predicted}
-    report2.extras.setdefault("latency", {})["first_allocation"] = first
-    m2 = report2.extras["latency"].get("measured")
-    if m2 and abs(m2["speedup"] / cfg.target_speedup - 1) > abs(got / cfg.target_speedup - 1):
-        state.target_scale = first_scale
-        report.extras["latency"]["second_allocation"] = {"measured_speedup": m2["speedup"], "kept": False}
-        return result, report  # the first was closer: keep it
-    return result2, report2
-
-
 def slower_in_context(
     original: onnx.ModelProto, result: onnx.ModelProto, report: Report, cfg: CompressConfig, threads: int
 ) -> list[dict[str, Any]]:
     """Decomposed layers that onnxruntime's profiler finds slower inside the compressed model."""
-    if external_data.has_external(original) or external_data.has_external(result):
-        return []
-    if has_loops(original):
-        note = "the layers were not profiled inside the model (a Loop / Scan makes the profile huge)"
-        if note not in report.warnings:
-            report.warnings.append(note)
-        return []
-    bc = BenchConfig(
-        threads=(threads,),
-        session_options=dict(cfg.session_options),
-        graph_opt=cfg.graph_opt,
-        input_shapes=dict(cfg.input_shapes),
-        profile_runs=20,
-    )
-    try:
-        comps = profile_layers(
-            [original, result], [original, result], ["original", "compressed"], bc, resolve_provider(cfg.provider)
-        )
-    except Exception as exc:  # the check is a refinement: the layer-alone choices stand
-        report.warnings.append(f"the layers were not profiled inside the model ({one_line(exc, 150)})")
+    comp = profile_pair(original, result, report, cfg, threads)
+    if comp is None:
         return []
     decomposed = {r.name for r in report.decomposed}
-    slower = [x for c in comps for x in c.layers if x.clearly_slower(CONTEXT_SLOWER, CONTEXT_SLOWER_MS)]
+    slower = [x for x in comp.layers if x.clearly_slower(CONTEXT_SLOWER, CONTEXT_SLOWER_MS)]
     out = {}
     for x in slower:
         # a layer left whole that got slower pays for a neighbour's layout: blame the decomposed layer feeding it

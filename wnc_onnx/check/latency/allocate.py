@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from wnc_onnx.check.latency.forms import ORIGINAL, Form
 from wnc_onnx.check.latency.oracle import Measured
@@ -24,6 +25,7 @@ class LayerOptions:
     times: dict[Form, Measured]
     errors: dict[Form, float]
     rejected: dict[Form, str] = field(default_factory=dict)  # forms not timed, and why
+    alone: dict[Form, Measured] | None = None  # the times alone where ``times`` hold in-context ones
 
     def ms(self, f: Form) -> float:
         return self.times[f].median * 1e3
@@ -145,3 +147,33 @@ def allocate(options: Mapping[str, LayerOptions], whole_ms: float, target: float
         predicted += saved(best[0], cur[best[0]]) - saved(best[0], best[1])
         cur[best[0]] = best[1]
     return Allocation(cur, predicted, whole_ms, goal, True)
+
+
+def bounds(options: Mapping[str, LayerOptions], alloc: Allocation, top: int = 3) -> dict[str, Any]:
+    """What keeps the fastest forms from a speed-up target: the time of the nodes that are not
+    timed layers (the whole model less its layers alone) and the layers that take the most
+    time in their fastest form."""
+    layers_ms = sum(o.ms(ORIGINAL) for o in options.values())
+    slowest = sorted(options.items(), key=lambda kv: -kv[1].ms(alloc.forms.get(kv[0], ORIGINAL)))[:top]
+    return {
+        "other_ms": round(max(0.0, alloc.original_ms - layers_ms), 4),
+        "predicted_ms": round(alloc.predicted_ms, 4),
+        "layers": [
+            {
+                "layer": name,
+                "form": alloc.forms.get(name, ORIGINAL).label,
+                "ms": round(o.ms(alloc.forms.get(name, ORIGINAL)), 4),
+                "original_ms": round(o.ms(ORIGINAL), 4),
+            }
+            for name, o in slowest
+        ],
+    }
+
+
+def bounds_text(b: dict[str, Any]) -> str:
+    """One phrase naming what bounds the speed-up: the other nodes' time and the slowest layers."""
+    layers = b.get("layers") or []
+    named = ", ".join(f"{x['layer']} {x['ms']:.2f} ms ({x['form']})" for x in layers)
+    return f"the nodes that are not layers take {b['other_ms']:.2f} ms of the {b['predicted_ms']:.2f} ms predicted" + (
+        f"; the slowest layers at their fastest forms: {named}" if named else ""
+    )

@@ -12,6 +12,7 @@ import onnx
 from wnc_onnx.analyze.graph import GraphContext
 from wnc_onnx.analyze.layer import Layer
 from wnc_onnx.check.latency.allocate import LayerOptions
+from wnc_onnx.check.latency.block import ChannelBlock
 from wnc_onnx.check.latency.forms import ORIGINAL, Form, ModeSpectra, at_least_as_accurate, ladder
 from wnc_onnx.check.latency.isolate import NotTimeable, isolated
 from wnc_onnx.check.latency.oracle import Oracle, Target
@@ -29,6 +30,7 @@ class LatencyChooser:
         self.speedup = speedup
         self.oracle = oracle or Oracle(target)
         self.whole_ms: float | None = None
+        self.block: ChannelBlock | None = None  # measured on the target (the policy sets it)
 
     def options(
         self,
@@ -40,9 +42,11 @@ class LatencyChooser:
         check: Callable[[Form], str | None],
     ) -> LayerOptions | str:
         """The layer's forms, timed; or why it cannot be timed alone."""
-        forms = at_least_as_accurate(base, layer.s, layer.t, layer.tucker_capable)
+        block = self.block.block if self.block is not None else 1
+        multiples = (block,) if block > 1 else ()
+        forms = at_least_as_accurate(base, layer.s, layer.t, layer.tucker_capable, multiples)
         if self.speedup is not None:
-            forms += [f for f in ladder(base, layer.s, layer.t) if f not in forms]
+            forms += [f for f in ladder(base, layer.s, layer.t, max(block, 8)) if f not in forms]
         rejected: dict[Form, str] = {}
         candidates = [ORIGINAL]
         for f in forms:
@@ -98,7 +102,7 @@ def describe(opt: LayerOptions, chosen: Form, why: str, rejected: Mapping[Form, 
     return {
         "chosen": chosen.label,
         "why": why,
-        "measured_ms": {f.label: round(opt.ms(f), 4) for f in opt.times},
+        "measured_ms": {f.label: round((opt.alone or opt.times)[f].median * 1e3, 4) for f in opt.times},
         "spread": {f.label: round(opt.times[f].spread, 3) for f in opt.times},
         "kernel_error": {f.label: round(opt.errors[f], 4) for f in opt.times},
         "rejected": {f.label: r for f, r in rejected.items() if f != chosen},
@@ -107,20 +111,28 @@ def describe(opt: LayerOptions, chosen: Form, why: str, rejected: Mapping[Form, 
 
 
 def measure_pair(
-    target: Target, original: onnx.ModelProto, compressed: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]
+    target: Target,
+    original: onnx.ModelProto,
+    compressed: onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]],
+    rounds: int = 7,
 ) -> dict[str, Any]:
-    """The whole original and compressed models timed side by side on the target (interleaved)."""
+    """The whole original and compressed models timed side by side on the target (interleaved):
+    the speed-up is the median of the rounds' speed-ups (drift hits both models of a round alike),
+    with the lowest and highest round's."""
 
     feeds = random_inputs(original, input_shapes)
     a, b = target.time(
         [(target.open(m), feeds) for m in (original, compressed)],
-        rounds=max(5, target.rounds),
+        rounds=max(rounds, target.rounds),
         warmup=3,
         min_round_seconds=0.1,
     )
+    ratios = [x / y for x, y in zip(a.round_medians, b.round_medians, strict=True) if y > 0]
     return {
         "original_ms": round(a.median * 1e3, 4),
         "compressed_ms": round(b.median * 1e3, 4),
-        "speedup": round(a.median / b.median, 3),
+        "speedup": round(float(np.median(ratios)), 3) if ratios else round(a.median / b.median, 3),
+        "range": [round(min(ratios), 3), round(max(ratios), 3)] if ratios else None,
         "spread": round(max(a.spread, b.spread), 3),
     }

@@ -7,15 +7,22 @@ Weights are random: their values do not change the speed of dense kernels."""
 from __future__ import annotations
 
 import copy
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from wnc_onnx.analyze.graph import GraphContext
+from wnc_onnx.analyze.graph import GraphContext, data_inputs
 from wnc_onnx.analyze.layer import Factors, Layer
 from wnc_onnx.check.latency.forms import Form
+from wnc_onnx.data.feeds import random_inputs
+from wnc_onnx.errors import one_line
+from wnc_onnx.io.session import session
+
+log = logging.getLogger(__name__)
 
 
 class NotTimeable(Exception):
@@ -89,3 +96,42 @@ def isolated(
     model = helper.make_model(graph, opset_imports=list(ctx.model.opset_import))
     model.ir_version = ctx.model.ir_version
     return model, feeds
+
+
+def unknown_sizes(ctx: GraphContext, names: Sequence[str]) -> list[str]:
+    """Those of ``names`` whose size shape inference left open beyond the batch dim."""
+    out = []
+    for name in names:
+        dims = ctx.shape(name)
+        if not dims or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+            out.append(name)
+    return out
+
+
+def runtime_shapes(
+    model: onnx.ModelProto, names: Sequence[str], input_shapes: Mapping[str, Sequence[int]]
+) -> dict[str, list[int]]:
+    """The sizes of ``names`` from one onnxruntime run of ``model`` at the input sizes (random
+    inputs): where static shape inference cannot follow (sizes computed by Shape / Resize
+    nodes), the run can. Empty where an input has a size the user did not give (beyond the
+    batch, run as 1), or the model cannot run: the layers stay untimed, saying why."""
+    if not names:
+        return {}
+    for vi in data_inputs(model):  # a size the user did not give is not guessed
+        dims = vi.type.tensor_type.shape.dim
+        if vi.name not in input_shapes and any(not (d.HasField("dim_value") and d.dim_value > 0) for d in dims[1:]):
+            return {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in have:
+            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    try:
+        feeds = random_inputs(model, input_shapes)
+        sess = session(probe, "CPUExecutionProvider", 1, {}, "disable")
+        values = sess.run(list(names), feeds)
+    except Exception as exc:  # e.g. a dynamic input the user did not size
+        log.info("the sizes shape inference left open were not found by a run (%s)", one_line(exc, 150))
+        return {}
+    return {n: [int(d) for d in np.shape(v)] for n, v in zip(names, values, strict=True)}

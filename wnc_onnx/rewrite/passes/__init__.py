@@ -45,7 +45,7 @@ def build_passes(
             passes.append(FoldBatchNormPass())
         elif name == "lowrank" and cfg.lowrank:
             timed = cfg.timed and not plan_only
-            policy = LatencyPolicy(cfg, threads, state.target_scale) if timed else None
+            policy = LatencyPolicy(cfg, threads, state.latency, state.target_scale) if timed else None
             passes.append(LowRankPass(cfg, state, plan_only=plan_only, threads=threads, latency=policy))
         elif name == "pq" and cfg.pq and not plan_only:
             passes.append(PQPass(cfg))

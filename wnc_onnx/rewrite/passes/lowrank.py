@@ -116,6 +116,7 @@ class LowRankPass:
             )  # main graph
         if self.latency is not None:
             self.latency.start(model, report)
+            self.latency.fill_shapes(model, found[0][0], [layer for layer, _ in found[0][1]])
         total, done, modified = len(all_layers), 0, False
         # Subgraphs first: a parent's splice copies its nodes, subgraph bodies included.
         records: list[LayerReport] = []

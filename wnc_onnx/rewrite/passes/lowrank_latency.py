@@ -19,11 +19,15 @@ from wnc_onnx.analyze.graph import GraphContext
 from wnc_onnx.analyze.layer import Layer
 from wnc_onnx.analyze.numeric.calibrated import PatchStats, data_spectra
 from wnc_onnx.analyze.numeric.gram import mode_gram, sym_eigvals
-from wnc_onnx.check.latency.allocate import Allocation, Choice, allocate, never_slower
+from wnc_onnx.check.latency.allocate import Allocation, Choice, LayerOptions, allocate, bounds, never_slower
+from wnc_onnx.check.latency.block import ChannelBlock, measure_block, rounded_note
 from wnc_onnx.check.latency.choose import LatencyChooser, describe, mode_spectra
 from wnc_onnx.check.latency.forms import ORIGINAL, Form, ModeSpectra
-from wnc_onnx.check.latency.oracle import Oracle, Target
+from wnc_onnx.check.latency.isolate import runtime_shapes, unknown_sizes
+from wnc_onnx.check.latency.memo import LatencyMemo
+from wnc_onnx.check.latency.oracle import Measured, Oracle, Target
 from wnc_onnx.config import CompressConfig
+from wnc_onnx.errors import one_line
 from wnc_onnx.report import LayerReport, Report
 from wnc_onnx.rewrite.passes.lowrank_plan import LayerState, Skip, checked, describe_plan, plan_at
 
@@ -95,45 +99,96 @@ class Planned:
 
 
 class LatencyPolicy:
-    """Chooses each layer's form by its time on the target; ``target_scale`` multiplies a speed-up
-    target (the flow's rerun when the first allocation's measured speed-up missed)."""
+    """Chooses each layer's form by its time on the target. ``memo``: what the runs of one
+    compression share (the timer and its counts, the original's time, the channel block,
+    in-context corrections); ``target_scale`` multiplies a speed-up target (the flow's
+    corrections after a measured miss)."""
 
-    def __init__(self, cfg: CompressConfig, threads: int, target_scale: float = 1.0) -> None:
+    def __init__(
+        self, cfg: CompressConfig, threads: int, memo: LatencyMemo | None = None, target_scale: float = 1.0
+    ) -> None:
         self.cfg = cfg
         self.target_scale = target_scale
+        self.memo = memo or LatencyMemo()
         target = Target(cfg.provider, max(1, threads), dict(cfg.session_options), cfg.graph_opt)
-        self.chooser = LatencyChooser(target, cfg.target_speedup, Oracle(target, cache=cfg.latency_cache))
+        if self.memo.oracle is None or self.memo.oracle.target != target:
+            self.memo.oracle = Oracle(target, cache=cfg.latency_cache)
+        self.chooser = LatencyChooser(target, cfg.target_speedup, self.memo.oracle)
+        self.chooser.whole_ms = self.memo.whole_ms
         self.allocation: Allocation | None = None
+        self.options: dict[str, LayerOptions] = {}
 
     def start(self, model: onnx.ModelProto, report: Report) -> None:
-        oracle, target = self.chooser.oracle, self.chooser.target
-        log.info(
+        oracle, target, memo = self.chooser.oracle, self.chooser.target, self.memo
+        first = memo.block is None
+        (log.info if first else log.debug)(
             "latency-aware: timing each layer's forms on %s, %d thread(s)%s",
             target.provider,
             target.threads,
             f", options {dict(target.session_options)}" if target.session_options else "",
         )
         if oracle.busy:
-            report.warnings.append(
+            note = (
                 f"the machine was busy when the layers were timed (load average {oracle.load:.2f}): "
                 "the latency-aware choices may be noisy; rerun on a quiet machine"
             )
-        if self.cfg.target_speedup is not None:
-            whole = self.chooser.time_whole(model, self.cfg.input_shapes)
-            log.info("latency-aware: the whole model takes %.3f ms on the target", whole)
+            if note not in report.warnings:
+                report.warnings.append(note)
+        if first:
+            try:
+                memo.block = measure_block(oracle)
+            except Exception as exc:  # rounding is a refinement: without the probe, no rounded forms
+                log.warning(
+                    "the channel block could not be measured (%s); no rounded ranks offered", one_line(exc, 120)
+                )
+                memo.block = ChannelBlock(1, 1.0)
+            b = memo.block
+            log.info(
+                "latency-aware: channel block %s",
+                f"{b.block} (ranks rounded up to it ran x{b.gain:.2f} faster, measured)"
+                if b.block > 1
+                else f"none (rounding ranks up was not faster: x{b.gain:.2f})",
+            )
+        self.chooser.block = memo.block
+        if self.cfg.target_speedup is not None and memo.whole_ms is None:
+            memo.whole_ms = self.chooser.time_whole(model, self.cfg.input_shapes)
+            log.info("latency-aware: the whole model takes %.3f ms on the target", memo.whole_ms)
+        self.chooser.whole_ms = memo.whole_ms
+
+    def fill_shapes(self, model: onnx.ModelProto, ctx: GraphContext, layers: list[Layer]) -> None:
+        """Sizes shape inference left open at the layers' inputs and outputs, from one run of
+        the model (once per compression): every layer with a static size in the run is timed."""
+        memo = self.memo
+        if memo.shapes is None:
+            names = [n for layer in layers for n in (layer.node.input[0], layer.node.output[0])]
+            todo = unknown_sizes(ctx, list(dict.fromkeys(names)))
+            memo.shapes = runtime_shapes(model, todo, self.cfg.input_shapes)
+            if todo:
+                log.info(
+                    "latency-aware: %d of %d layer input/output sizes found by running the model (shape inference "
+                    "left them open)",
+                    len(memo.shapes),
+                    len(todo),
+                )
+        for name, dims in memo.shapes.items():
+            if name in ctx.tensor_names:
+                ctx.shapes[name] = list(dims)
 
     def choose(self, ctx: GraphContext, planned: list[Planned]) -> None:
         """Time every planned layer's forms on the target; keep the fastest that is as accurate
         (or, with a speed-up target, the allocation); a layer kept whole is skipped with the reason."""
-        cfg = self.cfg
+        cfg, memo = self.cfg, self.memo
         options = {}
         todo = [p for p in planned if p.state is not None]
         for k, p in enumerate(todo, 1):
             assert p.state is not None
             base = p.base()
+            shown = p.layer.name in memo.logged  # one progress line per layer per compression
+            say = log.debug if shown else log.info
+            memo.logged.add(p.layer.name)
             found = self.chooser.options(p.layer, p.rule, ctx, base, p.spectra(), functools.partial(_check, p, cfg=cfg))
             if isinstance(found, str):
-                log.info("  [%d/%d] %s: not timed (%s)", k, len(todo), p.layer.name, found)
+                say("  [%d/%d] %s: not timed (%s)", k, len(todo), p.layer.name, found)
                 if cfg.target_speedup is not None:  # the allocation leaves it as the policy chose
                     p.rec.latency = {"chosen": base.label, "why": f"not timed: {found}"}
                     continue
@@ -141,8 +196,14 @@ class LatencyPolicy:
                 p.rec.latency = {"chosen": "original", "why": f"not timed: {found}"}
                 p.keep_whole(f"latency-aware: kept whole (not timed alone: {found})")
                 continue
+            scale = memo.context_scale.get(p.layer.name)
+            if scale is not None:  # inside the model (a speed-up target's correction): see speed_target
+                inside = memo.in_context.get(p.layer.name, {})
+                found.alone = dict(found.times)
+                for f, m in found.alone.items():
+                    found.times[f] = Measured(inside.get(f, m.median * scale), m.spread, m.cached)
             options[p.layer.name] = found
-            log.info(
+            say(
                 "  [%d/%d] %s: %s",
                 k,
                 len(todo),
@@ -150,6 +211,7 @@ class LatencyPolicy:
                 ", ".join(f"{f.label} {found.ms(f):.3f} ms" for f in list(found.times)[:4])
                 + (" ..." if len(found.times) > 4 else ""),
             )
+        self.options.update(options)
         choices: dict[str, Choice] = {}
         if cfg.target_speedup is not None and options and not ctx.prefix and self.chooser.whole_ms:
             alloc = allocate(options, self.chooser.whole_ms, cfg.target_speedup * self.target_scale)
@@ -162,25 +224,35 @@ class LatencyPolicy:
                 choices[name] = Choice(form, why, dict(opt.rejected))
         else:
             choices = {name: never_slower(opt) for name, opt in options.items()}
+        block = memo.block
         for p in todo:
             choice = choices.get(p.layer.name)
             if choice is None or p.state is None:
                 continue
-            p.rec.latency = describe(options[p.layer.name], choice.form, choice.why, choice.rejected)
+            opt = options[p.layer.name]
+            p.rec.latency = describe(opt, choice.form, choice.why, choice.rejected)
+            if block is not None:
+                rounded = rounded_note(opt, choice.form, block, p.layer.s, p.layer.t)
+                if rounded:
+                    p.rec.latency["rounded"] = rounded
+            if opt.alone is not None:  # what the allocation counted: profiled inside the model, or scaled
+                p.rec.latency["in_context_ms"] = {f.label: round(opt.ms(f), 4) for f in opt.times}
             if choice.form == ORIGINAL:
                 p.keep_whole(f"latency-aware: kept whole ({choice.why})")
                 continue
             p.adopt(choice.form)
 
     def finish(self, report: Report) -> None:
-        oracle = self.chooser.oracle
+        oracle, memo = self.chooser.oracle, self.memo
         oracle.save()
         info: dict[str, object] = {
             "target": self.chooser.target.key(),
-            "timings_cached": oracle.hits,
+            "timings_cached": oracle.hits,  # over every run of this compression
             "timings_measured": oracle.misses,
             "cache": str(oracle.cache_path) if oracle.cache_path else None,
         }
+        if memo.block is not None:
+            info["channel_block"] = memo.block.to_dict()
         alloc = self.allocation
         if alloc is not None:
             info.update(
@@ -193,12 +265,8 @@ class LatencyPolicy:
                     "reached": alloc.reached,
                 }
             )
-            if not alloc.reached and self.target_scale <= 1.0:
-                report.warnings.append(
-                    f"--target-speedup {self.cfg.target_speedup:g} cannot be reached by these layers: the fastest "
-                    f"forms measured give x{alloc.predicted_speedup:.2f} (predicted); the rest of the model "
-                    "(other nodes) bounds it"
-                )
+            if not alloc.reached:
+                info["bounds"] = bounds(self.options, alloc)
         report.extras["latency"] = info
 
 
