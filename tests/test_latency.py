@@ -213,7 +213,7 @@ def stub(monkeypatch, tmp_path):
     return timer
 
 
-def _whole(self, model, shapes):
+def _whole(self, model, shapes, values=None):
     self.whole_ms = 8.0
     return 8.0
 
@@ -516,3 +516,18 @@ def test_the_machine_is_described_from_cpuinfo():
     assert machine.cpu_model() and set(machine.cpu_isa()) <= set(machine.ISA_FLAGS)
     assert "gpu" not in machine.target_machine("CPUExecutionProvider")
     assert "gpu" in machine.target_machine("CUDAExecutionProvider")
+
+
+def test_a_target_the_graph_passes_alone_exceed_is_said_so(stub, monkeypatch):
+    """Weights removed from the graph inputs can make a model faster than the target before any
+    layer is factored: the run says that, not 'rerun on a quiet machine'."""
+    calls = []
+    fn = _measured_as(lambda goal: 8.0, calls)
+    monkeypatch.setattr("wnc_onnx.rewrite.on_target.measure_whole", fn)
+    monkeypatch.setattr("wnc_onnx.rewrite.speed_target.measure_whole", fn)
+    _, report = compress(demo_cnn(), target_speedup=1.5, threads=1)
+    steps = report.extras["latency"]["steps"]
+    assert steps[0]["decomposed"] > 0 and steps[-1]["decomposed"] == 0  # the goal fell until nothing was factored
+    assert report.totals.decomposed == 0  # as fast, and nothing lost to factoring
+    (w,) = [w for w in report.warnings if "target-speedup" in w]
+    assert "measured x8.00 with no layer factored" in w and "graph passes" in w

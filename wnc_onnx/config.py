@@ -77,6 +77,9 @@ class CompressConfig:
     # Shapes of graph inputs with dynamic dims, e.g. {"images": (1, 3, 640, 640)}: MACs are
     # counted at these sizes (shape inference runs with them).
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # Values of inputs random data cannot stand for (a sample rate, a flag), e.g. {"sr": 16000}:
+    # every timing and check run on the target feeds them (--input-value).
+    input_values: Mapping[str, float] = field(default_factory=dict)
     # BLAS and onnxruntime threads; 0: the cores that are free when the run starts
     threads: int = 0
     # Latency-aware choices (wnc_onnx.check.latency): each layer's forms are timed on the target
@@ -99,6 +102,9 @@ class CompressConfig:
     max_error: float | None = None
     # The low-rank pass (off: product quantization alone, --no-lowrank).
     lowrank: bool = True
+    # int8 after the low-rank pass, with onnxruntime's quantization tools (wnc_onnx.rewrite.int8_flow):
+    # static QDQ per channel on the calibration data, else dynamic for MatMul / Gemm.
+    int8: bool = False
     # Product quantization (wnc_onnx.rewrite.passes.pq, docs/pq.md): weights of pq_op_types cut into
     # sub-vectors of pq_dim, each stored as the uint8 index of one of pq_k centroids.
     pq: bool = False
@@ -169,10 +175,12 @@ class CompressConfig:
         for pat in (self.pq_include, self.pq_exclude):
             if pat is not None:
                 re.compile(pat)
-        if not self.lowrank and not self.pq:
+        if not self.lowrank and not self.pq and not self.int8:
             raise ValueError(
                 "the low-rank pass is off (`lowrank=False`) and product quantization too: nothing to do; add `pq`"
             )
+        if self.int8 and self.pq:
+            raise ValueError("`int8` and `pq` both quantize the weights: choose one")
 
     @property
     def timed(self) -> bool:

@@ -174,7 +174,10 @@ def run(a: argparse.Namespace) -> int:
     quantized = pq_quantized(report)
     if cfg.pq and not quantized and (not cfg.lowrank or report.totals.decomposed == 0):
         raise _nothing_quantized(report, a.quiet)
-    if report.totals.decomposed == 0 and not quantized:
+    int8 = bool(report.extras.get("int8", {}).get("int8_layers"))
+    lat = report.extras.get("latency", {})
+    passes_met = bool(lat.get("steps")) and lat.get("measured_speedup", 0) >= (cfg.target_speedup or 0) * 0.9
+    if report.totals.decomposed == 0 and not quantized and not int8 and not passes_met:
         raise _nothing_compressed(report, a.quiet)
     asked = bool(a.verify or a.inputs or a.input_value or a.tolerance is not None)
     if asked and a.no_verify:

@@ -8,7 +8,7 @@ from typing import Any, NoReturn
 
 from wnc_onnx.api import load_ranks
 from wnc_onnx.config import GRAPH_OPT_LEVELS, SKIPPABLE_PASSES, SUPPORTED_OPS, CompressConfig, flag_of
-from wnc_onnx.data.feeds import parse_input_shapes
+from wnc_onnx.data.feeds import parse_input_shapes, parse_input_values
 from wnc_onnx.errors import WncError, option_error
 from wnc_onnx.io.model_io import load_model, read_npz
 from wnc_onnx.io.session import parse_session_options
@@ -170,17 +170,27 @@ def add_latency(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--latency-aware",
         action="store_true",
-        help="time each layer's forms (original, Tucker-2, Tucker-1, SVD, ranks rounded to 8/16) alone at its real "
-        "input size and keep the fastest that is as accurate as the chosen ranks, or the original where none is "
-        "faster; then profile the whole model, keep whole the layers that got slower there and compress again (up "
-        "to 3 reruns). Layers can still end slower: those left are named in a warning",
+        help="time each layer's forms (original, Tucker-2, Tucker-1, SVD, ranks rounded up to the channel block "
+        "measured on the target) alone at its real input size and keep the fastest that is as accurate as the "
+        "chosen ranks, or the original where none is faster; then profile the whole model, keep whole the layers "
+        "that got slower there and compress again (up to 3 reruns). Layers can still end slower: those left are "
+        "named in a warning",
     )
     g.add_argument(
         "--target-speedup",
         type=float,
         metavar="S",
-        help="allocate ranks over the network so the model runs S times faster on the target (measured), with the "
-        "least kernel error; implies --latency-aware",
+        help="allocate ranks over the network so the model runs S times faster on the target, with the least "
+        "kernel error: the whole model is timed and the allocation corrected until it measures within 10%% of S, "
+        "or the run says the highest it measured and what bounds it; implies --latency-aware",
+    )
+    g.add_argument(
+        "--int8",
+        action="store_true",
+        help="quantize to int8 after the low-rank pass with onnxruntime's tools: static QDQ per channel calibrated "
+        "on --calibration, else dynamic (MatMul/Gemm only; Conv stays float). With --latency-aware: per layer "
+        "float or int8, original or factored, as measured in the quantized model; the report times int8 alone "
+        "against low rank + int8",
     )
     add_session_arguments(g, "")  # type: ignore[arg-type]
     g.add_argument(
@@ -209,7 +219,7 @@ def add_pq_arguments(p: argparse.ArgumentParser, finetune: bool = False) -> None
     else:
         g.add_argument("--pq", action="store_true", help="product-quantize the weights after the low-rank pass")
         g.add_argument(
-            "--no-lowrank", action="store_true", help="skip the low-rank pass (with --pq: quantization alone)"
+            "--no-lowrank", action="store_true", help="skip the low-rank pass (with --pq or --int8: quantization alone)"
         )
     g.add_argument("--pq-dim", type=int, default=CompressConfig.pq_dim, metavar="D", help="sub-vector length")
     g.add_argument(
@@ -273,7 +283,8 @@ def add_verify(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=V",
-        help="fill a --verify input with the value V instead of random numbers, e.g. --input-value sr=16000",
+        help="fill an input with the value V instead of random numbers, in --verify and in the timings on the "
+        "target (--latency-aware, --target-speedup, --int8), e.g. --input-value sr=16000",
     )
     g.add_argument(
         "--tolerance",
@@ -408,4 +419,6 @@ def _latency_options(a: argparse.Namespace) -> dict[str, Any]:
         "session_options": parse_session_options(a.session_option),
         "graph_opt": a.graph_opt,
         "latency_cache": not a.no_latency_cache,
+        "int8": a.int8,
+        "input_values": parse_input_values(getattr(a, "input_value", None) or []),
     }

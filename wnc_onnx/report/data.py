@@ -237,6 +237,7 @@ def _layout(report: Report, head: tuple[str, ...], rows: list[tuple[str, ...]]) 
         + file
     )
     lines += _latency_lines(report)
+    lines += _int8_lines(report)
     lines += _calibration_lines(report)
     lines += _distill_lines(report)
     pq = report.extras.get("pq")
@@ -324,6 +325,26 @@ def pq_table(pq: dict[str, Any]) -> list[str]:
 
 def _unselected(reason: str) -> bool:
     return reason.endswith("not selected (--pq-op-types)") or "--pq-include" in reason or "--pq-exclude" in reason
+
+
+def _int8_lines(report: Report) -> list[str]:
+    q = report.extras.get("int8")
+    if not q:
+        return []
+    out = [
+        f"int8 ({q['mode']}, {q['format']}; activations {q['activations']}, weights {q['weights']}): "
+        f"{q.get('int8_layers', 0)} layer(s) in int8"
+        + (f", {len(q['float_layers'])} kept float (slower in int8)" if q.get("float_layers") else "")
+    ]
+    m = q.get("measured")
+    if m:
+        out.append(
+            f"measured on the target, over the float original ({m['original']['ms']:.3f} ms): low rank "
+            f"x{m['lowrank']['speedup']:.2f}, int8 alone x{m['int8_alone']['speedup']:.2f}, low rank + int8 "
+            f"x{m['lowrank_int8']['speedup']:.2f} (x{m['lowrank_int8_over_int8_alone']:.2f} over int8 alone); "
+            f"written: {'low rank + int8' if m['chosen'] == 'int8' else 'the float model (int8 was slower)'}"
+        )
+    return out
 
 
 def _latency_lines(report: Report) -> list[str]:

@@ -3,7 +3,8 @@ configuration needs, and what is measured after them.
 
 - ``max_error`` without a speed-up target: ``budget.compress_within`` (many builds);
 - otherwise one build (``pipeline.run_passes``), then, for latency options, the whole-model
-  checks on the target (``on_target``), and with calibration data the model's error on them.
+  checks on the target (``on_target``), int8 (``int8_flow``), and with calibration data the
+  model's error on them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from wnc_onnx.config import CompressConfig
 from wnc_onnx.errors import WncError
 from wnc_onnx.report import Report
 from wnc_onnx.rewrite.budget import REPORT_SAMPLES, compress_within, on_calibration_data, one_shot
+from wnc_onnx.rewrite.int8_flow import check_int8_input, int8_step
 from wnc_onnx.rewrite.on_target import on_target
 from wnc_onnx.rewrite.pipeline import ModelLike, as_proto, run_passes
 from wnc_onnx.rewrite.state import RunState
@@ -24,6 +26,8 @@ def compress(model: ModelLike, cfg: CompressConfig) -> tuple[onnx.ModelProto, Re
     """Compress ``model`` (a path or a ModelProto, never modified) as ``cfg`` says."""
     if cfg.max_error is not None and cfg.target_speedup is None:
         return compress_within(as_proto(model), cfg)
+    if cfg.int8:
+        check_int8_input(as_proto(model))
     state = RunState()
     if cfg.calibration is not None:
         # gathered once for every run below, keeping the first samples and the original's outputs on them
@@ -33,6 +37,9 @@ def compress(model: ModelLike, cfg: CompressConfig) -> tuple[onnx.ModelProto, Re
     if cfg.timed and report.totals.decomposed:
         original = as_proto(model)
         result, report = on_target(model, original, result, report, cfg, state)
+    if cfg.int8:
+        original = original or as_proto(model)
+        result, report = int8_step(model, original, result, report, cfg, state)
     if state.calibration is not None and report.totals.decomposed:  # the accuracy risk, on the user's data
         reuse = state.calibration
         reuse.stats, reuse.fits = None, {}  # memory: the fits are done

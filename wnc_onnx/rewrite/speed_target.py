@@ -15,7 +15,8 @@ measures what it built and corrects:
    slope of the last two measurements (log-log), or, once a goal that fell short and one
    that overshot are known, between the two (log-linear);
 5. the passes run again (timings from the cache) and the loop goes back to 1, at most
-   ``MAX_ALLOCATIONS`` times. The measured result closest to S is kept.
+   ``MAX_ALLOCATIONS`` times. The measured result closest to S is kept (of results that
+   measured the same within the noise, the one that factors the fewest layers).
 """
 
 from __future__ import annotations
@@ -104,7 +105,11 @@ def meet_target(
         state.target_scale = scale
         result, report = run_passes(model, cfg, state)
         measure_whole(original, result, report, cfg, threads)
-    result, report, best = min(tried, key=lambda x: abs(math.log(x[2]["measured_speedup"] / target)))
+    closest = min(tried, key=lambda x: abs(math.log(x[2]["measured_speedup"] / target)))[2]["measured_speedup"]
+    noise = max(0.03, *(x[2]["spread"] or 0 for x in tried))
+    # allocations that measured the same within the noise: the one that factors the fewest layers
+    same = [x for x in tried if abs(math.log(x[2]["measured_speedup"] / closest)) <= noise]
+    result, report, best = min(same, key=lambda x: x[2]["decomposed"])
     lat = report.extras.setdefault("latency", {})
     lat["steps"] = [s for _, _, s in tried]
     got = best["measured_speedup"]
@@ -112,7 +117,12 @@ def meet_target(
     lat["measured_speedup"] = got
     if lat["met"]:
         return result, report
-    if stop == "cannot" or got < target and best["fastest_forms"]:
+    if got > target and best["decomposed"] == 0:
+        report.warnings.append(
+            f"--target-speedup {target:g}: the model measured x{got:.2f} with no layer factored: the graph passes "
+            "alone (folding, weights out of the graph inputs, dead code) already run it faster than the target"
+        )
+    elif stop == "cannot" or got < target and best["fastest_forms"]:
         where = bounds_text(lat["bounds"]) if lat.get("bounds") else "the layers have no faster forms"
         report.warnings.append(
             f"--target-speedup {target:g} cannot be met on this target: the highest measured is x{got:.2f} "

@@ -37,7 +37,7 @@ def measure_whole(
     log.info("timing the original and the compressed model on the target")
     target = Target(cfg.provider, max(1, threads), dict(cfg.session_options), cfg.graph_opt)
     try:
-        found = measure_pair(target, original, result, cfg.input_shapes)
+        found = measure_pair(target, original, result, cfg.input_shapes, input_values=cfg.input_values)
     except WncError:
         raise
     except Exception as exc:
@@ -69,6 +69,7 @@ def profile_pair(
         session_options=dict(cfg.session_options),
         graph_opt=cfg.graph_opt,
         input_shapes=dict(cfg.input_shapes),
+        input_values=dict(cfg.input_values),
         profile_runs=20,
     )
     try:

@@ -73,12 +73,17 @@ class LatencyChooser:
             rejected,
         )
 
-    def time_whole(self, model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> float:
+    def time_whole(
+        self,
+        model: onnx.ModelProto,
+        input_shapes: Mapping[str, Sequence[int]],
+        input_values: Mapping[str, float] | None = None,
+    ) -> float:
         """The whole model's time on the target (ms), alone: the base of a speed-up target."""
 
         t = self.target
         try:
-            feeds = random_inputs(model, input_shapes)
+            feeds = random_inputs(model, input_shapes, values=input_values)
             sess = t.open(model)
             sess.run(None, feeds)
         except WncError:
@@ -86,7 +91,8 @@ class LatencyChooser:
         except Exception as exc:
             raise WncError(
                 f"--target-speedup needs the whole model to run in onnxruntime: {one_line(exc, 150)}",
-                "give the sizes of dynamic inputs with --input-shape NAME=D1,D2,...",
+                "give the sizes of dynamic inputs with --input-shape NAME=D1,D2,..., and the values of inputs random "
+                "data cannot stand for with --input-value NAME=V",
             ) from None
         timing = t.time([(sess, feeds)], min_round_seconds=0.1)[0]
         self.whole_ms = timing.median * 1e3
@@ -116,23 +122,47 @@ def measure_pair(
     compressed: onnx.ModelProto,
     input_shapes: Mapping[str, Sequence[int]],
     rounds: int = 7,
+    input_values: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The whole original and compressed models timed side by side on the target (interleaved):
     the speed-up is the median of the rounds' speed-ups (drift hits both models of a round alike),
     with the lowest and highest round's."""
+    base, other = measure_models(target, [original, compressed], input_shapes, rounds, input_values)
+    return {
+        "original_ms": base["ms"],
+        "compressed_ms": other["ms"],
+        "speedup": other["speedup"],
+        "range": other["range"],
+        "spread": round(max(base["spread"], other["spread"]), 3),
+    }
 
-    feeds = random_inputs(original, input_shapes)
-    a, b = target.time(
-        [(target.open(m), feeds) for m in (original, compressed)],
+
+def measure_models(
+    target: Target,
+    models: Sequence[onnx.ModelProto],
+    input_shapes: Mapping[str, Sequence[int]],
+    rounds: int = 7,
+    input_values: Mapping[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """Whole models timed side by side on the target (interleaved), each against the first:
+    ``ms`` (median), ``speedup`` (median of the rounds' speed-ups), ``range``, ``spread``."""
+    feeds = random_inputs(models[0], input_shapes, values=input_values)
+    timings = target.time(
+        [(target.open(m), feeds) for m in models],
         rounds=max(rounds, target.rounds),
         warmup=3,
         min_round_seconds=0.1,
     )
-    ratios = [x / y for x, y in zip(a.round_medians, b.round_medians, strict=True) if y > 0]
-    return {
-        "original_ms": round(a.median * 1e3, 4),
-        "compressed_ms": round(b.median * 1e3, 4),
-        "speedup": round(float(np.median(ratios)), 3) if ratios else round(a.median / b.median, 3),
-        "range": [round(min(ratios), 3), round(max(ratios), 3)] if ratios else None,
-        "spread": round(max(a.spread, b.spread), 3),
-    }
+    base = timings[0]
+    out = []
+    for t in timings:
+        ratios = [x / y for x, y in zip(base.round_medians, t.round_medians, strict=True) if y > 0]
+        out.append(
+            {
+                "ms": round(t.median * 1e3, 4),
+                "speedup": round(float(np.median(ratios)), 3) if ratios else round(base.median / t.median, 3),
+                "range": [round(min(ratios), 3), round(max(ratios), 3)] if ratios else None,
+                "spread": round(t.spread, 3),
+            }
+        )
+    return out

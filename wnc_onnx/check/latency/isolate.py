@@ -109,7 +109,10 @@ def unknown_sizes(ctx: GraphContext, names: Sequence[str]) -> list[str]:
 
 
 def runtime_shapes(
-    model: onnx.ModelProto, names: Sequence[str], input_shapes: Mapping[str, Sequence[int]]
+    model: onnx.ModelProto,
+    names: Sequence[str],
+    input_shapes: Mapping[str, Sequence[int]],
+    input_values: Mapping[str, float] | None = None,
 ) -> dict[str, list[int]]:
     """The sizes of ``names`` from one onnxruntime run of ``model`` at the input sizes (random
     inputs): where static shape inference cannot follow (sizes computed by Shape / Resize
@@ -128,7 +131,7 @@ def runtime_shapes(
         if name not in have:
             probe.graph.output.append(helper.make_empty_tensor_value_info(name))
     try:
-        feeds = random_inputs(model, input_shapes)
+        feeds = random_inputs(model, input_shapes, values=input_values)
         sess = session(probe, "CPUExecutionProvider", 1, {}, "disable")
         values = sess.run(list(names), feeds)
     except Exception as exc:  # e.g. a dynamic input the user did not size

@@ -151,7 +151,7 @@ class LatencyPolicy:
             )
         self.chooser.block = memo.block
         if self.cfg.target_speedup is not None and memo.whole_ms is None:
-            memo.whole_ms = self.chooser.time_whole(model, self.cfg.input_shapes)
+            memo.whole_ms = self.chooser.time_whole(model, self.cfg.input_shapes, self.cfg.input_values)
             log.info("latency-aware: the whole model takes %.3f ms on the target", memo.whole_ms)
         self.chooser.whole_ms = memo.whole_ms
 
@@ -162,7 +162,7 @@ class LatencyPolicy:
         if memo.shapes is None:
             names = [n for layer in layers for n in (layer.node.input[0], layer.node.output[0])]
             todo = unknown_sizes(ctx, list(dict.fromkeys(names)))
-            memo.shapes = runtime_shapes(model, todo, self.cfg.input_shapes)
+            memo.shapes = runtime_shapes(model, todo, self.cfg.input_shapes, self.cfg.input_values)
             if todo:
                 log.info(
                     "latency-aware: %d of %d layer input/output sizes found by running the model (shape inference "

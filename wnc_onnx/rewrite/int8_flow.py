@@ -1,0 +1,214 @@
+"""--int8: the compressed model quantized after the low-rank pass, and measured against int8 alone.
+
+1. Data: the first ``INT8_SAMPLES`` samples of ``--calibration`` calibrate a static QDQ
+   quantization (per channel); without data, MatMul / Gemm are quantized dynamically and Conv
+   layers stay float (onnxruntime has no dynamic int8 Conv kernel), which the report says.
+2. With ``--latency-aware`` / ``--target-speedup``, choices in the quantized model, profiled
+   layer by layer on the target:
+   - a layer whose int8 form runs slower inside the model than its float form stays float
+     (excluded from quantization);
+   - a decomposed layer whose int8 form runs slower than the original layer in int8 (the
+     original model quantized the same way) is kept whole, the passes run again;
+   - then the whole models are timed side by side (the float original, the float compressed
+     model, int8 alone, low rank + int8); if low rank + int8 is slower than the float
+     compressed model, the float one is written, with a warning.
+3. ``extras.int8`` records the mode, the types, how many layers run in int8, what stayed float
+   and why, and the whole-model timings.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any
+
+import numpy as np
+import onnx
+
+from wnc_onnx.check.latency.choose import measure_models
+from wnc_onnx.check.latency.oracle import Target
+from wnc_onnx.config import CompressConfig
+from wnc_onnx.data.feeds import batches_of
+from wnc_onnx.errors import WncError, one_line
+from wnc_onnx.io import external_data
+from wnc_onnx.report import Report
+from wnc_onnx.rewrite.budget import one_shot
+from wnc_onnx.rewrite.int8_quantize import (
+    DYNAMIC_OPS,
+    STATIC_OPS,
+    count_quantized,
+    layer_nodes,
+    quantize,
+    quantized_nodes,
+    tools,
+    types,
+)
+from wnc_onnx.rewrite.pipeline import ModelLike, run_passes
+from wnc_onnx.rewrite.state import RunState
+from wnc_onnx.rewrite.whole_model import profile_pair
+
+log = logging.getLogger(__name__)
+
+INT8_SAMPLES = 256  # calibration samples for the activation ranges
+SLOWER = 0.05  # a layer counts as slower in int8 by more than this fraction ...
+SLOWER_MS = 0.002  # ... and this many milliseconds (profiled medians)
+KEPT_WHOLE = "int8: kept whole (its factored form ran slower in int8 than the original layer in int8, profiled)"
+
+
+def int8_data(cfg: CompressConfig, model: onnx.ModelProto, state: RunState) -> list[dict[str, np.ndarray]] | None:
+    """Up to ``INT8_SAMPLES`` samples of the calibration data as feed dicts, or None without data."""
+    if cfg.calibration is None:
+        return None
+    if one_shot(cfg.calibration):  # an iterator was read once already: the samples kept from it
+        ref = state.calibration.reference if state.calibration is not None else None
+        return list(ref.feeds) if ref is not None and ref.feeds else None
+    out, n = [], 0
+    batches = batches_of(cfg.calibration, model, 16, cfg.calibration_mean, cfg.calibration_std)
+    for feeds in itertools.islice(batches, 10_000):
+        out.append(feeds)
+        n += len(next(iter(feeds.values()))) if feeds else 0
+        if n >= INT8_SAMPLES:
+            break
+    return out or None
+
+
+def int8_step(
+    model: ModelLike,
+    original: onnx.ModelProto,
+    result: onnx.ModelProto,
+    report: Report,
+    cfg: CompressConfig,
+    state: RunState,
+) -> tuple[onnx.ModelProto, Report]:
+    """Quantize ``result`` (choosing per layer on the target when latency-aware); the int8 model
+    and its report, or the float model with the reason."""
+    if external_data.has_external(result):
+        raise WncError(
+            "--int8 cannot quantize a model whose weights are in external data",
+            "compress without --int8, or with --no-external-data when the model is under 2 GB",
+        )
+    data = int8_data(cfg, original, state)
+    act, weight = types()
+    info: dict[str, Any] = {
+        "mode": "static" if data else "dynamic",
+        "format": "QDQ" if data else "dynamic (DynamicQuantizeLinear + integer MatMul)",
+        "activations": act if data else "uint8 (quantized at run time)",
+        "weights": f"{weight}, per channel",
+        "op_types": list(STATIC_OPS if data else DYNAMIC_OPS),
+        "samples": sum(len(next(iter(f.values()))) for f in data) if data else 0,
+        "float_layers": {},
+    }
+    has_conv = any(n.op_type == "Conv" for n in result.graph.node)
+    if not data and has_conv:
+        report.warnings.append(
+            "--int8 without --calibration: Conv layers stay float (onnxruntime has no dynamic int8 Conv); "
+            "give --calibration inputs.npz for static int8"
+        )
+    log.info("int8: quantizing (%s)", info["mode"])
+    q = quantize(result, data)
+    if cfg.timed and count_quantized(q):
+        result, report, q = _choose_on_target(model, original, result, report, cfg, state, data, q, info)
+    info["int8_layers"] = count_quantized(q)
+    report.extras["int8"] = info
+    if not info["int8_layers"]:
+        report.warnings.append("--int8 quantized no layer: the model is written in float")
+        return result, report
+    if not external_data.has_external(original):
+        _measure(original, result, q, data, report, cfg, info)
+        chosen = info.get("measured", {}).get("chosen")
+        if chosen == "float":
+            m = info["measured"]
+            report.warnings.append(
+                f"--int8: low rank + int8 ran slower than the float compressed model on the target "
+                f"(x{m['lowrank_int8']['speedup']:.2f} against x{m['lowrank']['speedup']:.2f} over the original); "
+                "the float model is written"
+            )
+            return result, report
+    report.extras["int8"] = info
+    return q, report
+
+
+def _choose_on_target(
+    model: ModelLike,
+    original: onnx.ModelProto,
+    result: onnx.ModelProto,
+    report: Report,
+    cfg: CompressConfig,
+    state: RunState,
+    data: list[dict[str, np.ndarray]] | None,
+    q: onnx.ModelProto,
+    info: dict[str, Any],
+) -> tuple[onnx.ModelProto, Report, onnx.ModelProto]:
+    """Per layer on the target: float where int8 is slower; the original layer where its int8 form
+    beats the factored one in int8."""
+    threads = int(report.config.get("threads_used") or 1)
+    decomposed = {r.name for r in report.decomposed}
+    alone = quantize(original, data)
+    comp = profile_pair(alone, q, report, cfg, threads)
+    if comp is not None:
+        worse = [x.layer for x in comp.layers if x.layer in decomposed and x.clearly_slower(SLOWER, SLOWER_MS)]
+        if worse:
+            log.info("int8: %d factored layer(s) slower in int8 than the original layer in int8", len(worse))
+            state.keep_whole.update({name: KEPT_WHOLE for name in worse})
+            before = report
+            result, report = run_passes(model, cfg, state)
+            for w in before.warnings:  # what the earlier runs found still holds
+                if w not in report.warnings:
+                    report.warnings.append(w)
+            for k, v in before.extras.get("latency", {}).items():
+                report.extras.setdefault("latency", {}).setdefault(k, v)
+            info["kept_whole_in_int8"] = worse
+            q = quantize(result, data)
+    comp = profile_pair(result, q, report, cfg, threads)
+    if comp is not None:
+        slower = [x for x in comp.layers if x.clearly_slower(SLOWER, SLOWER_MS)]
+        if slower:
+            info["float_layers"] = {
+                x.layer: f"int8 ran slower inside the model ({x.after_ms:.3f} ms against {x.before_ms:.3f} ms float)"
+                for x in slower
+            }
+            log.info("int8: %d layer(s) stay float (slower in int8)", len(slower))
+            q = quantize(result, data, exclude=layer_nodes(result, [x.layer for x in slower]))
+    return result, report, q
+
+
+def _measure(
+    original: onnx.ModelProto,
+    result: onnx.ModelProto,
+    q: onnx.ModelProto,
+    data: list[dict[str, np.ndarray]] | None,
+    report: Report,
+    cfg: CompressConfig,
+    info: dict[str, Any],
+) -> None:
+    """The float original, the float compressed model, int8 alone and low rank + int8, timed side
+    by side on the target (``extras.int8.measured``)."""
+    threads = int(report.config.get("threads_used") or 1)
+    target = Target(cfg.provider, max(1, threads), dict(cfg.session_options), cfg.graph_opt)
+    try:
+        alone = quantize(original, data)
+        log.info("int8: timing the original, the compressed model, int8 alone and low rank + int8")
+        found = measure_models(target, [original, result, alone, q], cfg.input_shapes, input_values=cfg.input_values)
+    except WncError:
+        raise
+    except Exception as exc:
+        report.warnings.append(f"--int8: the whole models could not be timed ({one_line(exc, 150)})")
+        return
+    names = ("original", "lowrank", "int8_alone", "lowrank_int8")
+    m: dict[str, Any] = dict(zip(names, found, strict=True))
+    m["lowrank_int8_over_int8_alone"] = round(m["lowrank_int8"]["speedup"] / m["int8_alone"]["speedup"], 3)
+    noise = max(0.03, m["lowrank_int8"]["spread"], m["lowrank"]["spread"])
+    faster_float = m["lowrank"]["speedup"] > m["lowrank_int8"]["speedup"] * (1 + noise)
+    m["chosen"] = "float" if cfg.timed and faster_float else "int8"
+    info["measured"] = m
+
+
+def check_int8_input(model: onnx.ModelProto) -> None:
+    """--int8 without the quantization tools, or on a model that is already quantized: one clear error."""
+    tools()
+    found = quantized_nodes(model)
+    if found:
+        raise WncError(
+            f"--int8: the input is already quantized (it holds {', '.join(found[:4])})",
+            "compress its float parent with --int8, or drop --int8",
+        )
