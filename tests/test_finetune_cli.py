@@ -135,3 +135,33 @@ def test_ctrl_c_checkpoints_and_resume_finishes(work):
     history = json.loads((work / "tuned.history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == list(range(1, done + 2)) and history["resumed_at"] == [done]
     assert ckpt.is_dir()  # an explicit --checkpoint-dir is kept
+
+
+def test_int8_models_are_refused_and_their_float_parent_is_tuned_then_quantized_again(work, capsys):
+    """compress --int8 writes the float parent beside the int8 model; finetune refuses the int8
+    model (its weights cannot be trained), tunes the parent and, with --int8, quantizes again."""
+    from wnc_onnx.rewrite.int8_quantize import count_quantized, quantized_nodes
+
+    x = np.load(work / "train.npz")["x"]
+    np.savez(work / "calib.npz", image=x)
+    rc = main(["compress", str(work / "small.onnx"), str(work / "q.onnx"), "--int8", "--calibration",
+               str(work / "calib.npz"), "--threads", "1", "-q"])  # fmt: skip
+    assert rc == 0 and quantized_nodes(onnx.load(work / "q.onnx"))
+    assert not quantized_nodes(onnx.load(work / "q.float.onnx"))
+    capsys.readouterr()
+    before = (work / "q.onnx").read_bytes()
+    rc = main(["finetune", str(work / "q.onnx"), str(work / "t.onnx"), "--train", str(work / "train.npz"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is quantized" in err and "q.float.onnx" in err and "--int8" in err
+    assert len(err.strip().splitlines()) == 1 and not (work / "t.onnx").exists()
+    assert (work / "q.onnx").read_bytes() == before
+    rc = main(["finetune", str(work / "q.float.onnx"), str(work / "t.onnx"), "--train", str(work / "train.npz"),
+               "--val", str(work / "val.npz"), "--epochs", "1", "--batch-size", "16", "--int8", "-q"])  # fmt: skip
+    assert rc == 0
+    tuned, parent = onnx.load(work / "t.onnx"), onnx.load(work / "t.float.onnx")
+    assert count_quantized(tuned) > 0 and not quantized_nodes(parent)
+    history = json.loads((work / "t.history.json").read_text())
+    assert history["int8"]["samples"] == 64 and history["int8"]["int8_layers"] == count_quantized(tuned)
+    xv, yv = np.load(work / "val.npz")["x"], np.load(work / "val.npz")["y"]
+    accuracy = float((run(tuned, {"image": xv})[0].argmax(1) == yv).mean())
+    assert history["final"]["accuracy"] == pytest.approx(accuracy)  # the int8 model written is the one scored

@@ -113,7 +113,11 @@ def test_int8_from_the_command_line_writes_the_int8_model_and_reports_both_speed
     out = capsys.readouterr().out
     assert rc == 0 and quantized_nodes(onnx.load(dst))
     assert "int8 alone" in out and "low rank + int8" in out
-    assert json.loads(rep.read_text())["extras"]["int8"]["measured"]["lowrank_int8"]["ms"] > 0
+    d = json.loads(rep.read_text())
+    assert d["extras"]["int8"]["measured"]["lowrank_int8"]["ms"] > 0
+    parent = tmp_path / "o.float.onnx"  # the float parent, what fine-tuning takes
+    assert d["model"]["float_parent"] == str(parent) and not quantized_nodes(onnx.load(parent))
+    assert rel_diff(onnx.load(parent), onnx.load(dst)) < 0.1
 
 
 @pytest.mark.parametrize(

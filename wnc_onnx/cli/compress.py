@@ -189,6 +189,12 @@ def run(a: argparse.Namespace) -> int:
             return EXIT_VERIFY_FAILED
     report.totals.file_bytes_after = stage.nbytes
     report.model["output"] = str(out)
+    parent = None
+    if report.float_model is not None:  # --int8: the float parent, what fine-tuning takes
+        parent = float_parent_path(out)
+        with staged_model(report.float_model, parent, False):
+            pass
+        report.model["float_parent"] = str(parent)
     if stage.data_path is not None:
         report.model["output_data"] = str(stage.data_path)
     _emit(report, a)
@@ -196,9 +202,15 @@ def run(a: argparse.Namespace) -> int:
     if advice:
         print(advice, file=sys.stderr)
     written = [str(out), *([str(stage.data_path)] if stage.data_path is not None else [])]
+    written += [str(parent)] if parent is not None else []
     written += [p for p in (a.report, a.plot) if p]
     print(f"wrote {', '.join(written)}", file=sys.stderr)
     return 0
+
+
+def float_parent_path(out: Path) -> Path:
+    """Where an int8 output's float parent is written: beside it, ``NAME.float.onnx``."""
+    return out.with_name(out.stem + ".float.onnx")
 
 
 def _verified(a: argparse.Namespace, written: Path, report: Report, cfg: CompressConfig, asked: bool) -> bool:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from wnc_onnx.cli.compress import float_parent_path
 from wnc_onnx.cli.options import EXIT_INTERRUPTED, add_pq_arguments, parse_floats, pq_options, require_faiss
 from wnc_onnx.data.arrays import load_inputs_npz
 from wnc_onnx.data.images import UnlabeledImages, load_image_folder, visible
@@ -24,12 +25,14 @@ from wnc_onnx.finetune.backends.ort.runtime import require_training
 from wnc_onnx.finetune.backends.torch.run import require_torch
 from wnc_onnx.finetune.distill import load_teacher, parse_overrides
 from wnc_onnx.finetune.evaluate import against_teacher, evaluate
-from wnc_onnx.finetune.sources import ModelSpec, model_spec
+from wnc_onnx.finetune.sources import BatchSource, ModelSpec, model_spec
 from wnc_onnx.finetune.trainer import FinetuneConfig, FinetuneInterrupted, finetune, processes
 from wnc_onnx.finetune.trainer import FinetuneConfig as C
 from wnc_onnx.io import external_data
 from wnc_onnx.io.model_io import check_output_path, load_model, staged_model, write_text_atomic
 from wnc_onnx.report.plot import available, plot_history, pyplot
+from wnc_onnx.rewrite.int8_flow import INT8_SAMPLES
+from wnc_onnx.rewrite.int8_quantize import count_quantized, quantize, quantized_nodes, tools
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -144,6 +147,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="write weights to OUTPUT.data (default: when above 2 GB)",
     )
+    o.add_argument(
+        "--int8",
+        action="store_true",
+        help="quantize the tuned model to int8 before writing it (onnxruntime's static QDQ per channel, calibrated "
+        "on the first 256 training inputs); the tuned float model is written beside it as OUTPUT.float.onnx",
+    )
     o.add_argument("--json", action="store_true", help="print the history as JSON instead of the table")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     o.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
@@ -234,6 +243,7 @@ def run(a: argparse.Namespace) -> int:
         raise WncError(f"no checkpoint folder {ckpt} to resume from", "run without --resume, or pass --checkpoint-dir")
     model = load_model(a.input)
     external_data.load_inline(model)
+    _float_input(model, a)
     teacher = load_teacher(a.teacher) if a.teacher else None
     spec = model_spec(model, None)
     train = _data(a.train, a, spec)
@@ -275,6 +285,16 @@ def run(a: argparse.Namespace) -> int:
             history.final = evaluate(tuned, val, cfg.loss, cfg.batch_size)
         if teacher is not None:
             history.final |= against_teacher(tuned, teacher, val, cfg.batch_size)
+    parent = None
+    if a.int8:
+        parent = float_parent_path(out)
+        with staged_model(tuned, parent, a.external_data):
+            pass
+        tuned = _quantized(tuned, train, spec, history)
+        if val is not None and getattr(val, "labeled", True):
+            history.final = evaluate(tuned, val, cfg.loss, cfg.batch_size)
+        if val is not None and teacher is not None:
+            history.final |= against_teacher(tuned, teacher, val, cfg.batch_size)
     with staged_model(tuned, out, a.external_data) as stage:
         pass
     write_text_atomic(history_path, json.dumps(history.to_dict(), indent=1) + "\n")
@@ -288,10 +308,40 @@ def run(a: argparse.Namespace) -> int:
         print(f"written model, scored on --val by plain onnxruntime: {score}")
     written = [str(out), *([str(stage.data_path)] if stage.data_path else []), str(history_path)]
     written += [str(plot_path)] if plot_path is not None else []
+    written += [str(parent)] if parent is not None else []
     print(f"wrote {', '.join(written)}", file=sys.stderr)
     if not a.checkpoint_dir:
         shutil.rmtree(ckpt, ignore_errors=True)
     return 0
+
+
+def _float_input(model: Any, a: argparse.Namespace) -> None:
+    """Training needs float weights: a quantized input is refused, with the way to its float parent."""
+    found = quantized_nodes(model)
+    if found:
+        raise WncError(
+            f"{a.input} is quantized (it holds {', '.join(found[:3])}): its int8 weights cannot be trained",
+            f"fine-tune its float parent ({Path(a.input).stem}.float.onnx, which compress --int8 writes beside it) "
+            "and add --int8 to quantize the result again",
+        )
+    if a.int8:
+        tools()  # no quantization tools: said before training, not after
+
+
+def _quantized(tuned: Any, train: Any, spec: ModelSpec, history: Any) -> Any:
+    """The tuned model in int8, calibrated on the first INT8_SAMPLES training inputs."""
+    feeds, n = [], 0
+    for batch, _ in BatchSource(train, spec, 16, shuffle=False, label="--train").epoch(0):
+        feeds.append(batch)
+        n += len(next(iter(batch.values())))
+        if n >= INT8_SAMPLES:
+            break
+    q = quantize(tuned, feeds)
+    history.int8 = {"mode": "static", "format": "QDQ", "samples": n, "int8_layers": count_quantized(q)}
+    print(
+        f"int8: {history.int8['int8_layers']} layer(s) quantized (static QDQ on {n} training inputs)", file=sys.stderr
+    )
+    return q
 
 
 def _features(text: str) -> str | tuple[str, ...]:

@@ -41,6 +41,7 @@ class History:
     initial_val_agreement: float | None = None  # distillation: before training
     distill: dict[str, Any] = field(default_factory=dict)  # distillation: its terms, temperature, alpha
     warnings: list[str] = field(default_factory=list)  # what the run noticed (a loss that rose)
+    int8: dict[str, Any] = field(default_factory=dict)  # --int8: the tuned model quantized again
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +60,7 @@ class History:
             "pq": self.pq,
             "distill": self.distill,
             "warnings": self.warnings,
+            "int8": self.int8,
         }
 
     @classmethod
@@ -78,6 +80,7 @@ class History:
             initial_val_agreement=d.get("initial", {}).get("val_agreement"),
             distill=dict(d.get("distill", {})),
             warnings=list(d.get("warnings", [])),
+            int8=dict(d.get("int8", {})),
         )
 
     def to_table(self) -> str:

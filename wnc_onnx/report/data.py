@@ -111,6 +111,9 @@ class Report:
     # where the input's weights sit in its file (wnc_onnx.io.wire.Source), for the command
     # line's writer; not part of the report's data
     source: Any = field(default=None, repr=False, compare=False)
+    # --int8: the float model that was quantized (its float parent, for fine-tuning), for the
+    # command line to write beside the output; not part of the report's data
+    float_model: Any = field(default=None, repr=False, compare=False)
 
     @property
     def decomposed(self) -> list[LayerReport]:

@@ -125,6 +125,7 @@ def int8_step(
             )
             return result, report
     report.extras["int8"] = info
+    report.float_model = result
     return q, report
 
 

@@ -39,6 +39,7 @@ QUANTIZED_OPS = frozenset(
 )
 STATIC_OPS = ("Conv", "Gemm", "MatMul")
 DYNAMIC_OPS = ("Gemm", "MatMul")
+LARGE_BYTES = 1_800_000_000  # models above this go to the tools with their weights in external data
 UNAVAILABLE = "--int8 needs onnxruntime's quantization tools (onnxruntime.quantization)"
 
 
@@ -87,10 +88,12 @@ def quantize(
     q = tools()
     act, weight = types()
     qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)  # the tools rewrite their input in place (weights moved to external data)
     with tempfile.TemporaryDirectory(prefix="wnc-onnx-int8-") as tmp:
-        out = Path(tmp) / "int8.onnx"
+        # the tools take a path: given a ModelProto they rewrite it in place, and some releases
+        # (1.19) then fail to read the external data they wrote for it
+        src, out = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        large = model.ByteSize() > LARGE_BYTES
+        onnx.save(model, str(src), save_as_external_data=large, location="float.onnx.data")
         quiet = logging.getLogger()  # the tools warn on the root logger ("consider pre-processing")
         level = quiet.level
         quiet.setLevel(logging.ERROR)
@@ -98,7 +101,7 @@ def quantize(
             if data:
                 reader = _Reader(data)
                 q.quantize_static(
-                    copy,
+                    src,
                     out,
                     reader,
                     quant_format=q.QuantFormat.QDQ,
@@ -107,16 +110,18 @@ def quantize(
                     activation_type=qtype[act],
                     weight_type=qtype[weight],
                     nodes_to_exclude=list(exclude),
+                    use_external_data_format=large,
                     extra_options={"CalibTensorRangeSymmetric": False},
                 )
             else:
                 q.quantize_dynamic(
-                    copy,
+                    src,
                     out,
                     op_types_to_quantize=list(DYNAMIC_OPS),
                     per_channel=True,
                     weight_type=qtype[weight],
                     nodes_to_exclude=list(exclude),
+                    use_external_data_format=large,
                 )
         finally:
             quiet.setLevel(level)

@@ -15,8 +15,10 @@ measures what it built and corrects:
    slope of the last two measurements (log-log), or, once a goal that fell short and one
    that overshot are known, between the two (log-linear);
 5. the passes run again (timings from the cache) and the loop goes back to 1, at most
-   ``MAX_ALLOCATIONS`` times. The measured result closest to S is kept (of results that
-   measured the same within the noise, the one that factors the fewest layers).
+   ``MAX_ALLOCATIONS`` times, or until a new goal builds forms already measured (no step
+   between). Kept: the result closest to S within 10%; else the slowest that reaches S;
+   else the fastest (of results that measured the same within the noise, the one that
+   factors the fewest layers).
 """
 
 from __future__ import annotations
@@ -104,12 +106,12 @@ def meet_target(
         step["corrected_in_context"] = corrected
         state.target_scale = scale
         result, report = run_passes(model, cfg, state)
+        if any(forms_of(report) == forms_of(r) for _, r, _ in tried):  # a goal between gave the same forms
+            stop = "gap"
+            tried[-1][2]["corrected_in_context"] = corrected
+            break
         measure_whole(original, result, report, cfg, threads)
-    closest = min(tried, key=lambda x: abs(math.log(x[2]["measured_speedup"] / target)))[2]["measured_speedup"]
-    noise = max(0.03, *(x[2]["spread"] or 0 for x in tried))
-    # allocations that measured the same within the noise: the one that factors the fewest layers
-    same = [x for x in tried if abs(math.log(x[2]["measured_speedup"] / closest)) <= noise]
-    result, report, best = min(same, key=lambda x: x[2]["decomposed"])
+    result, report, best = pick(tried, target)
     lat = report.extras.setdefault("latency", {})
     lat["steps"] = [s for _, _, s in tried]
     got = best["measured_speedup"]
@@ -128,6 +130,15 @@ def meet_target(
             f"--target-speedup {target:g} cannot be met on this target: the highest measured is x{got:.2f} "
             f"(the fastest forms of every layer); {where}"
         )
+    elif stop == "gap":
+        below = max((s for s in lat["steps"] if s["measured_speedup"] < target), key=lambda s: s["measured_speedup"])
+        above = min((s for s in lat["steps"] if s["measured_speedup"] > target), key=lambda s: s["measured_speedup"])
+        report.warnings.append(
+            f"--target-speedup {target:g} cannot be met within {TOLERANCE:.0%}: the nearest allocations measured "
+            f"x{below['measured_speedup']:.2f} ({below['decomposed']} layer(s) factored) and "
+            f"x{above['measured_speedup']:.2f} ({above['decomposed']} factored), and the layers' forms offer no "
+            f"step between them; kept x{got:.2f}"
+        )
     else:
         spread = max(s["spread"] or 0 for s in lat["steps"])
         report.warnings.append(
@@ -136,6 +147,30 @@ def meet_target(
             "rerun on a quiet machine, or with --threads 1"
         )
     return result, report
+
+
+def pick(
+    tried: list[tuple[onnx.ModelProto, Report, dict[str, Any]]], target: float
+) -> tuple[onnx.ModelProto, Report, dict[str, Any]]:
+    """The allocation to keep: of those within ``TOLERANCE``, the closest to the target; else the
+    slowest that reaches the target (the speed asked for, with the least compression); else the
+    fastest. Of allocations that measured the same within the noise, the one factoring the fewest layers."""
+    speed = [x[2]["measured_speedup"] for x in tried]
+    within = [g for g in speed if abs(g / target - 1) <= TOLERANCE]
+    if within:
+        chosen = min(within, key=lambda g: abs(math.log(g / target)))
+    elif any(g >= target for g in speed):
+        chosen = min(g for g in speed if g >= target)
+    else:
+        chosen = max(speed)
+    noise = max(0.03, *(x[2]["spread"] or 0 for x in tried))
+    same = [x for x in tried if abs(math.log(x[2]["measured_speedup"] / chosen)) <= noise]
+    return min(same, key=lambda x: (x[2]["decomposed"], abs(math.log(x[2]["measured_speedup"] / chosen))))
+
+
+def forms_of(report: Report) -> list[tuple[str, str, tuple[tuple[str, int], ...]]]:
+    """Each layer's outcome (status, ranks): two reports with equal forms built the same model."""
+    return [(r.name, r.status, tuple(sorted((r.ranks or {}).items()))) for r in report.layers]
 
 
 def next_goal(steps: list[dict[str, Any]], target: float) -> float:
