@@ -1,7 +1,8 @@
 """Run models on onnxruntime's ARM (aarch64) kernels and check their outputs against x86.
 
     python benchmarks/on_arm.py model.onnx model.small.onnx [--input-shape x=1,3,224,224]
-        [--inputs X.npz] [--input-value NAME=V] [--ort-version 1.26.0] [--tolerance 1e-3] [--json]
+        [--inputs X.npz] [--input-value NAME=V] [--ort-version 1.26.0] [--tolerance 1e-3]
+        [--int8-tolerance 0.02] [--json]
 
 On an x86_64 Linux host it runs the models under emulation: Debian's qemu-user-static
 and an arm64 Python 3.11 from Debian's packages, with onnxruntime's aarch64 wheel from
@@ -17,7 +18,11 @@ command runs natively with the installed onnxruntime and reports real latency (m
 p90, min of --runs runs). With --reference REF.npz it compares with outputs an x86 run
 saved with --save-reference REF.npz (same --input-shape / --inputs, same seed).
 
-Exit 0 when every output is within --tolerance, 1 when one is not, 2 for bad input.
+int8 models (``compress --int8``) run on ARM's integer kernels, which round requantized
+values their own way: their outputs are checked against x86 within --int8-tolerance (a few
+quantization steps) instead of --tolerance.
+
+Exit 0 when every output is within its tolerance, 1 when one is not, 2 for bad input.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 from wnc_onnx.check.verify import compare_output  # noqa: E402
 from wnc_onnx.data.feeds import parse_input_shapes, parse_input_values, random_inputs  # noqa: E402
 from wnc_onnx.errors import WncError, one_line  # noqa: E402
+from wnc_onnx.rewrite.int8_quantize import quantized_nodes  # noqa: E402
 
 RUNNER = Path(__file__).with_name("on_arm_runner.py")
 # What Python 3.11 from Debian 12 needs to run numpy and onnxruntime (no sqlite, curses, ...)
@@ -197,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inputs", help="inputs: one array per model input (.npz)")
     ap.add_argument("--ort-version", default=DEFAULT_ORT, help="onnxruntime for the emulated arm64 Python")
     ap.add_argument("--tolerance", type=float, default=1e-3)
+    ap.add_argument("--int8-tolerance", type=float, default=0.02, help="for quantized (int8) models")
     ap.add_argument("--runs", type=int, default=50, help="timed runs on real ARM hardware")
     ap.add_argument("--reference", help="on ARM: x86 outputs saved with --save-reference")
     ap.add_argument("--save-reference", help="on x86: save the host's outputs for a later run on a board")
@@ -280,9 +287,11 @@ def _main(a: argparse.Namespace) -> int:
         outputs = [dict(np.load(Path(tmp) / f"{k}.npz")) for k in range(len(paths))]
     rows = []
     for k, p in enumerate(paths):
+        int8 = bool(quantized_nodes(onnx.load(str(p), load_external_data=False)))
+        limit = a.int8_tolerance if int8 else a.tolerance
         if reference:
             for r in compare(reference[k], outputs[k]):
-                rows.append({"model": p.name, **r, "passed": r["error"] <= a.tolerance})
+                rows.append({"model": p.name, **r, "int8": int8, "tolerance": limit, "passed": r["error"] <= limit})
     timings = [m for m in info["models"] if "median_ms" in m] if native else []
     result = {
         "arm": {
@@ -305,12 +314,12 @@ def _main(a: argparse.Namespace) -> int:
             f"providers {', '.join(info['providers'])}"
         )
         if rows:
-            print("| model | output | shape | error vs x86 | max abs | ok |")
-            print("|---|---|---|---:|---:|---|")
+            print("| model | output | shape | error vs x86 | max abs | tolerance | ok |")
+            print("|---|---|---|---:|---:|---:|---|")
             for r in rows:
                 print(
                     f"| {r['model']} | {r['output']} | {r['shape']} | {r['error']:.2e} | {r['max_abs']:.2e} "
-                    f"| {'yes' if r['passed'] else 'NO'} |"
+                    f"| {r['tolerance']:g}{' (int8)' if r['int8'] else ''} | {'yes' if r['passed'] else 'NO'} |"
                 )
         if native:
             for m in timings:

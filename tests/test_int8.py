@@ -164,3 +164,64 @@ def test_int8_alone_without_the_low_rank_pass(data, tmp_path, capsys):
     assert rc == 0
     out = onnx.load(dst)
     assert count_quantized(out) == 6 and not any("/wnc/" in n.name for n in out.graph.node)
+
+
+def test_bench_int8_times_each_float_model_quantized_beside_it(tmp_path, capsys):
+    src, small = tmp_path / "m.onnx", tmp_path / "s.onnx"
+    onnx.save(demo_cnn(), src)
+    onnx.save(compress(demo_cnn(), threads=1)[0], small)
+    rep = tmp_path / "b.json"
+    rc = main(["bench", str(src), str(small), "--int8", "--rounds", "2", "--warmup", "1", "--no-memory",
+               "--threads", "1", "--report", str(rep), "-q"])  # fmt: skip
+    assert rc == 0
+    runs = {r["model"]: r for r in json.loads(rep.read_text())["runs"]}
+    assert set(runs) == {"m.onnx", "s.onnx", "m.int8.onnx", "s.int8.onnx"}
+    assert all(r["median_ms"] > 0 for r in runs.values())
+    assert "s.int8.onnx" in capsys.readouterr().out
+
+
+def test_an_opset_11_export_is_converted_for_per_channel_scales(data):
+    """Per-channel DequantizeLinear needs opset 13 (its axis); the tools would write an invalid
+    model for an older export (PP-OCR's classifier is opset 11), so it is converted first."""
+    from wnc_onnx.rewrite.int8_quantize import opset
+
+    model = demo_cnn()
+    model.opset_import[0].version = 11
+    onnx.checker.check_model(model)
+    out, report = compress(model, threads=1, int8=True, calibration=data)
+    assert opset(out) == 13 and report.extras["int8"]["int8_layers"] > 0
+    assert rel_diff(model, out) < rel_diff(model, compress(model, threads=1, calibration=data)[0]) + 0.05
+
+
+def _timed_as(speedups):
+    """A stand-in for the side-by-side timing: original, low rank, int8 alone, low rank + int8."""
+
+    def measured(target, models, shapes, rounds=7, input_values=None):
+        return [{"ms": 1.0 / s, "speedup": s, "range": [s, s], "spread": 0.01} for s in speedups]
+
+    return measured
+
+
+@pytest.mark.parametrize(
+    "speedups, written",
+    [((1.0, 1.3, 2.0, 1.95), "int8 alone"), ((1.0, 1.3, 0.7, 1.0), "float"), ((1.0, 1.3, 2.0, 3.0), "int8")],
+)
+def test_latency_aware_int8_writes_what_measured_fastest(speedups, written, data, monkeypatch, tmp_path):
+    """int8 alone as fast as low rank + int8: nothing factored (more accuracy, same speed); low rank
+    + int8 slower than the float low-rank model: the float one; else low rank + int8."""
+    monkeypatch.setenv("WNC_ONNX_CACHE", str(tmp_path))
+    monkeypatch.setattr("wnc_onnx.rewrite.on_target.slower_in_context", lambda *a, **k: [])
+    monkeypatch.setattr("wnc_onnx.rewrite.int8_flow.profile_pair", lambda *a, **k: None)
+    monkeypatch.setattr("wnc_onnx.rewrite.int8_flow.measure_models", _timed_as(speedups))
+    out, report = compress(demo_cnn(), threads=1, int8=True, calibration=data, latency_aware=True)
+    factored = any("/wnc/" in n.name for n in out.graph.node)
+    if written == "int8 alone":
+        assert report.extras["int8"]["measured"]["chosen"] == "int8_alone"
+        assert quantized_nodes(out) and not factored and report.totals.decomposed == 0
+        assert any("int8 alone ran as fast" in (r.reason or "") for r in report.layers)
+        assert any("int8 alone ran as fast as low rank + int8" in w for w in report.warnings)
+    elif written == "float":
+        assert not quantized_nodes(out) and factored
+        assert any("low rank + int8 ran slower than the float" in w for w in report.warnings)
+    else:
+        assert quantized_nodes(out) and factored and report.extras["int8"]["measured"]["chosen"] == "int8"

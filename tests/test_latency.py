@@ -548,3 +548,16 @@ def test_allocations_on_either_side_with_no_step_between_are_named(stub, monkeyp
     assert len(calls) < speed_target.MAX_ALLOCATIONS and lat["measured"]["speedup"] == 4.0
     (w,) = [w for w in report.warnings if "--target-speedup" in w]
     assert "cannot be met within 10%" in w and "x1.00" in w and "x4.00" in w and "no step between" in w, w
+
+
+def test_a_goal_that_changes_no_form_stops_the_loop_with_one_side_measured(stub, monkeypatch):
+    """Every allocation short of the target, and a new goal that builds the same forms (a Silero
+    VAD whose layers sit in If bodies the allocation does not move): one clear line, no crash."""
+    calls = []
+    fn = _measured_as(lambda goal: 1.1, calls)
+    monkeypatch.setattr("wnc_onnx.rewrite.on_target.measure_whole", fn)
+    monkeypatch.setattr("wnc_onnx.rewrite.speed_target.measure_whole", fn)
+    monkeypatch.setattr("wnc_onnx.rewrite.speed_target.forms_of", lambda report: [])  # every build the same
+    _, report = compress(demo_cnn(), target_speedup=1.5, threads=1)
+    (w,) = [w for w in report.warnings if "--target-speedup" in w]
+    assert "a new goal built the same forms again" in w and "kept x1.10" in w, w

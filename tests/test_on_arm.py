@@ -8,6 +8,7 @@ the arm64 architecture; about 150 MB cached), so it runs only when asked:
 
 Otherwise it is skipped with that line as the reason; the bad-input checks always run."""
 
+import json
 import os
 import platform
 import shutil
@@ -64,3 +65,21 @@ def test_compressed_model_runs_on_arm_kernels_and_matches_x86(tmp_path):
     rows = [ln for ln in out.splitlines() if ln.startswith("| demo")]
     assert len(rows) == 2 and all(ln.endswith("| yes |") for ln in rows)
     assert "timings: not reported" in out and " ms" not in out  # emulated time is never shown
+
+
+@pytest.mark.skipif(_emulation_possible() is not None, reason=str(_emulation_possible()))
+def test_int8_models_run_on_arm_integer_kernels_and_match_x86_within_int8_rounding(tmp_path):
+    """int8 alone and low rank + int8 (calibrated on x86) on ARM's integer kernels: outputs
+    within a few quantization steps of x86's, and farther than float rounding would allow only
+    by that (the float check stays at its own tolerance)."""
+    import numpy as np
+
+    model = demo_cnn()
+    data = [{"image": np.random.default_rng(i).standard_normal((4, 3, 32, 32)).astype(np.float32)} for i in range(4)]
+    a, b = tmp_path / "demo.int8.onnx", tmp_path / "demo.small.int8.onnx"
+    onnx.save(compress(model, int8=True, lowrank=False, calibration=data)[0], a)
+    onnx.save(compress(model, int8=True, calibration=data)[0], b)
+    proc = run(a, b, "--tolerance", "1e-4", "--int8-tolerance", "0.02", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(proc.stdout)["outputs"]
+    assert len(rows) == 2 and all(r["int8"] and r["passed"] and r["error"] <= 0.02 for r in rows)

@@ -7,14 +7,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
+
+import onnx
 
 from wnc_onnx.bench import BenchConfig, measure
+from wnc_onnx.bench.feeds import model_feeds
 from wnc_onnx.cli.options import add_session_arguments
 from wnc_onnx.data.feeds import parse_input_shapes, parse_input_values
-from wnc_onnx.errors import WncError
-from wnc_onnx.io.model_io import check_output_path, read_npz, write_text_atomic
+from wnc_onnx.errors import WncError, one_line
+from wnc_onnx.io import external_data
+from wnc_onnx.io.model_io import check_output_path, load_model, read_npz, write_text_atomic
 from wnc_onnx.io.session import parse_session_options
 from wnc_onnx.report.plot import plot_layer_times, pyplot
+from wnc_onnx.rewrite.int8_quantize import quantize, quantized_nodes
 
 
 def _ints(text: str, flag: str, low: int) -> tuple[int, ...]:
@@ -57,11 +64,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="profile every model with onnxruntime's profiler and compare layer by layer with the first",
     )
     per.add_argument("--profile-runs", type=int, default=20, help="profiled runs per model (medians are reported)")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also time each float model quantized to int8 (onnxruntime's static QDQ per channel, calibrated on "
+        "the bench inputs: for speed only), e.g. the original and the compressed model: int8 alone against low "
+        "rank + int8",
+    )
     p.add_argument("--plot", metavar="PNG", help="per-layer times as a PNG bar chart (with --per-layer)")
     p.add_argument("--report", metavar="JSON", help="write the results as JSON")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+
+
+def int8_copies(paths: list[str], cfg: BenchConfig, folder: Path) -> list[str]:
+    """Each float model of ``paths`` quantized (calibrated on the bench inputs at the first batch
+    size: the speed of int8 kernels does not depend on the values), written to ``folder``."""
+    out = []
+    for p in paths:
+        model = load_model(p)
+        if quantized_nodes(model):
+            continue  # already int8
+        external_data.load_inline(model)
+        feeds = [model_feeds(model, cfg, cfg.batches[0], p, seed=i) for i in range(4)]
+        dst = folder / f"{Path(p).stem}.int8.onnx"
+        try:
+            q = quantize(model, feeds)
+        except WncError:
+            raise
+        except Exception as exc:
+            raise WncError(f"--int8: onnxruntime could not quantize {p}: {one_line(exc, 150)}", "drop --int8") from None
+        onnx.save(q, str(dst))
+        out.append(str(dst))
+    return out
 
 
 def run(a: argparse.Namespace) -> int:
@@ -96,7 +132,11 @@ def run(a: argparse.Namespace) -> int:
         raise WncError(f"invalid option: {exc}", "see 'wnc-onnx bench --help'") from None
     if a.per_layer and len(a.models) < 2:
         raise WncError("--per-layer compares models layer by layer", "pass the original and the compressed model")
-    result = measure(a.models, cfg)
+    if a.int8:
+        with tempfile.TemporaryDirectory(prefix="wnc-onnx-bench-int8-") as tmp:
+            result = measure([*a.models, *int8_copies(a.models, cfg, Path(tmp))], cfg)
+    else:
+        result = measure(a.models, cfg)
     if a.plot:
         plot_layer_times(result.per_layer, a.plot)
     if a.report:

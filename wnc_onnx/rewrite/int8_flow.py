@@ -7,11 +7,14 @@
    layer by layer on the target:
    - a layer whose int8 form runs slower inside the model than its float form stays float
      (excluded from quantization);
-   - a decomposed layer whose int8 form runs slower than the original layer in int8 (the
-     original model quantized the same way) is kept whole, the passes run again;
+   - a decomposed layer whose int8 form runs slower than the original layer in int8 (int8
+     alone: the model after the graph passes, nothing factored, quantized the same way) is
+     kept whole, the passes run again;
    - then the whole models are timed side by side (the float original, the float compressed
      model, int8 alone, low rank + int8); if low rank + int8 is slower than the float
-     compressed model, the float one is written, with a warning.
+     compressed model, the float one is written; if int8 alone is as fast as low rank +
+     int8 (within the noise), no layer is factored and int8 alone is written (it keeps
+     more accuracy); each with a warning.
 3. ``extras.int8`` records the mode, the types, how many layers run in int8, what stayed float
    and why, and the whole-model timings.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -52,6 +56,7 @@ log = logging.getLogger(__name__)
 INT8_SAMPLES = 256  # calibration samples for the activation ranges
 SLOWER = 0.05  # a layer counts as slower in int8 by more than this fraction ...
 SLOWER_MS = 0.002  # ... and this many milliseconds (profiled medians)
+AS_FAST_WHOLE = "int8: kept whole (int8 alone ran as fast as low rank + int8 on the target)"
 KEPT_WHOLE = "int8: kept whole (its factored form ran slower in int8 than the original layer in int8, profiled)"
 
 
@@ -106,15 +111,19 @@ def int8_step(
         )
     log.info("int8: quantizing (%s)", info["mode"])
     q = quantize(result, data)
-    if cfg.timed and count_quantized(q):
-        result, report, q = _choose_on_target(model, original, result, report, cfg, state, data, q, info)
+    alone = None  # int8 alone: the model after the graph passes (BatchNorm folded), nothing factored, quantized
+    if count_quantized(q) and (cfg.timed or not external_data.has_external(original)):
+        passes_only, _ = run_passes(model, replace(cfg, lowrank=False, pq=False, int8=True), RunState())
+        alone = quantize(passes_only, data)
+    if cfg.timed and alone is not None:
+        result, report, q = _choose_on_target(model, alone, result, report, cfg, state, data, q, info)
     info["int8_layers"] = count_quantized(q)
     report.extras["int8"] = info
     if not info["int8_layers"]:
         report.warnings.append("--int8 quantized no layer: the model is written in float")
         return result, report
-    if not external_data.has_external(original):
-        _measure(original, result, q, data, report, cfg, info)
+    if alone is not None and not external_data.has_external(original):
+        _measure(original, result, alone, q, report, cfg, info)
         chosen = info.get("measured", {}).get("chosen")
         if chosen == "float":
             m = info["measured"]
@@ -124,6 +133,22 @@ def int8_step(
                 "the float model is written"
             )
             return result, report
+        if chosen == "int8_alone":
+            m = info["measured"]
+            log.info("int8: int8 alone is as fast as low rank + int8; every layer kept whole")
+            state.keep_whole.update({r.name: AS_FAST_WHOLE for r in report.decomposed})
+            before = report
+            result, report = run_passes(model, cfg, state)
+            report.warnings += [w for w in before.warnings if w not in report.warnings]
+            for k, v in before.extras.get("latency", {}).items():
+                report.extras.setdefault("latency", {}).setdefault(k, v)
+            report.warnings.append(
+                f"--int8: int8 alone ran as fast as low rank + int8 on the target (x{m['int8_alone']['speedup']:.2f} "
+                f"against x{m['lowrank_int8']['speedup']:.2f} over the original) and keeps more accuracy: no layer "
+                "is factored, the model is written in int8 alone"
+            )
+            q = alone
+            info["int8_layers"] = count_quantized(q)
     report.extras["int8"] = info
     report.float_model = result
     return q, report
@@ -131,7 +156,7 @@ def int8_step(
 
 def _choose_on_target(
     model: ModelLike,
-    original: onnx.ModelProto,
+    alone: onnx.ModelProto,
     result: onnx.ModelProto,
     report: Report,
     cfg: CompressConfig,
@@ -144,7 +169,6 @@ def _choose_on_target(
     beats the factored one in int8."""
     threads = int(report.config.get("threads_used") or 1)
     decomposed = {r.name for r in report.decomposed}
-    alone = quantize(original, data)
     comp = profile_pair(alone, q, report, cfg, threads)
     if comp is not None:
         worse = [x.layer for x in comp.layers if x.layer in decomposed and x.clearly_slower(SLOWER, SLOWER_MS)]
@@ -176,8 +200,8 @@ def _choose_on_target(
 def _measure(
     original: onnx.ModelProto,
     result: onnx.ModelProto,
+    alone: onnx.ModelProto,
     q: onnx.ModelProto,
-    data: list[dict[str, np.ndarray]] | None,
     report: Report,
     cfg: CompressConfig,
     info: dict[str, Any],
@@ -187,7 +211,6 @@ def _measure(
     threads = int(report.config.get("threads_used") or 1)
     target = Target(cfg.provider, max(1, threads), dict(cfg.session_options), cfg.graph_opt)
     try:
-        alone = quantize(original, data)
         log.info("int8: timing the original, the compressed model, int8 alone and low rank + int8")
         found = measure_models(target, [original, result, alone, q], cfg.input_shapes, input_values=cfg.input_values)
     except WncError:
@@ -198,9 +221,13 @@ def _measure(
     names = ("original", "lowrank", "int8_alone", "lowrank_int8")
     m: dict[str, Any] = dict(zip(names, found, strict=True))
     m["lowrank_int8_over_int8_alone"] = round(m["lowrank_int8"]["speedup"] / m["int8_alone"]["speedup"], 3)
-    noise = max(0.03, m["lowrank_int8"]["spread"], m["lowrank"]["spread"])
-    faster_float = m["lowrank"]["speedup"] > m["lowrank_int8"]["speedup"] * (1 + noise)
-    m["chosen"] = "float" if cfg.timed and faster_float else "int8"
+    noise = max(0.03, m["lowrank_int8"]["spread"], m["lowrank"]["spread"], m["int8_alone"]["spread"])
+    low = m["lowrank_int8"]["speedup"]
+    m["chosen"] = "int8"
+    if cfg.timed and m["lowrank"]["speedup"] > low * (1 + noise):
+        m["chosen"] = "float"  # int8 made it slower
+    elif cfg.timed and report.totals.decomposed and m["int8_alone"]["speedup"] >= low * (1 - noise):
+        m["chosen"] = "int8_alone"  # the factoring adds no speed to int8, and costs accuracy
     info["measured"] = m
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import version_converter
 
 from wnc_onnx.errors import WncError, one_line
 
@@ -39,6 +40,7 @@ QUANTIZED_OPS = frozenset(
 )
 STATIC_OPS = ("Conv", "Gemm", "MatMul")
 DYNAMIC_OPS = ("Gemm", "MatMul")
+PER_CHANNEL_OPSET = 13
 LARGE_BYTES = 1_800_000_000  # models above this go to the tools with their weights in external data
 UNAVAILABLE = "--int8 needs onnxruntime's quantization tools (onnxruntime.quantization)"
 
@@ -87,6 +89,7 @@ def quantize(
     ``data``, else dynamic for MatMul / Gemm. ``exclude``: node names kept in float."""
     q = tools()
     act, weight = types()
+    model, per_channel = per_channel_ready(model)
     qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
     with tempfile.TemporaryDirectory(prefix="wnc-onnx-int8-") as tmp:
         # the tools take a path: given a ModelProto they rewrite it in place, and some releases
@@ -106,7 +109,7 @@ def quantize(
                     reader,
                     quant_format=q.QuantFormat.QDQ,
                     op_types_to_quantize=list(STATIC_OPS),
-                    per_channel=True,
+                    per_channel=per_channel,
                     activation_type=qtype[act],
                     weight_type=qtype[weight],
                     nodes_to_exclude=list(exclude),
@@ -118,7 +121,7 @@ def quantize(
                     src,
                     out,
                     op_types_to_quantize=list(DYNAMIC_OPS),
-                    per_channel=True,
+                    per_channel=per_channel,
                     weight_type=qtype[weight],
                     nodes_to_exclude=list(exclude),
                     use_external_data_format=large,
@@ -131,6 +134,24 @@ def quantize(
             if e.key == key and not any(x.key == key for x in result.metadata_props):
                 result.metadata_props.add(key=e.key, value=e.value)
     return result
+
+
+def opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def per_channel_ready(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    """(model, per_channel): per-channel scales need DequantizeLinear's ``axis`` (opset 13), so an
+    older model is converted to opset 13 first; where onnx cannot convert it, per tensor."""
+    if opset(model) >= PER_CHANNEL_OPSET:
+        return model, True
+    try:
+        converted = version_converter.convert_version(model, PER_CHANNEL_OPSET)
+        onnx.checker.check_model(converted)
+    except Exception as exc:
+        log.info("int8: opset %d kept, per-tensor scales (%s)", opset(model), one_line(exc, 120))
+        return model, False
+    return converted, True
 
 
 def layer_nodes(model: onnx.ModelProto, layers: Sequence[str]) -> list[str]:

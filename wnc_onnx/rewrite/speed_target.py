@@ -131,14 +131,23 @@ def meet_target(
             f"(the fastest forms of every layer); {where}"
         )
     elif stop == "gap":
-        below = max((s for s in lat["steps"] if s["measured_speedup"] < target), key=lambda s: s["measured_speedup"])
-        above = min((s for s in lat["steps"] if s["measured_speedup"] > target), key=lambda s: s["measured_speedup"])
-        report.warnings.append(
-            f"--target-speedup {target:g} cannot be met within {TOLERANCE:.0%}: the nearest allocations measured "
-            f"x{below['measured_speedup']:.2f} ({below['decomposed']} layer(s) factored) and "
-            f"x{above['measured_speedup']:.2f} ({above['decomposed']} factored), and the layers' forms offer no "
-            f"step between them; kept x{got:.2f}"
-        )
+        below = [s for s in lat["steps"] if s["measured_speedup"] < target]
+        above = [s for s in lat["steps"] if s["measured_speedup"] > target]
+        if below and above:
+            lo = max(below, key=lambda s: s["measured_speedup"])
+            hi = min(above, key=lambda s: s["measured_speedup"])
+            report.warnings.append(
+                f"--target-speedup {target:g} cannot be met within {TOLERANCE:.0%}: the nearest allocations measured "
+                f"x{lo['measured_speedup']:.2f} ({lo['decomposed']} layer(s) factored) and "
+                f"x{hi['measured_speedup']:.2f} ({hi['decomposed']} factored), and the layers' forms offer no "
+                f"step between them; kept x{got:.2f}"
+            )
+        else:
+            report.warnings.append(
+                f"--target-speedup {target:g} cannot be met within {TOLERANCE:.0%}: a new goal built the same forms "
+                f"again (the layers the allocation can move offer nothing nearer to x{target:g}); kept x{got:.2f}"
+                + ("; layers inside If / Loop bodies keep the policy's forms" if _has_subgraph_layers(report) else "")
+            )
     else:
         spread = max(s["spread"] or 0 for s in lat["steps"])
         report.warnings.append(
@@ -147,6 +156,10 @@ def meet_target(
             "rerun on a quiet machine, or with --threads 1"
         )
     return result, report
+
+
+def _has_subgraph_layers(report: Report) -> bool:
+    return any("/" in r.name and r.status == "decomposed" for r in report.layers)
 
 
 def pick(
