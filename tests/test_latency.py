@@ -561,3 +561,27 @@ def test_a_goal_that_changes_no_form_stops_the_loop_with_one_side_measured(stub,
     _, report = compress(demo_cnn(), target_speedup=1.5, threads=1)
     (w,) = [w for w in report.warnings if "--target-speedup" in w]
     assert "a new goal built the same forms again" in w and "kept x1.10" in w, w
+
+
+def test_progress_is_one_line_per_layer_per_compression(stub, monkeypatch, caplog):
+    """A rerun (a layer kept whole in context) shows only the layers whose outcome changed, and
+    no layer's timings twice; the counts cover the whole compression."""
+    import logging
+
+    seen = []
+
+    def profiled(original, result, report, cfg, threads):
+        seen.append(1)
+        return [{"layer": "conv3", "original_ms": 1.0, "compressed_ms": 1.2}] if len(seen) == 1 else []
+
+    monkeypatch.setattr("wnc_onnx.rewrite.on_target.slower_in_context", profiled)
+    with caplog.at_level(logging.INFO, logger="wnc_onnx"):
+        _, report = compress(demo_cnn(), latency_aware=True, threads=1)
+    assert len(seen) == 2  # the pass ran twice
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    for layer in ("conv1", "conv2", "conv4", "fc1"):
+        assert sum(f" {layer}  " in ln for ln in lines) == 1, layer  # its result line, once
+        assert sum(f"] {layer}: " in ln for ln in lines) <= 1, layer  # its timings, at most once
+    assert sum(" conv3  " in ln for ln in lines) == 2  # decomposed, then kept whole: both shown
+    info = report.extras["latency"]
+    assert info["timings_cached"] > 0 and info["timings_measured"] > 0  # both runs counted

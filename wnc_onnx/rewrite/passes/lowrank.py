@@ -167,8 +167,12 @@ class LowRankPass:
                 assert rule is not None
                 self._emit(layer, rule, ctx, rec, factors, used, replaced, new_inits, dead_weights)
             records.append(rec)
+            # one line per layer per compression: a rerun (a flow building again) shows the layers whose outcome changed
+            outcome = f"{rec.status} {rec.method} {rec.ranks} {rec.reason}"
+            unchanged = self.state.shown.get(layer.name) == outcome
+            self.state.shown[layer.name] = outcome
             # fixed-width columns first, the (any-length) name and details last
-            log.info(
+            (log.debug if unchanged else log.info)(
                 "[%*d/%d] %6.2fs  %-7s  %-10s  %s  %s",
                 len(str(total)),
                 i,
