@@ -56,6 +56,7 @@ import wnc_onnx  # noqa: E402
 from wnc_onnx.finetune.backends.ort import artifacts  # noqa: E402
 from wnc_onnx.finetune.backends.torch.graph import GraphModule  # noqa: E402
 from wnc_onnx.finetune.common import trainable  # noqa: E402
+from wnc_onnx.io.machine import cpu_model  # noqa: E402
 from wnc_onnx.report import human  # noqa: E402
 
 SETTLE_S = 0.2  # pause between switching runtimes, so the other side's spinning worker threads go idle
@@ -231,16 +232,6 @@ def kept(side: dict[str, list[float]], spare: float) -> list[float]:
 
 def spread(rates: list[float]) -> str:
     return f"{statistics.median(rates):.0f} ({min(rates):.0f}-{max(rates):.0f})"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def ort_profile(

@@ -30,11 +30,12 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from target_speedup import cpu_name, load  # noqa: E402
+from target_speedup import load  # noqa: E402
 
 from wnc_onnx import compress  # noqa: E402
 from wnc_onnx.bench import BenchConfig, measure  # noqa: E402
 from wnc_onnx.data.feeds import random_inputs  # noqa: E402
+from wnc_onnx.io.machine import cpu_model  # noqa: E402
 
 VARIANTS = (
     ("int8 alone", {"lowrank": False, "int8": True}),
@@ -52,7 +53,7 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=8, help="random calibration inputs (speed only)")
     ap.add_argument("--json")
     a = ap.parse_args()
-    print(f"{cpu_name()}; {a.threads} thread(s); load before {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"{cpu_model()}; {a.threads} thread(s); load before {os.getloadavg()[0]:.2f}", flush=True)
     rows = []
     for spec in a.models.split(","):
         model, scope, shapes, feeds = load(spec)

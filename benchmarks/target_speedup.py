@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,18 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from wnc_onnx import compress  # noqa: E402
 from wnc_onnx.bench import BenchConfig, measure  # noqa: E402
+from wnc_onnx.io.machine import cpu_model  # noqa: E402
 from wnc_onnx.io.session import parse_session_options  # noqa: E402
 from wnc_onnx.zoo import vgg16  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load(spec: str) -> tuple[onnx.ModelProto, dict, dict, dict | None]:
@@ -75,7 +65,7 @@ def main() -> int:
     options = parse_session_options(a.session_option)
     specs = [x for m in a.model.split(",") for x in (corpus_ids() if m == "corpus" else [m])]
     print(
-        f"{cpu_name()}; {a.threads} thread(s); load before {os.getloadavg()[0]:.2f}; options {options or 'default'}",
+        f"{cpu_model()}; {a.threads} thread(s); load before {os.getloadavg()[0]:.2f}; options {options or 'default'}",
         flush=True,
     )
     rows = []

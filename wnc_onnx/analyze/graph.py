@@ -223,6 +223,24 @@ def infer_shapes(
     return shapes
 
 
+# Ops only a quantized model holds (QDQ pairs, integer kernels): folding leaves them alone,
+# --int8 refuses a model that has them, finetune names its float parent.
+QUANTIZATION_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "ConvInteger",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+        "QGemm",
+        "QAttention",
+    }
+)
+
 FLOAT_TYPES = frozenset(
     {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
 )

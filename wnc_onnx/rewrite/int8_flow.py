@@ -137,11 +137,7 @@ def int8_step(
             m = info["measured"]
             log.info("int8: int8 alone is as fast as low rank + int8; every layer kept whole")
             state.keep_whole.update({r.name: AS_FAST_WHOLE for r in report.decomposed})
-            before = report
-            result, report = run_passes(model, cfg, state)
-            report.warnings += [w for w in before.warnings if w not in report.warnings]
-            for k, v in before.extras.get("latency", {}).items():
-                report.extras.setdefault("latency", {}).setdefault(k, v)
+            result, report = _rebuilt(model, cfg, state, report)
             report.warnings.append(
                 f"--int8: int8 alone ran as fast as low rank + int8 on the target (x{m['int8_alone']['speedup']:.2f} "
                 f"against x{m['lowrank_int8']['speedup']:.2f} over the original) and keeps more accuracy: no layer "
@@ -152,6 +148,16 @@ def int8_step(
     report.extras["int8"] = info
     report.float_model = result
     return q, report
+
+
+def _rebuilt(model: ModelLike, cfg: CompressConfig, state: RunState, before: Report) -> tuple[onnx.ModelProto, Report]:
+    """The passes again (layers newly kept whole); what the earlier runs found still holds: their
+    warnings, and the latency facts the new run does not measure again."""
+    result, report = run_passes(model, cfg, state)
+    report.warnings += [w for w in before.warnings if w not in report.warnings]
+    for k, v in before.extras.get("latency", {}).items():
+        report.extras.setdefault("latency", {}).setdefault(k, v)
+    return result, report
 
 
 def _choose_on_target(
@@ -175,13 +181,7 @@ def _choose_on_target(
         if worse:
             log.info("int8: %d factored layer(s) slower in int8 than the original layer in int8", len(worse))
             state.keep_whole.update({name: KEPT_WHOLE for name in worse})
-            before = report
-            result, report = run_passes(model, cfg, state)
-            for w in before.warnings:  # what the earlier runs found still holds
-                if w not in report.warnings:
-                    report.warnings.append(w)
-            for k, v in before.extras.get("latency", {}).items():
-                report.extras.setdefault("latency", {}).setdefault(k, v)
+            result, report = _rebuilt(model, cfg, state, report)
             info["kept_whole_in_int8"] = worse
             q = quantize(result, data)
     comp = profile_pair(result, q, report, cfg, threads)

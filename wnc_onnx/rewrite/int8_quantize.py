@@ -19,25 +19,11 @@ import numpy as np
 import onnx
 from onnx import version_converter
 
+from wnc_onnx.analyze.graph import QUANTIZATION_OPS
 from wnc_onnx.errors import WncError, one_line
 
 log = logging.getLogger(__name__)
 
-QUANTIZED_OPS = frozenset(
-    {
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "DynamicQuantizeLinear",
-        "QLinearConv",
-        "QLinearMatMul",
-        "ConvInteger",
-        "MatMulInteger",
-        "MatMulIntegerToFloat",
-        "DynamicQuantizeMatMul",
-        "QGemm",
-        "QAttention",
-    }
-)
 STATIC_OPS = ("Conv", "Gemm", "MatMul")
 DYNAMIC_OPS = ("Gemm", "MatMul")
 PER_CHANNEL_OPSET = 13
@@ -56,7 +42,7 @@ def tools() -> Any:
 
 def quantized_nodes(model: onnx.ModelProto) -> list[str]:
     """The op types of ``model`` that only quantized models hold (empty for a float model)."""
-    found = {n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS}
+    found = {n.op_type for n in model.graph.node if n.op_type in QUANTIZATION_OPS}
     return sorted(found)
 
 

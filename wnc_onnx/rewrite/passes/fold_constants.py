@@ -19,7 +19,7 @@ import time
 
 import onnx
 
-from wnc_onnx.analyze.graph import is_pass_through, skeleton, subgraphs
+from wnc_onnx.analyze.graph import QUANTIZATION_OPS, is_pass_through, skeleton, subgraphs
 from wnc_onnx.analyze.walk import all_graphs, count_nodes
 from wnc_onnx.errors import one_line
 from wnc_onnx.io import external_data
@@ -29,17 +29,6 @@ from wnc_onnx.rewrite.passes.base import PassResult
 
 log = logging.getLogger(__name__)
 
-QUANTIZATION_OPS = frozenset(
-    {
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "DynamicQuantizeLinear",
-        "QLinearConv",
-        "QLinearMatMul",
-        "ConvInteger",
-        "MatMulInteger",
-    }
-)
 # Ops whose constant inputs are weights the later passes read (kernels, biases, BN parameters).
 WEIGHT_READERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "Mul", "Add"})
 
