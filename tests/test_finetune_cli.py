@@ -156,7 +156,8 @@ def test_int8_models_are_refused_and_their_float_parent_is_tuned_then_quantized_
     assert len(err.strip().splitlines()) == 1 and not (work / "t.onnx").exists()
     assert (work / "q.onnx").read_bytes() == before
     rc = main(["finetune", str(work / "q.float.onnx"), str(work / "t.onnx"), "--train", str(work / "train.npz"),
-               "--val", str(work / "val.npz"), "--epochs", "1", "--batch-size", "16", "--int8", "-q"])  # fmt: skip
+               "--val", str(work / "val.npz"), "--epochs", "1", "--batch-size", "16", "--int8", "--external-data",
+               "-q"])  # fmt: skip
     assert rc == 0
     tuned, parent = onnx.load(work / "t.onnx"), onnx.load(work / "t.float.onnx")
     assert count_quantized(tuned) > 0 and not quantized_nodes(parent)

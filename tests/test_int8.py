@@ -73,6 +73,7 @@ def test_latency_aware_int8_keeps_float_where_int8_is_slower_inside_the_model(da
         return LayerComparison("a", "b", 1, 20, slow)
 
     monkeypatch.setattr("wnc_onnx.rewrite.int8_flow.profile_pair", profiled)
+    monkeypatch.setattr("wnc_onnx.rewrite.int8_flow.measure_models", _timed_as((1.0, 1.3, 2.0, 3.0)))
     out, report = compress(demo_cnn(), threads=1, int8=True, calibration=data, latency_aware=True)
     info = report.extras["int8"]
     assert (
@@ -98,6 +99,7 @@ def test_a_factored_layer_slower_in_int8_than_the_original_in_int8_is_kept_whole
         return LayerComparison("a", "b", 1, 20, times)
 
     monkeypatch.setattr("wnc_onnx.rewrite.int8_flow.profile_pair", profiled)
+    monkeypatch.setattr("wnc_onnx.rewrite.int8_flow.measure_models", _timed_as((1.0, 1.3, 2.0, 3.0)))
     out, report = compress(demo_cnn(), threads=1, int8=True, calibration=data, latency_aware=True)
     rec = next(r for r in report.layers if r.name == "conv2")
     assert rec.status == "skipped" and "slower in int8" in rec.reason
@@ -126,6 +128,9 @@ def test_int8_from_the_command_line_writes_the_int8_model_and_reports_both_speed
         ("quantized", "--int8: the input is already quantized (it holds DequantizeLinear"),
         ("pq", "--int8 and --pq both quantize the weights: choose one"),
         ("no_tools", "--int8 needs onnxruntime's quantization tools"),
+        ("max_error", "--max-error chooses ranks for an error budget in float, which --int8 would then change"),
+        ("distill", "--distill trains the float model, and --int8 would hand it a quantized one"),
+        ("parent_is_input", "--int8 writes the float model to"),
     ],
 )
 def test_bad_int8_input_one_line_exit_2_no_output(case, needle, data, tmp_path, capsys, monkeypatch):
@@ -137,6 +142,13 @@ def test_bad_int8_input_one_line_exit_2_no_output(case, needle, data, tmp_path, 
         onnx.save(demo_cnn(), src)
     if case == "pq":
         args.append("--pq")
+    if case in ("max_error", "distill"):
+        np.savez(tmp_path / "c.npz", **data)
+        args += ["--calibration", str(tmp_path / "c.npz")]
+        args += ["--max-error", "0.1"] if case == "max_error" else ["--distill", "1"]
+    if case == "parent_is_input":  # m.onnx -> m.float.onnx would be the float parent of m.float.onnx's output
+        src.rename(tmp_path / "o.float.onnx")
+        src = tmp_path / "o.float.onnx"
     if case == "no_tools":
         import builtins
 
@@ -220,8 +232,24 @@ def test_latency_aware_int8_writes_what_measured_fastest(speedups, written, data
         assert quantized_nodes(out) and not factored and report.totals.decomposed == 0
         assert any("int8 alone ran as fast" in (r.reason or "") for r in report.layers)
         assert any("int8 alone ran as fast as low rank + int8" in w for w in report.warnings)
+        assert "written: int8 alone" in report.to_table() and report.extras["int8"]["float_layers"] == {}
+        assert report.extras["calibration"]["output_error"] < 0.1  # measured on what is written
     elif written == "float":
         assert not quantized_nodes(out) and factored
         assert any("low rank + int8 ran slower than the float" in w for w in report.warnings)
+        assert report.extras["int8"]["int8_layers"] == 0 and "written: the float model" in report.to_table()
     else:
         assert quantized_nodes(out) and factored and report.extras["int8"]["measured"]["chosen"] == "int8"
+
+
+def test_an_allocation_within_10_percent_is_kept_over_a_sparer_one_outside():
+    """Within the noise of the closest, the fewest layers factored, but never one outside the band."""
+    from wnc_onnx.rewrite.speed_target import pick
+
+    def tried(g, n):
+        return (None, None, {"measured_speedup": g, "decomposed": n, "spread": 0.08})
+
+    _, _, best = pick([tried(1.42, 10), tried(1.33, 6)], 1.5)
+    assert best["measured_speedup"] == 1.42
+    _, _, best = pick([tried(1.48, 10), tried(1.45, 6)], 1.5)
+    assert best["measured_speedup"] == 1.45  # both within 10% and the same within the noise: the sparer

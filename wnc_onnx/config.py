@@ -181,6 +181,11 @@ class CompressConfig:
             )
         if self.int8 and self.pq:
             raise ValueError("`int8` and `pq` both quantize the weights: choose one")
+        if self.int8 and self.max_error is not None and self.target_speedup is None:
+            raise ValueError(
+                "`max_error` chooses ranks for an error budget in float, which `int8` would then change: give "
+                "`target_speedup` too (the budget is then checked on the int8 model), or drop one"
+            )
 
     @property
     def timed(self) -> bool:

@@ -82,13 +82,15 @@ def int8_copies(paths: list[str], cfg: BenchConfig, folder: Path) -> list[str]:
     """Each float model of ``paths`` quantized (calibrated on the bench inputs at the first batch
     size: the speed of int8 kernels does not depend on the values), written to ``folder``."""
     out = []
-    for p in paths:
+    stems = [Path(p).stem for p in paths]
+    for i, p in enumerate(paths):
         model = load_model(p)
         if quantized_nodes(model):
             continue  # already int8
         external_data.load_inline(model)
         feeds = [model_feeds(model, cfg, cfg.batches[0], p, seed=i) for i in range(4)]
-        dst = folder / f"{Path(p).stem}.int8.onnx"
+        stem = Path(p).stem
+        dst = folder / (f"{stem}.int8.onnx" if stems.count(stem) == 1 else f"{i}.{stem}.int8.onnx")
         try:
             q = quantize(model, feeds)
         except WncError:

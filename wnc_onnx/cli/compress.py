@@ -155,6 +155,13 @@ def run(a: argparse.Namespace) -> int:
     out = check_output_path(a.input, a.output)
     _check_side_outputs(a)
     cfg = compress_config(a)
+    if cfg.int8:
+        check_parent_path(a.input, a.output)
+        if a.distill is not None:
+            raise WncError(
+                "--distill trains the float model, and --int8 would hand it a quantized one",
+                "distill without --int8, then quantize the result: wnc-onnx finetune ... --int8",
+            )
     if cfg.pq and cfg.pq_kmeans == "faiss":
         require_faiss()
     if a.distill is None and a.distill_lr is not None:
@@ -175,6 +182,12 @@ def run(a: argparse.Namespace) -> int:
     if cfg.pq and not quantized and (not cfg.lowrank or report.totals.decomposed == 0):
         raise _nothing_quantized(report, a.quiet)
     int8 = bool(report.extras.get("int8", {}).get("int8_layers"))
+    if cfg.int8 and not int8 and report.totals.decomposed == 0 and not quantized:
+        raise WncError(
+            "--int8 left the model in float and no layer was factored: "
+            + next((w for w in report.warnings if w.startswith("--int8")), "no layer could be quantized"),
+            "give --calibration for static int8 (Conv), or drop --latency-aware to quantize regardless of speed",
+        )
     lat = report.extras.get("latency", {})
     passes_met = bool(lat.get("steps")) and lat.get("measured_speedup", 0) >= (cfg.target_speedup or 0) * 0.9
     if report.totals.decomposed == 0 and not quantized and not int8 and not passes_met:
@@ -183,18 +196,17 @@ def run(a: argparse.Namespace) -> int:
     if asked and a.no_verify:
         raise WncError("--no-verify and a verification option (--verify, --inputs, --tolerance) contradict each other",
                        "drop one of them")  # fmt: skip
+    parent = float_parent_path(out) if report.float_model is not None else None
     with staged_model(model, out, a.external_data, source=report.source) as stage:
         if not a.no_verify and not _verified(a, stage.path, report, cfg, asked):
             stage.keep = False
             return EXIT_VERIFY_FAILED
+        if parent is not None:  # --int8: the float parent, what fine-tuning takes; a failure leaves no output
+            with staged_model(report.float_model, parent, a.external_data):
+                pass
+            report.model["float_parent"] = str(parent)
     report.totals.file_bytes_after = stage.nbytes
     report.model["output"] = str(out)
-    parent = None
-    if report.float_model is not None:  # --int8: the float parent, what fine-tuning takes
-        parent = float_parent_path(out)
-        with staged_model(report.float_model, parent, False):
-            pass
-        report.model["float_parent"] = str(parent)
     if stage.data_path is not None:
         report.model["output_data"] = str(stage.data_path)
     _emit(report, a)
@@ -208,9 +220,20 @@ def run(a: argparse.Namespace) -> int:
     return 0
 
 
-def float_parent_path(out: Path) -> Path:
+def float_parent_path(out: Path | str) -> Path:
     """Where an int8 output's float parent is written: beside it, ``NAME.float.onnx``."""
+    out = Path(out)
     return out.with_name(out.stem + ".float.onnx")
+
+
+def check_parent_path(src: str | Path, out: str | Path) -> None:
+    """The float parent an --int8 run writes must not replace its input."""
+    parent = float_parent_path(out)
+    if parent.resolve() == Path(src).resolve():
+        raise WncError(
+            f"--int8 writes the float model to {parent}, which is the input",
+            f"name the output otherwise (not {Path(out).name} beside {parent.name})",
+        )
 
 
 def _verified(a: argparse.Namespace, written: Path, report: Report, cfg: CompressConfig, asked: bool) -> bool:

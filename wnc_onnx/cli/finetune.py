@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from wnc_onnx.cli.compress import float_parent_path
+from wnc_onnx.cli.compress import check_parent_path, float_parent_path
 from wnc_onnx.cli.options import EXIT_INTERRUPTED, add_pq_arguments, parse_floats, pq_options, require_faiss
 from wnc_onnx.data.arrays import load_inputs_npz
 from wnc_onnx.data.images import UnlabeledImages, load_image_folder, visible
@@ -285,18 +285,18 @@ def run(a: argparse.Namespace) -> int:
             history.final = evaluate(tuned, val, cfg.loss, cfg.batch_size)
         if teacher is not None:
             history.final |= against_teacher(tuned, teacher, val, cfg.batch_size)
-    parent = None
-    if a.int8:
+    parent, tuned_float = None, tuned
+    if a.int8:  # quantized before any file is written: writing may point the weights at external data
         parent = float_parent_path(out)
-        with staged_model(tuned, parent, a.external_data):
-            pass
         tuned = _quantized(tuned, train, spec, history)
         if val is not None and getattr(val, "labeled", True):
             history.final = evaluate(tuned, val, cfg.loss, cfg.batch_size)
         if val is not None and teacher is not None:
             history.final |= against_teacher(tuned, teacher, val, cfg.batch_size)
     with staged_model(tuned, out, a.external_data) as stage:
-        pass
+        if parent is not None:  # inside the stage: a failed parent leaves no output either
+            with staged_model(tuned_float, parent, a.external_data):
+                pass
     write_text_atomic(history_path, json.dumps(history.to_dict(), indent=1) + "\n")
     if plot_path is not None:
         plot_history(history, plot_path)
@@ -326,6 +326,7 @@ def _float_input(model: Any, a: argparse.Namespace) -> None:
         )
     if a.int8:
         tools()  # no quantization tools: said before training, not after
+        check_parent_path(a.input, a.output)
 
 
 def _quantized(tuned: Any, train: Any, spec: ModelSpec, history: Any) -> Any:

@@ -40,7 +40,8 @@ def compress(model: ModelLike, cfg: CompressConfig) -> tuple[onnx.ModelProto, Re
     if cfg.int8:
         original = original or as_proto(model)
         result, report = int8_step(model, original, result, report, cfg, state)
-    if state.calibration is not None and report.totals.decomposed:  # the accuracy risk, on the user's data
+    changed = report.totals.decomposed or report.extras.get("int8", {}).get("int8_layers")
+    if state.calibration is not None and changed:  # the accuracy risk, on the user's data
         reuse = state.calibration
         reuse.stats, reuse.fits = None, {}  # memory: the fits are done
         if reuse.reference is None and one_shot(reuse.source):

@@ -127,6 +127,7 @@ def int8_step(
         chosen = info.get("measured", {}).get("chosen")
         if chosen == "float":
             m = info["measured"]
+            info["int8_layers"] = 0
             report.warnings.append(
                 f"--int8: low rank + int8 ran slower than the float compressed model on the target "
                 f"(x{m['lowrank_int8']['speedup']:.2f} against x{m['lowrank']['speedup']:.2f} over the original); "
@@ -145,6 +146,7 @@ def int8_step(
             )
             q = alone
             info["int8_layers"] = count_quantized(q)
+            info["float_layers"] = {}  # int8 alone was quantized whole
     report.extras["int8"] = info
     report.float_model = result
     return q, report
@@ -156,7 +158,8 @@ def _rebuilt(model: ModelLike, cfg: CompressConfig, state: RunState, before: Rep
     result, report = run_passes(model, cfg, state)
     report.warnings += [w for w in before.warnings if w not in report.warnings]
     for k, v in before.extras.get("latency", {}).items():
-        report.extras.setdefault("latency", {}).setdefault(k, v)
+        if k not in ("measured", "measured_speedup", "met"):  # they described the model before the rebuild
+            report.extras.setdefault("latency", {}).setdefault(k, v)
     return result, report
 
 

@@ -71,6 +71,23 @@ def quantize(
     data: Sequence[dict[str, np.ndarray]] | None,
     exclude: Sequence[str] = (),
 ) -> onnx.ModelProto:
+    """``model`` in int8; what onnxruntime's tools cannot do is one WncError."""
+    try:
+        return _quantize(model, data, exclude)
+    except WncError:
+        raise
+    except Exception as exc:
+        raise WncError(
+            f"--int8: onnxruntime's quantization tools failed on this model: {one_line(exc, 150)}",
+            "drop --int8 (or exclude the layer the message names)",
+        ) from None
+
+
+def _quantize(
+    model: onnx.ModelProto,
+    data: Sequence[dict[str, np.ndarray]] | None,
+    exclude: Sequence[str] = (),
+) -> onnx.ModelProto:
     """``model`` in int8 (a new model; ``model`` is left alone): static QDQ per channel on
     ``data``, else dynamic for MatMul / Gemm. ``exclude``: node names kept in float."""
     q = tools()

@@ -63,6 +63,8 @@ def meet_target(
     while True:
         lat = report.extras.setdefault("latency", {})
         measured = lat.get("measured")
+        if not measured and tried:  # a rerun could not be timed: keep to what was measured
+            break
         if not measured:  # not timed (external data, an error): the warnings say why; the prediction stands
             if not lat.get("reached", True):
                 where = bounds_text(lat["bounds"]) if lat.get("bounds") else "the layers have no faster forms"
@@ -112,6 +114,7 @@ def meet_target(
             break
         measure_whole(original, result, report, cfg, threads)
     result, report, best = pick(tried, target)
+    state.target_scale = best["goal"] / target  # a later rebuild (int8's choices) allocates as the kept one did
     lat = report.extras.setdefault("latency", {})
     lat["steps"] = [s for _, _, s in tried]
     got = best["measured_speedup"]
@@ -145,8 +148,8 @@ def meet_target(
         else:
             report.warnings.append(
                 f"--target-speedup {target:g} cannot be met within {TOLERANCE:.0%}: a new goal built the same forms "
-                f"again (the layers the allocation can move offer nothing nearer to x{target:g}); kept x{got:.2f}"
-                + ("; layers inside If / Loop bodies keep the policy's forms" if _has_subgraph_layers(report) else "")
+                f"again (the layers the allocation can move offer nothing nearer to x{target:g}; layers inside If / "
+                f"Loop bodies keep the policy's forms); kept x{got:.2f}"
             )
     else:
         spread = max(s["spread"] or 0 for s in lat["steps"])
@@ -156,10 +159,6 @@ def meet_target(
             "rerun on a quiet machine, or with --threads 1"
         )
     return result, report
-
-
-def _has_subgraph_layers(report: Report) -> bool:
-    return any("/" in r.name and r.status == "decomposed" for r in report.layers)
 
 
 def pick(
@@ -177,7 +176,8 @@ def pick(
     else:
         chosen = max(speed)
     noise = max(0.03, *(x[2]["spread"] or 0 for x in tried))
-    same = [x for x in tried if abs(math.log(x[2]["measured_speedup"] / chosen)) <= noise]
+    pool = [x for x in tried if x[2]["measured_speedup"] in within] if within else tried
+    same = [x for x in pool if abs(math.log(x[2]["measured_speedup"] / chosen)) <= noise]
     return min(same, key=lambda x: (x[2]["decomposed"], abs(math.log(x[2]["measured_speedup"] / chosen))))
 
 
