@@ -17,6 +17,26 @@ from wnc_onnx.rewrite.int8_quantize import count_quantized, quantize, quantized_
 from wnc_onnx.zoo import demo_cnn
 
 
+@pytest.fixture
+def quick_layers(monkeypatch, tmp_path):
+    """The layers' forms timed by a stub (every factored form half the original; no channel
+    block): these tests check the int8 choices, which read the stubbed profiles and timings."""
+    from wnc_onnx.check.latency import oracle
+    from wnc_onnx.check.latency.block import ChannelBlock
+
+    monkeypatch.setenv("WNC_ONNX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(
+        oracle.Oracle,
+        "_time",
+        lambda self, cases: [
+            oracle.Measured(1e-3 if m.graph.name == "isolated_original" else 0.5e-3, 0.01) for m, _ in cases
+        ],
+    )
+    monkeypatch.setattr("wnc_onnx.rewrite.passes.lowrank_latency.measure_block", lambda o: ChannelBlock(1, 1.0))
+    monkeypatch.setattr("wnc_onnx.rewrite.on_target.slower_in_context", lambda *a, **k: [])
+    monkeypatch.setattr("wnc_onnx.rewrite.on_target.measure_whole", lambda *a, **k: None)
+
+
 @pytest.fixture(scope="module")
 def data():
     return {"image": np.random.default_rng(0).standard_normal((64, 3, 32, 32)).astype(np.float32)}
@@ -58,10 +78,8 @@ def test_int8_without_data_quantizes_matmul_and_gemm_dynamically_and_says_conv_s
     assert rel_diff(demo_cnn(), out) < 0.5
 
 
-def test_latency_aware_int8_keeps_float_where_int8_is_slower_inside_the_model(data, monkeypatch, tmp_path):
+def test_latency_aware_int8_keeps_float_where_int8_is_slower_inside_the_model(data, monkeypatch, quick_layers):
     """A stubbed profile says conv3 runs slower in int8: it stays float, the others are int8."""
-    monkeypatch.setenv("WNC_ONNX_CACHE", str(tmp_path))
-    monkeypatch.setattr("wnc_onnx.rewrite.on_target.slower_in_context", lambda *a, **k: [])
     calls = []
 
     def profiled(a, b, report, cfg, threads):
@@ -88,9 +106,7 @@ def test_latency_aware_int8_keeps_float_where_int8_is_slower_inside_the_model(da
     assert conv2 and all(n.input[1] in deq for n in conv2)
 
 
-def test_a_factored_layer_slower_in_int8_than_the_original_in_int8_is_kept_whole(data, monkeypatch, tmp_path):
-    monkeypatch.setenv("WNC_ONNX_CACHE", str(tmp_path))
-    monkeypatch.setattr("wnc_onnx.rewrite.on_target.slower_in_context", lambda *a, **k: [])
+def test_a_factored_layer_slower_in_int8_than_the_original_in_int8_is_kept_whole(data, monkeypatch, quick_layers):
 
     def profiled(a, b, report, cfg, threads):
         names = [r.name for r in report.layers]
@@ -218,11 +234,9 @@ def _timed_as(speedups):
     "speedups, written",
     [((1.0, 1.3, 2.0, 1.95), "int8 alone"), ((1.0, 1.3, 0.7, 1.0), "float"), ((1.0, 1.3, 2.0, 3.0), "int8")],
 )
-def test_latency_aware_int8_writes_what_measured_fastest(speedups, written, data, monkeypatch, tmp_path):
+def test_latency_aware_int8_writes_what_measured_fastest(speedups, written, data, monkeypatch, quick_layers):
     """int8 alone as fast as low rank + int8: nothing factored (more accuracy, same speed); low rank
     + int8 slower than the float low-rank model: the float one; else low rank + int8."""
-    monkeypatch.setenv("WNC_ONNX_CACHE", str(tmp_path))
-    monkeypatch.setattr("wnc_onnx.rewrite.on_target.slower_in_context", lambda *a, **k: [])
     monkeypatch.setattr("wnc_onnx.rewrite.int8_flow.profile_pair", lambda *a, **k: None)
     monkeypatch.setattr("wnc_onnx.rewrite.int8_flow.measure_models", _timed_as(speedups))
     out, report = compress(demo_cnn(), threads=1, int8=True, calibration=data, latency_aware=True)
