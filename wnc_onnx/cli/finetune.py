@@ -31,7 +31,7 @@ from wnc_onnx.finetune.trainer import FinetuneConfig as C
 from wnc_onnx.io import external_data
 from wnc_onnx.io.model_io import check_output_path, load_model, staged_model, write_text_atomic
 from wnc_onnx.report.plot import available, plot_history, pyplot
-from wnc_onnx.rewrite.int8_flow import INT8_SAMPLES
+from wnc_onnx.rewrite.int8_flow import first_samples, samples_in
 from wnc_onnx.rewrite.int8_quantize import count_quantized, quantize, quantized_nodes, tools
 
 
@@ -331,12 +331,8 @@ def _float_input(model: Any, a: argparse.Namespace) -> None:
 
 def _quantized(tuned: Any, train: Any, spec: ModelSpec, history: Any) -> Any:
     """The tuned model in int8, calibrated on the first INT8_SAMPLES training inputs."""
-    feeds, n = [], 0
-    for batch, _ in BatchSource(train, spec, 16, shuffle=False, label="--train").epoch(0):
-        feeds.append(batch)
-        n += len(next(iter(batch.values())))
-        if n >= INT8_SAMPLES:
-            break
+    feeds = first_samples(batch for batch, _ in BatchSource(train, spec, 16, shuffle=False, label="--train").epoch(0))
+    n = samples_in(feeds)
     q = quantize(tuned, feeds)
     history.int8 = {"mode": "static", "format": "QDQ", "samples": n, "int8_layers": count_quantized(q)}
     print(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -67,14 +68,25 @@ def int8_data(cfg: CompressConfig, model: onnx.ModelProto, state: RunState) -> l
     if one_shot(cfg.calibration):  # an iterator was read once already: the samples kept from it
         ref = state.calibration.reference if state.calibration is not None else None
         return list(ref.feeds) if ref is not None and ref.feeds else None
-    out, n = [], 0
     batches = batches_of(cfg.calibration, model, 16, cfg.calibration_mean, cfg.calibration_std)
-    for feeds in itertools.islice(batches, 10_000):
+    return first_samples(itertools.islice(batches, 10_000)) or None
+
+
+def samples_in(feeds: Iterable[dict[str, np.ndarray]]) -> int:
+    """How many samples the feed dicts hold (their first input's batch)."""
+    return sum(len(next(iter(f.values()))) for f in feeds if f)
+
+
+def first_samples(batches: Iterable[dict[str, np.ndarray]], limit: int = INT8_SAMPLES) -> list[dict[str, np.ndarray]]:
+    """Feed dicts from ``batches`` until they hold ``limit`` samples (the calibration of int8)."""
+    out: list[dict[str, np.ndarray]] = []
+    n = 0
+    for feeds in batches:
         out.append(feeds)
-        n += len(next(iter(feeds.values()))) if feeds else 0
-        if n >= INT8_SAMPLES:
+        n += samples_in([feeds])
+        if n >= limit:
             break
-    return out or None
+    return out
 
 
 def int8_step(
@@ -100,7 +112,7 @@ def int8_step(
         "activations": act if data else "uint8 (quantized at run time)",
         "weights": f"{weight}, per channel",
         "op_types": list(STATIC_OPS if data else DYNAMIC_OPS),
-        "samples": sum(len(next(iter(f.values()))) for f in data) if data else 0,
+        "samples": samples_in(data or []),
         "float_layers": {},
     }
     has_conv = any(n.op_type == "Conv" for n in result.graph.node)
@@ -212,7 +224,7 @@ def _measure(
     """The float original, the float compressed model, int8 alone and low rank + int8, timed side
     by side on the target (``extras.int8.measured``)."""
     threads = int(report.config.get("threads_used") or 1)
-    target = Target(cfg.provider, max(1, threads), dict(cfg.session_options), cfg.graph_opt)
+    target = Target.of(cfg, threads)
     try:
         log.info("int8: timing the original, the compressed model, int8 alone and low rank + int8")
         found = measure_models(target, [original, result, alone, q], cfg.input_shapes, input_values=cfg.input_values)

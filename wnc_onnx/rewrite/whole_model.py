@@ -35,7 +35,7 @@ def measure_whole(
             report.warnings.append(note)
         return
     log.info("timing the original and the compressed model on the target")
-    target = Target(cfg.provider, max(1, threads), dict(cfg.session_options), cfg.graph_opt)
+    target = Target.of(cfg, threads)
     try:
         found = measure_pair(target, original, result, cfg.input_shapes, input_values=cfg.input_values)
     except WncError:

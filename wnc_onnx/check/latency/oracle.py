@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -25,6 +25,9 @@ from wnc_onnx.bench.timing import BUSY_LOAD, Timing, time_interleaved
 from wnc_onnx.io.machine import target_machine
 from wnc_onnx.io.session import ort, resolve_provider, session
 from wnc_onnx.io.threads import load_average
+
+if TYPE_CHECKING:
+    from wnc_onnx.config import CompressConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,11 @@ class Target:
     rounds: int = 5
     warmup: int = 3
     min_round_seconds: float = 0.02
+
+    @classmethod
+    def of(cls, cfg: CompressConfig, threads: int) -> Target:
+        """The target a compression's options name: provider, threads, session options, graph optimization."""
+        return cls(cfg.provider, max(1, threads), dict(cfg.session_options), cfg.graph_opt)
 
     def key(self) -> dict[str, Any]:
         provider = resolve_provider(self.provider)

@@ -110,7 +110,7 @@ class LatencyPolicy:
         self.cfg = cfg
         self.target_scale = target_scale
         self.memo = memo or LatencyMemo()
-        target = Target(cfg.provider, max(1, threads), dict(cfg.session_options), cfg.graph_opt)
+        target = Target.of(cfg, threads)
         if self.memo.oracle is None or self.memo.oracle.target != target:
             self.memo.oracle = Oracle(target, cache=cfg.latency_cache)
         self.chooser = LatencyChooser(target, cfg.target_speedup, self.memo.oracle)
